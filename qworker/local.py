@@ -1,0 +1,336 @@
+"""`local`: batched statevector simulation in torch (CPU or CUDA), exact autograd gradients.
+
+Why it is fast (DESIGN.md §4): the circuit is compiled once into a few whole-register steps that
+act on all tokens of a chunk at once, instead of 80 gates applied one by one:
+- the encoding is a product state, built per qubit (n 2-vectors per token) and expanded with n-1
+  outer products;
+- a run of CNOTs is a permutation of basis states: one gather;
+- a run of RZ(theta) on distinct qubits is one diagonal phase;
+- a run of RY(theta) on distinct qubits is a Kronecker product of real 2x2 matrices: split into
+  a high and a low half of the qubits, it is two small real GEMMs (2^hi and 2^lo square) over the
+  whole chunk;
+- <Z_i> for every i is one GEMM of the probabilities with a +-1 sign table.
+The state is kept as real and imaginary planes, shape (2, C, 2^n), so every rotation is a real
+GEMM. Tokens are processed in chunks that stay in cache; autograd keeps the graph per chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from qworker.circuit import CircuitSpec, Op, check_memory
+
+CHUNK_AMPLITUDES = 2**18  # tokens x 2^n per chunk: measured best on a 2-core CPU (bench/vqc.py)
+
+
+@dataclass
+class _Step:
+    kind: str  # "perm", "phase", "rot"
+    wires: tuple[int, ...] = ()
+    theta: tuple[int, ...] = ()
+    table: Tensor | None = None  # perm: source index per basis state; phase: +-1 signs (2^n, k)
+    inverse: Tensor | None = None  # perm: the inverse permutation
+
+
+@dataclass
+class _Program:
+    spec: CircuitSpec
+    prefix: list[tuple[str, Tensor, Tensor | None]]  # (gate, qubits, angle index) per step
+    steps: list[_Step] = field(default_factory=list)
+    zsign: Tensor | None = None  # (2^n, n): +1 where bit i is 0, -1 where it is 1
+
+
+def expectations(spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
+    """<Z_i> for every token: angles (N, 2n_q), theta (|Θ|,) shared or (N, |Θ|) per token.
+    Returns (N, n_q) in the dtype of `angles`; differentiable by autograd in both inputs."""
+    prog = _program(spec, angles)
+    outs = [_Register.apply(x, prog, *params) for _, x, params in _chunks(prog, theta, angles)]
+    if not outs:
+        return angles.new_zeros((0, spec.n_qubits))
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
+@torch.no_grad()
+def probabilities(spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
+    """Basis-state probabilities of every token's final state, (N, 2^n); not differentiable."""
+    prog = _program(spec, angles)
+    out = angles.new_empty(angles.shape[0], 2**spec.n_qubits)
+    for start, x, params in _chunks(prog, theta, angles):
+        x = _evolve(x.contiguous(), prog, params)
+        out[start : start + x.shape[-1]] = (x[:, 0].square() + x[:, 1].square()).T
+    return out
+
+
+def _program(spec: CircuitSpec, angles: Tensor) -> _Program:
+    """The compiled circuit, after checking that a chunk's registers and the basis tables (about
+    2n registers' worth) fit in memory."""
+    chunk = min(max(1, CHUNK_AMPLITUDES >> spec.n_qubits), max(1, angles.shape[0]))
+    check_memory(spec, 6 * chunk + 2 * spec.n_qubits, 2 * angles.element_size())
+    return _compile(spec, angles.device, angles.dtype)
+
+
+def _chunks(prog: _Program, theta: Tensor, angles: Tensor):
+    """(first token, encoded planes (2^n, 2, C), step params) for each chunk of tokens."""
+    chunk = max(1, CHUNK_AMPLITUDES >> prog.spec.n_qubits)
+    shared = _step_params(prog, theta) if theta.dim() == 1 else None  # once for all chunks
+    for start in range(0, angles.shape[0], chunk):
+        params = shared if shared is not None else _step_params(prog, theta[start : start + chunk])
+        psi = _product_state(prog, angles[start : start + chunk])  # (2^n, C) complex
+        yield start, torch.view_as_real(psi).transpose(1, 2), params
+
+
+def _step_params(prog: _Program, theta: Tensor) -> list[Tensor | None]:
+    """The small tensors each step needs, built from theta by autograd: a phase step's angle per
+    basis state (2^n, 1) or (2^n, C); a rotation step's R_hi and R_lo, (k, k) or (C, k, k)."""
+    n = prog.spec.n_qubits
+    lo = n - n // 2
+    params: list[Tensor | None] = []
+    for step in prog.steps:
+        if step.kind == "phase":
+            ang = -0.5 * (theta[..., list(step.theta)] @ step.table.T)  # (2^n,) or (C, 2^n)
+            params.append(ang.unsqueeze(-1) if ang.dim() == 1 else ang.T)
+        elif step.kind == "rot":
+            mats = _ry_real(theta, step, n)  # per qubit, identity off the step's wires
+            params.append(_kron(mats[n - 1 : lo - 1 : -1]) if n > lo else None)
+            params.append(_kron(mats[lo - 1 :: -1]))
+    return params
+
+
+class _Register(torch.autograd.Function):
+    """All entangling and trainable steps and the readout, on planes x of shape (2^n, 2, C).
+
+    Backward is the adjoint method: it keeps only the final state and walks the steps in
+    reverse, uncomputing the state (every step is unitary) while pulling the cotangent back, so
+    memory stays at a few registers whatever the depth. State and cotangent travel stacked,
+    (2^n, 2, 2, C) = (basis, state|cotangent, re|im, token), so each step is one call for both."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, prog: _Program, *params: Tensor | None) -> Tensor:
+        x = _evolve(x.contiguous(), prog, params)
+        ctx.prog = prog
+        ctx.save_for_backward(x, *params)
+        probs = x[:, 0].square() + x[:, 1].square()  # (2^n, C)
+        return (prog.zsign.T @ probs).T  # (C, n)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        prog = ctx.prog
+        y, *params = ctx.saved_tensors
+        w = prog.zsign @ g.T  # (2^n, C): d<sum_i g_i Z_i>/d|amplitude|^2
+        z = torch.stack([y, 2 * y * w.unsqueeze(1)], 1)  # (2^n, 2, 2, C): state, cotangent
+        grads: list[Tensor | None] = [None] * len(params)
+        k = len(params)
+        for step in reversed(prog.steps):
+            if step.kind == "perm":
+                z = _permute(z, step.inverse)
+            elif step.kind == "phase":
+                k -= 1
+                y, lam = z[:, 0], z[:, 1]
+                gang = lam[:, 1] * y[:, 0] - lam[:, 0] * y[:, 1]  # dL/d(phase) per amplitude
+                grads[k] = gang.sum(-1, keepdim=True) if params[k].shape[-1] == 1 else gang
+                z = _apply_phase(z, -params[k])
+            else:
+                k -= 2
+                grads[k], grads[k + 1], z = _rot_backward(z, params[k], params[k + 1])
+        return (z[:, 1], None, *grads)
+
+
+def _evolve(x: Tensor, prog: _Program, params) -> Tensor:
+    """Apply every step after the encoding to planes x (2^n, 2, C)."""
+    it = iter(params)
+    for step in prog.steps:
+        if step.kind == "perm":
+            x = _permute(x, step.table)
+        elif step.kind == "phase":
+            x = _apply_phase(x, next(it))
+        else:
+            x = _apply_rot(x, next(it), next(it))
+    return x
+
+
+def _apply_phase(x: Tensor, ang: Tensor) -> Tensor:
+    """Multiply amplitude b by exp(i ang[b]) on x of shape (2^n, ..., re|im, C); ang is (2^n, 1)
+    shared or (2^n, C) per token."""
+    ang = ang.view(ang.shape[0], *[1] * (x.dim() - 3), ang.shape[1])
+    c, s = torch.cos(ang), torch.sin(ang)
+    re, im = x[..., 0, :], x[..., 1, :]
+    out = torch.empty_like(x)
+    torch.mul(re, c, out=out[..., 0, :]).addcmul_(im, s, value=-1)
+    torch.mul(re, s, out=out[..., 1, :]).addcmul_(im, c)
+    return out
+
+
+def _permute(x: Tensor, src: Tensor) -> Tensor:
+    """Rows x[src]: a gather of whole basis-state rows (2-D, where index_select is a memcpy)."""
+    return x.reshape(x.shape[0], -1).index_select(0, src).view(x.shape)
+
+
+def _apply_rot(x: Tensor, r_hi: Tensor | None, r_lo: Tensor | None, transpose: bool = False) -> Tensor:
+    """(R_hi (x) R_lo) x, or its transpose, on x of shape (2^n, ..., C); each R shared (k, k) or
+    per token (C, k, k); None is the identity. R_hi mixes blocks of rows, R_lo rows in a block."""
+    size, shape = x.shape[0], x.shape
+    hi = r_hi.shape[-1] if r_hi is not None else size // r_lo.shape[-1]
+    if transpose:
+        r_lo = None if r_lo is None else r_lo.transpose(-1, -2)
+        r_hi = None if r_hi is None else r_hi.transpose(-1, -2)
+    v = x.reshape(hi, size // hi, *shape[1:])
+    if r_hi is not None:
+        if r_hi.dim() == 2:
+            v = (r_hi @ v.reshape(hi, -1)).view_as(v)
+        else:
+            v = torch.einsum("cij,jl...c->il...c", r_hi, v)
+    if r_lo is not None:
+        if r_lo.dim() == 2:
+            v = torch.bmm(r_lo.expand(hi, -1, -1), v.reshape(hi, size // hi, -1))
+        else:
+            v = torch.einsum("cij,hj...c->hi...c", r_lo, v)
+    return v.reshape(shape)
+
+
+def _rot_backward(z: Tensor, r_hi: Tensor | None, r_lo: Tensor):
+    """z stacks the state after R = R_hi (x) R_lo and its cotangent, (2^n, 2, 2, C). Returns the
+    cotangents of R_hi and R_lo, and z before R."""
+    size, c = z.shape[0], z.shape[-1]
+    lo = r_lo.shape[-1]
+    hi = size // lo
+    per_token = r_lo.dim() == 3
+    z1 = _apply_rot(z, None, r_lo, transpose=True)  # undo the low half: y = (I (x) R_lo) x1
+    g_lo = _outer_sum(z[:, 1].reshape(hi, lo, 2 * c), z1[:, 0].reshape(hi, lo, 2 * c), per_token, c)
+    if r_hi is None:
+        return None, g_lo, z1
+    z0 = _apply_rot(z1, r_hi, None, transpose=True)  # undo the high half: x1 = (R_hi (x) I) x0
+    g_hi = _outer_sum(
+        z1[:, 1].reshape(hi, lo * 2 * c).unsqueeze(0), z0[:, 0].reshape(hi, lo * 2 * c).unsqueeze(0), per_token, c
+    )
+    return g_hi, g_lo, z0
+
+
+def _outer_sum(lam: Tensor, x: Tensor, per_token: bool, c: int) -> Tensor:
+    """sum over the batch b and columns m of lam[b, i, m] x[b, j, m]: (i, j), or per token (C, i, j)
+    when the columns end in the token axis."""
+    if per_token:
+        b, i, m = lam.shape
+        return torch.einsum("bimc,bjmc->cij", lam.view(b, i, m // c, c), x.view(b, x.shape[1], m // c, c))
+    return torch.bmm(lam, x.transpose(1, 2)).sum(0)
+
+
+def _product_state(prog: _Program, angles: Tensor) -> Tensor:
+    """Each qubit's 2-vector after the encoding prefix, then their Kronecker product, with the
+    basis index leading: (2^n, C) complex."""
+    n = prog.spec.n_qubits
+    cdtype = torch.complex128 if angles.dtype == torch.float64 else torch.complex64
+    phi = torch.zeros(n, 2, angles.shape[0], dtype=cdtype, device=angles.device)
+    phi[:, 0] = 1
+    for gate, qubits, idx in prog.prefix:
+        a = None if idx is None else angles[:, idx].T  # (q, C)
+        mats = _single_qubit_matrix(gate, a, cdtype, angles.device)  # (2, 2) or (q, C, 2, 2)
+        cur = phi[qubits]  # (q, 2, C)
+        if mats.dim() == 2:
+            upd = torch.einsum("ij,qjc->qic", mats, cur)
+        else:
+            upd = torch.einsum("qcij,qjc->qic", mats, cur)
+        phi = phi.index_copy(0, qubits, upd)
+    psi = phi[n - 1]
+    for q in range(n - 2, -1, -1):  # qubit n-1 is the most significant bit
+        psi = (psi.unsqueeze(1) * phi[q].unsqueeze(0)).flatten(0, 1)
+    return psi
+
+
+def _single_qubit_matrix(gate: str, a: Tensor | None, cdtype, device) -> Tensor:
+    """(..., 2, 2) complex matrix of H, RY(a) or RZ(a), textbook convention."""
+    if gate == "H":
+        return torch.tensor([[1, 1], [1, -1]], dtype=cdtype, device=device) / 2**0.5
+    half = a.to(cdtype) / 2
+    c, s = torch.cos(half), torch.sin(half)
+    zero = torch.zeros_like(c)
+    if gate == "RY":
+        rows = [torch.stack([c, -s], -1), torch.stack([s, c], -1)]
+    else:  # RZ
+        e = torch.exp(-1j * half)
+        rows = [torch.stack([e, zero], -1), torch.stack([zero, e.conj()], -1)]
+    return torch.stack(rows, -2)
+
+
+def _ry_real(theta: Tensor, step: _Step, n: int) -> list[Tensor]:
+    eye = torch.eye(2, dtype=theta.dtype, device=theta.device)
+    mats = [eye] * n
+    for wire, k in zip(step.wires, step.theta):
+        half = theta[..., k] / 2
+        c, s = torch.cos(half), torch.sin(half)
+        mats[wire] = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+    if theta.dim() == 2:
+        mats = [m.expand(theta.shape[0], 2, 2) for m in mats]
+    return mats
+
+
+def _kron(mats: list[Tensor]) -> Tensor:
+    """Kronecker product of (…, a, a) matrices, first factor most significant."""
+    out = mats[0]
+    for m in mats[1:]:
+        a, b = out.shape[-1], m.shape[-1]
+        out = (out[..., :, None, :, None] * m[..., None, :, None, :]).reshape(*out.shape[:-2], a * b, a * b)
+    return out
+
+
+@lru_cache(maxsize=64)
+def _compile(spec: CircuitSpec, device: torch.device, dtype: torch.dtype) -> _Program:
+    n = spec.n_qubits
+    ops = list(spec.ops)
+    # the encoding prefix: single-qubit gates before any entangling or trainable gate
+    split = next((i for i, op in enumerate(ops) if op.gate == "CNOT" or _is_theta(op)), len(ops))
+    if any(op.param and op.param[0] == "angle" for op in ops[split:]):
+        raise ValueError("the local simulator needs all input encoding before the first entangling or trainable gate")
+    prog = _Program(spec, _compile_prefix(ops[:split], n, device))
+    basis = torch.arange(2**n, device=device)
+    bits = (basis.unsqueeze(-1) >> torch.arange(n, device=device)) & 1  # (2^n, n)
+    signs = (1 - 2 * bits).to(dtype)
+    for op in ops[split:]:
+        last = prog.steps[-1] if prog.steps else None
+        kind = {"CNOT": "perm", "RZ": "phase", "RY": "rot"}.get(op.gate)
+        if kind is None:
+            raise ValueError(f"the local simulator cannot place gate {op.gate!r} after the encoding")
+        if kind == "perm":
+            if last is None or last.kind != "perm":
+                last = _Step("perm", table=basis.clone())
+                prog.steps.append(last)
+            ctrl, tgt = op.wires
+            # new[y] = old[y ^ (bit ctrl of y) << tgt]; composed as src = src[cnot(y)]
+            cnot = basis ^ (((basis >> ctrl) & 1) << tgt)
+            last.table = last.table[cnot]
+            continue
+        if last is None or last.kind != kind or op.wires[0] in last.wires or op.param[0] != "theta":
+            last = _Step(kind)
+            prog.steps.append(last)
+        last.wires += op.wires
+        last.theta += (op.param[1],)
+    for step in prog.steps:
+        if step.kind == "phase":
+            step.table = signs[:, list(step.wires)]
+        elif step.kind == "perm":
+            step.inverse = torch.argsort(step.table)
+    prog.zsign = signs
+    return prog
+
+
+def _compile_prefix(ops: list[Op], n: int, device) -> list[tuple[str, Tensor, Tensor | None]]:
+    """Group the prefix into steps that apply one gate kind to several qubits at once."""
+    per_qubit: list[list[Op]] = [[] for _ in range(n)]
+    for op in ops:
+        per_qubit[op.wires[0]].append(op)
+    steps = []
+    for depth in range(max(map(len, per_qubit), default=0)):
+        layer = [q[depth] for q in per_qubit if len(q) > depth]
+        for gate in dict.fromkeys(op.gate for op in layer):
+            same = [op for op in layer if op.gate == gate]
+            qubits = torch.tensor([op.wires[0] for op in same], device=device)
+            idx = None if gate == "H" else torch.tensor([op.param[1] for op in same], device=device)
+            steps.append((gate, qubits, idx))
+    return steps
+
+
+def _is_theta(op: Op) -> bool:
+    return op.param is not None and op.param[0] == "theta"

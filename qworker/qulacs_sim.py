@@ -1,0 +1,105 @@
+"""`qulacs`: the circuit in Qulacs, one token at a time — the qworker's CPU simulator and an
+independent reference for `local`.
+
+Qulacs's parametric rotations are exp(+i p P/2), the opposite sign of our textbook convention,
+so every parameter is stored negated (p = -angle) and its gradient negated back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import qulacs
+import torch
+from torch import Tensor
+
+from qworker.circuit import CircuitSpec, check_memory
+
+
+class _Circuit:
+    """A ParametricQuantumCircuit for `spec` whose parametric gates are, in order, the spec's
+    parametrised ops; `source[j]` says which input drives gate j."""
+
+    def __init__(self, spec: CircuitSpec):
+        check_memory(spec, 3, 16)
+        n = spec.n_qubits
+        self.spec = spec
+        self.circuit = qulacs.ParametricQuantumCircuit(n)
+        self.source: list[tuple[str, int]] = []
+        for op in spec.ops:
+            if op.gate == "H":
+                self.circuit.add_H_gate(op.wires[0])
+            elif op.gate == "CNOT":
+                self.circuit.add_CNOT_gate(*op.wires)
+            else:
+                add = {"RY": self.circuit.add_parametric_RY_gate, "RZ": self.circuit.add_parametric_RZ_gate}[op.gate]
+                add(op.wires[0], 0.0)
+                self.source.append(op.param)
+        self.is_angle = np.array([src == "angle" for src, _ in self.source])
+        self.index = np.array([k for _, k in self.source], dtype=np.int64)
+        self.state = qulacs.QuantumState(n)
+        basis = np.arange(2**n)
+        self.zsign = 1.0 - 2.0 * ((basis[:, None] >> np.arange(n)) & 1)  # (2^n, n)
+
+    def load(self, theta: np.ndarray, angles: np.ndarray) -> None:
+        """Set every gate's parameter for one token (negated: Qulacs's sign convention)."""
+        values = np.where(
+            self.is_angle, angles[self.index % max(1, angles.size)], theta[self.index % max(1, theta.size)]
+        )
+        for j, v in enumerate(values):
+            self.circuit.set_parameter(j, -float(v))
+
+    def run(self) -> np.ndarray:
+        self.state.set_zero_state()
+        self.circuit.update_quantum_state(self.state)
+        return np.abs(self.state.get_vector()) ** 2 @ self.zsign
+
+    def backprop(self, weights: np.ndarray) -> np.ndarray:
+        """d<sum_i w_i Z_i>/d(angle) for every parametric gate, textbook sign."""
+        obs = qulacs.Observable(self.spec.n_qubits)
+        for i, w in enumerate(weights):
+            if w != 0.0:
+                obs.add_operator(float(w), f"Z {i}")
+        return -np.asarray(self.circuit.backprop(obs))
+
+    def split(self, per_gate: np.ndarray, n_params: int, n_angles: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-gate gradients -> (theta part, angle part)."""
+        g_theta, g_angles = np.zeros(n_params), np.zeros(n_angles)
+        np.add.at(g_theta, self.index[~self.is_angle], per_gate[~self.is_angle])
+        np.add.at(g_angles, self.index[self.is_angle], per_gate[self.is_angle])
+        return g_theta, g_angles
+
+
+def _tokens(spec: CircuitSpec, theta: Tensor, angles: Tensor):
+    circ = _Circuit(spec)
+    th = theta.detach().cpu().double().numpy()
+    an = angles.detach().cpu().double().numpy()
+    for n in range(an.shape[0]):
+        circ.load(th if th.ndim == 1 else th[n], an[n])
+        yield n, circ
+
+
+def expectations(spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
+    out = np.zeros((angles.shape[0], spec.n_qubits))
+    for n, circ in _tokens(spec, theta, angles):
+        out[n] = circ.run()
+    return torch.from_numpy(out).to(angles)
+
+
+def adjoint_vjp(spec: CircuitSpec, theta: Tensor, angles: Tensor, grad_out: Tensor):
+    g = grad_out.detach().cpu().double().numpy()
+    g_theta = np.zeros(spec.n_params)
+    g_angles = np.zeros((angles.shape[0], spec.n_angles))
+    for n, circ in _tokens(spec, theta, angles):
+        gt, g_angles[n] = circ.split(circ.backprop(g[n]), spec.n_params, spec.n_angles)
+        g_theta += gt
+    return torch.from_numpy(g_theta).to(angles), torch.from_numpy(g_angles).to(angles)
+
+
+def adjoint_jacobians(spec: CircuitSpec, theta: Tensor, angles: Tensor):
+    j_theta = np.zeros((angles.shape[0], spec.n_qubits, spec.n_params))
+    j_angles = np.zeros((angles.shape[0], spec.n_qubits, spec.n_angles))
+    eye = np.eye(spec.n_qubits)
+    for n, circ in _tokens(spec, theta, angles):
+        for i in range(spec.n_qubits):
+            j_theta[n, i], j_angles[n, i] = circ.split(circ.backprop(eye[i]), spec.n_params, spec.n_angles)
+    return torch.from_numpy(j_theta).to(angles), torch.from_numpy(j_angles).to(angles)

@@ -1,0 +1,1 @@
+"""HyQuT trainer: the hybrid LLaMA-style model, its data, training and generation."""

@@ -1,0 +1,91 @@
+"""QuantumLinear: a drop-in for nn.Linear through a variational quantum circuit (DESIGN.md §2).
+
+    x (..., d_in) -> compress: Linear(d_in, 2 n_q) -> angles = π·tanh(features)
+                  -> circuit: <Z_i>, i < n_q      -> expand: Linear(n_q, d_out) -> (..., d_out)
+
+The angle map π·tanh keeps every angle in (-π, π), so distinct features never alias onto the
+same rotation. All tokens of a call go to the backend as one batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from qworker import Backend, CircuitSpec, Gradient, check_batch, get_backend
+from qworker.local import expectations as local_expectations
+
+
+class QuantumLinear(nn.Module):
+    """Same shapes as nn.Linear(in_features, out_features); leading dims are folded into one
+    batch of tokens and restored.
+
+    Init: `compress` and `expand` as nn.Linear (Kaiming-uniform); theta ~ U(-π, π).
+    Gradients: `grad` names the method (adjoint, shift, fd, spsa; settings via `Gradient`). The
+    `local` backend with `adjoint` differentiates by autograd; every other pair goes through the
+    backend's vector-Jacobian product, the path a remote executor takes.
+
+        >>> layer = QuantumLinear(64, 32, n_qubits=4, n_layers=1)
+        >>> layer(torch.randn(2, 8, 64)).shape
+        torch.Size([2, 8, 32])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        n_qubits: int = 10,
+        n_layers: int = 2,
+        entangler: str = "ring",
+        backend: str | Backend = "local",
+        grad: str | Gradient = "adjoint",
+        bias: bool = True,
+    ):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.spec = CircuitSpec(n_qubits, n_layers, entangler)
+        self.backend = get_backend(backend)
+        self.grad = grad if isinstance(grad, Gradient) else Gradient(grad)
+        self.backend.check_method(self.grad)
+        self.compress = nn.Linear(in_features, self.spec.n_angles, bias=bias)
+        self.theta = nn.Parameter(torch.empty(self.spec.n_params).uniform_(-math.pi, math.pi))
+        self.expand = nn.Linear(n_qubits, out_features, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        angles = math.pi * torch.tanh(self.compress(x.reshape(-1, self.in_features)))  # (B·T, 2 n_q)
+        z = self.circuit(angles.float() if angles.dtype not in (torch.float32, torch.float64) else angles)
+        return self.expand(z.to(x.dtype)).reshape(*lead, self.out_features)
+
+    def circuit(self, angles: Tensor) -> Tensor:
+        """<Z_i> for a batch of angles (N, 2 n_q) -> (N, n_q), differentiable."""
+        theta = self.theta.to(angles.dtype)
+        check_batch(self.spec, theta, angles)
+        if self.backend.name == "local" and self.grad.method == "adjoint":
+            return local_expectations(self.spec, theta, angles)
+        return _CircuitFunction.apply(theta, angles, self.backend, self.spec, self.grad)
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, n_qubits={s.n_qubits}, "
+            f"n_layers={s.n_layers}, entangler={s.entangler}, backend={self.backend.name}, grad={self.grad.method}"
+        )
+
+
+class _CircuitFunction(torch.autograd.Function):
+    """Forward: the backend's expectations. Backward: the backend's VJP by the chosen method."""
+
+    @staticmethod
+    def forward(ctx, theta: Tensor, angles: Tensor, backend: Backend, spec: CircuitSpec, grad: Gradient) -> Tensor:
+        ctx.save_for_backward(theta, angles)
+        ctx.backend, ctx.spec, ctx.grad = backend, spec, grad
+        return backend.expectations(spec, theta.detach(), angles.detach())
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        theta, angles = ctx.saved_tensors
+        g_theta, g_angles = ctx.backend.vjp(ctx.spec, theta, angles, g.contiguous(), ctx.grad)
+        return g_theta.to(theta), g_angles.to(angles), None, None, None
