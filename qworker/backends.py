@@ -9,6 +9,8 @@ where a circuit runs.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -102,7 +104,7 @@ class ShotsBackend(Backend):
             raise ValueError("invalid shots backend settings: " + "; ".join(problems))
         self.shots, self.readout_error, self.depolarizing = shots, readout_error, depolarizing
         self.generator = torch.Generator()
-        self.generator.manual_seed(seed if seed is not None else torch.seed())
+        self.generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
 
     def expectations(self, spec, theta, angles):
         with torch.no_grad():

@@ -11,6 +11,7 @@ shift and fd, 2·(|Θ| + 2·n_q); spsa, 2·samples.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -81,7 +82,7 @@ def spsa_jacobians(f: Expectations, spec: CircuitSpec, theta: Tensor, angles: Te
     """Simultaneous perturbation: every theta and every angle of every token moved at once along
     a random ±1 direction; unbiased up to O(delta^2), averaged over `samples` directions."""
     gen = torch.Generator(device="cpu")
-    gen.manual_seed(grad.seed if grad.seed is not None else int(torch.randint(2**62, (1,)).item()))
+    gen.manual_seed(grad.seed if grad.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
     c = grad.delta
     j_theta = angles.new_zeros(angles.shape[0], spec.n_qubits, spec.n_params)
     j_angles = angles.new_zeros(angles.shape[0], spec.n_qubits, spec.n_angles)

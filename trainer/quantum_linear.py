@@ -10,6 +10,7 @@ same rotation. All tokens of a call go to the backend as one batch.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import Tensor, nn
@@ -63,9 +64,16 @@ class QuantumLinear(nn.Module):
         """<Z_i> for a batch of angles (N, 2 n_q) -> (N, n_q), differentiable."""
         theta = self.theta.to(angles.dtype)
         check_batch(self.spec, theta, angles)
+        start = time.perf_counter()
         if self.backend.name == "local" and self.grad.method == "adjoint":
-            return local_expectations(self.spec, theta, angles)
-        return _CircuitFunction.apply(theta, angles, self.backend, self.spec, self.grad)
+            z = local_expectations(self.spec, theta, angles)
+        else:
+            z = _CircuitFunction.apply(theta, angles, self.backend, self.spec, self.grad)
+        circuit_clock.seconds += time.perf_counter() - start
+        if z.requires_grad and angles.requires_grad:  # time the circuit's backward too
+            z.register_hook(circuit_clock.start)
+            angles.register_hook(circuit_clock.stop)
+        return z
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -73,6 +81,29 @@ class QuantumLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, n_qubits={s.n_qubits}, "
             f"n_layers={s.n_layers}, entangler={s.entangler}, backend={self.backend.name}, grad={self.grad.method}"
         )
+
+
+class CircuitClock:
+    """Wall seconds spent evaluating circuits, forward and backward, by every QuantumLinear: the
+    trainer reads and resets it each step to report the quantum share of step time. (On CUDA the
+    figures count launch time only, unless the caller synchronises.)"""
+
+    def __init__(self) -> None:
+        self.seconds, self._began = 0.0, 0.0
+
+    def start(self, _grad: Tensor) -> None:  # a tensor hook: the gradient reached the circuit
+        self._began = time.perf_counter()
+
+    def stop(self, _grad: Tensor) -> None:  # a tensor hook: the gradient left the circuit
+        self.seconds += time.perf_counter() - self._began
+
+    def take(self) -> float:
+        """The seconds since the last take, and reset."""
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+circuit_clock = CircuitClock()
 
 
 class _CircuitFunction(torch.autograd.Function):

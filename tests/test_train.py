@@ -1,0 +1,206 @@
+"""The trainer end to end: the real deepspeed launcher on the CPU, checkpoints that resume exactly,
+generation from a checkpoint, and one-line errors for bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+BIN = Path(sys.executable).parent
+# small and quick, but the real thing: tiny preset, 10-qubit circuits in W_q of both layers
+FAST = ["--model", "tiny", "--quantum", "wq", "--context", "64", "--batch-size", "4", "--eval-batches", "2"]
+
+
+@pytest.fixture(scope="module")
+def env(cache_dir):
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "HYQUT_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}
+
+
+def train(env, out, *flags, launcher=None, check=True):
+    cmd = [*(launcher or [sys.executable, "-m", "trainer.main"]), *FAST, "--out", str(out), *flags]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def losses(out):
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_deepspeed_launcher_one_rank_trains_and_generates(env, tmp_path):
+    out = tmp_path / "run"
+    train(
+        env,
+        out,
+        "--steps",
+        "6",
+        "--save-every",
+        "3",
+        "--eval-every",
+        "3",
+        launcher=[str(BIN / "deepspeed"), "--num_gpus", "1", "trainer/main.py"],
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["replicas_identical"] and summary["final_val_loss"] > 0
+    assert 0 < summary["quantum_share"] < 1 and summary["params"]["quantum_projections"] == 2
+    assert (out / "loss.png").stat().st_size > 1000 and len(losses(out)) == 6
+    reply = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.generate",
+            "--checkpoint",
+            str(out),
+            "--prompt",
+            "hi there",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert reply.returncode == 0 and reply.stdout.strip(), reply.stderr
+    chat = subprocess.run(
+        [sys.executable, "-m", "trainer.generate", "--checkpoint", str(out), "--chat", "--max-tokens", "8"],
+        cwd=ROOT,
+        input="hello\nhow are you?\n\n",
+        capture_output=True,
+        text=True,
+    )
+    assert chat.returncode == 0 and chat.stdout.count("model:") == 2, chat.stderr
+
+
+@pytest.mark.slow
+def test_two_data_parallel_ranks_stay_identical(env, tmp_path):
+    out = tmp_path / "run"
+    train(
+        env,
+        out,
+        "--steps",
+        "4",
+        "--save-every",
+        "4",
+        "--eval-every",
+        "4",
+        launcher=[str(BIN / "deepspeed"), "--num_gpus", "2", "trainer/main.py"],
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["replicas_identical"] is True and summary["steps"] == 4
+    run = json.loads((out / "run.json").read_text())
+    assert run["train"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_identical_losses(env, tmp_path):
+    flags = ["--steps", "10", "--save-every", "4", "--eval-every", "5"]
+    whole = tmp_path / "whole"
+    train(env, whole, *flags)
+    cut = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "trainer.main", *FAST, "--out", str(cut), *flags]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:  # kill it hard once it is past a checkpoint
+        log = cut / "log.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= 6:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert 6 <= len(losses(cut)) < 10
+    resumed = train(env, cut, *flags)
+    assert "resuming" in resumed.stdout and "from step 4" in resumed.stdout
+    assert losses(cut) == losses(whole)  # the same floats: steps 5-6 were replayed from step 4
+    assert (
+        json.loads((cut / "summary.json").read_text())["final_val_loss"]
+        == json.loads((whole / "summary.json").read_text())["final_val_loss"]
+    )
+
+
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--model", "huge"], "unknown model preset 'huge'"),
+        (["--quantum", "wk"], "unknown quantum target 'wk'"),
+        (["--quantum-layers", "7"], "quantum_layers [7] out of range"),
+        (["--dataset", "/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--qbackend", "shots", "--grad", "adjoint"], "not supported by qbackend 'shots'"),
+    ],
+)
+def test_bad_flags_give_one_line_errors(env, tmp_path, flags, words):
+    proc = train(env, tmp_path / "run", "--steps", "2", *flags, check=False)
+    assert proc.returncode != 0
+    assert words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_empty_dataset_file(env, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    proc = train(env, tmp_path / "run", "--dataset", str(empty), check=False)
+    assert proc.returncode != 0 and "empty" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_mismatched_or_corrupt_checkpoint_is_refused_and_kept(env, tmp_path):
+    out = tmp_path / "run"
+    train(env, out, "--steps", "2", "--save-every", "2", "--eval-every", "2")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = train(env, out, "--steps", "2", "--n-qubits", "4", check=False)
+    assert other.returncode != 0 and "holds a different run" in other.stderr and "n_qubits" in other.stderr
+    (out / "run.json").write_text("{not json")
+    corrupt = train(env, out, "--steps", "2", check=False)
+    assert corrupt.returncode != 0 and "corrupt" in corrupt.stderr and "Traceback" not in corrupt.stderr
+    (out / "run.json").write_bytes(before[out / "run.json"])
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing overwritten
+    gen = subprocess.run(
+        [sys.executable, "-m", "trainer.generate", "--checkpoint", str(tmp_path), "--prompt", "x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert gen.returncode != 0 and "not a HyQuT checkpoint" in gen.stderr
+
+
+def test_describe_150m_reports_counts_without_training(env):
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.main", "--model", "150m", "--quantum", "wq", "--describe"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "fewer" in proc.stdout and "FLOPs" in proc.stdout and "circuits/token" in proc.stdout
+
+
+def test_metrics_endpoint_serves_training_metrics():
+    import urllib.request
+
+    from trainer.metrics import TrainMetrics
+
+    m = TrainMetrics(0)
+    try:
+        m.record_step(step=3, loss=2.5, seconds=0.5, quantum_seconds=0.2, tokens=1000)
+        port = m.server.server_port
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        m.close()
+    assert (
+        "hyqut_train_loss 2.5" in text
+        and "hyqut_quantum_share 0.4" in text
+        and "hyqut_tokens_per_second 2000.0" in text
+    )

@@ -1,0 +1,113 @@
+"""A run directory: what a checkpoint holds and how a run resumes (DESIGN.md §6).
+
+runs/NAME/
+  run.json        model config + training settings: a restart must match them
+  tokenizer.json  the tokenizer the run trained (tokenizers' own format)
+  model.pt        plain torch weights of the latest checkpoint, for generation
+  ckpt/           DeepSpeed checkpoints (optimizer, scheduler, data position, RNG), `latest`
+  log.jsonl       one line per step and per evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainer.config import ModelConfig
+
+RUN_FILE, TOKENIZER_FILE, WEIGHTS_FILE, CKPT_DIR, LOG_FILE = (
+    "run.json",
+    "tokenizer.json",
+    "model.pt",
+    "ckpt",
+    "log.jsonl",
+)
+
+
+class CheckpointError(RuntimeError):
+    """A run directory that cannot be used as asked: corrupt, incomplete or from another run."""
+
+
+def check_resumable(run_dir: Path, run: dict) -> bool:
+    """True if run_dir holds a checkpoint of this same run (resume), False if it is new or empty
+    (start). Raises CheckpointError, naming the differences, if it holds another run's."""
+    saved_file = run_dir / RUN_FILE
+    if not saved_file.exists():
+        if (run_dir / CKPT_DIR).exists():
+            raise CheckpointError(f"{run_dir} has checkpoints but no {RUN_FILE}: it is incomplete; use a new --out")
+        return False
+    try:
+        saved = json.loads(saved_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{saved_file} is corrupt ({e}); delete {run_dir} or use a new --out") from None
+    diffs = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in _flatten(run).items() if _flatten(saved).get(k) != v]
+    if diffs:
+        raise CheckpointError(
+            f"{run_dir} holds a different run ({'; '.join(diffs[:6])}); rerun with the same flags to resume, "
+            "or choose a new --out"
+        )
+    return (run_dir / CKPT_DIR / "latest").exists()
+
+
+def write_run(run_dir: Path, run: dict, tokenizer_json: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(run_dir / RUN_FILE, json.dumps(run, indent=2, sort_keys=True).encode())
+    _atomic_write(run_dir / TOKENIZER_FILE, tokenizer_json.encode())
+
+
+def save_weights(run_dir: Path, model: nn.Module, step: int) -> None:
+    tmp = run_dir / (WEIGHTS_FILE + ".tmp")
+    torch.save({"step": step, "model": model.state_dict()}, tmp)
+    os.replace(tmp, run_dir / WEIGHTS_FILE)
+
+
+def load_for_inference(run_dir: Path):
+    """(ModelConfig, state_dict, tokenizer, step) of a finished or running run."""
+    from trainer.tokenizer import Tokenizer
+
+    missing = [f for f in (RUN_FILE, TOKENIZER_FILE, WEIGHTS_FILE) if not (run_dir / f).exists()]
+    if missing:
+        raise CheckpointError(f"{run_dir} is not a HyQuT checkpoint: missing {', '.join(missing)}")
+    try:
+        run = json.loads((run_dir / RUN_FILE).read_text())
+        cfg = ModelConfig.from_dict(run["model"])
+        blob = torch.load(run_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        tokenizer = Tokenizer.load(run_dir / TOKENIZER_FILE)
+    except Exception as e:  # torch, tokenizers and json each raise their own kinds on a bad file
+        raise CheckpointError(f"{run_dir} is corrupt or incomplete: {e}") from None
+    return cfg, blob["model"], tokenizer, blob["step"]
+
+
+def read_log(run_dir: Path, up_to_step: int | None = None) -> list[dict]:
+    """The log's records, optionally only those up to a step (a resumed run rewrites the rest)."""
+    path = run_dir / LOG_FILE
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if up_to_step is None or r["step"] <= up_to_step]
+
+
+def truncate_log(run_dir: Path, step: int) -> None:
+    """Drop records after `step`: a resumed run replays those steps and logs them again."""
+    kept = "".join(json.dumps(r) + "\n" for r in read_log(run_dir, step))
+    _atomic_write(run_dir / LOG_FILE, kept.encode())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
