@@ -10,8 +10,10 @@ act on all tokens of a chunk at once, instead of 80 gates applied one by one:
   a high and a low half of the qubits, it is two small real GEMMs (2^hi and 2^lo square) over the
   whole chunk;
 - <Z_i> for every i is one GEMM of the probabilities with a +-1 sign table.
-The state is kept as real and imaginary planes, shape (2, C, 2^n), so every rotation is a real
-GEMM. Tokens are processed in chunks that stay in cache; autograd keeps the graph per chunk.
+The state is kept basis-major as real and imaginary planes, shape (2^n, 2, C) for a chunk of C
+tokens: a permutation then gathers whole contiguous rows and every rotation is a real GEMM.
+Chunks of tokens stay in cache. Gradients: autograd for the small per-step matrices and the
+product state; the register-sized steps have a hand-written backward (`_Register`).
 """
 
 from __future__ import annotations
@@ -103,52 +105,60 @@ def _step_params(prog: _Program, theta: Tensor) -> list[Tensor | None]:
 class _Register(torch.autograd.Function):
     """All entangling and trainable steps and the readout, on planes x of shape (2^n, 2, C).
 
-    Backward is the adjoint method: it keeps only the final state and walks the steps in
-    reverse, uncomputing the state (every step is unitary) while pulling the cotangent back, so
-    memory stays at a few registers whatever the depth. State and cotangent travel stacked,
-    (2^n, 2, 2, C) = (basis, state|cotangent, re|im, token), so each step is one call for both."""
+    Backward is the adjoint method: it pulls the cotangent back through the steps in reverse and
+    pairs it with the states the forward kept (each phase step's output, each rotation's input and
+    midpoint; four registers per chunk for the default circuit), so no state is recomputed."""
 
     @staticmethod
     def forward(ctx, x: Tensor, prog: _Program, *params: Tensor | None) -> Tensor:
-        x = _evolve(x.contiguous(), prog, params)
-        ctx.prog = prog
+        kept: list | None = [] if any(ctx.needs_input_grad) else None
+        x = _evolve(x.contiguous(), prog, params, kept)
+        ctx.prog, ctx.kept = prog, kept
         ctx.save_for_backward(x, *params)
         probs = x[:, 0].square() + x[:, 1].square()  # (2^n, C)
         return (prog.zsign.T @ probs).T  # (C, n)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        prog = ctx.prog
+        prog, kept = ctx.prog, reversed(ctx.kept)  # not consumed: backward may run again (retain_graph)
         y, *params = ctx.saved_tensors
         w = prog.zsign @ g.T  # (2^n, C): d<sum_i g_i Z_i>/d|amplitude|^2
-        z = torch.stack([y, 2 * y * w.unsqueeze(1)], 1)  # (2^n, 2, 2, C): state, cotangent
+        lam = 2 * y * w.unsqueeze(1)  # (2^n, 2, C): the cotangent of the final state
         grads: list[Tensor | None] = [None] * len(params)
         k = len(params)
         for step in reversed(prog.steps):
             if step.kind == "perm":
-                z = _permute(z, step.inverse)
+                lam = _permute(lam, step.inverse)
             elif step.kind == "phase":
                 k -= 1
-                y, lam = z[:, 0], z[:, 1]
-                gang = lam[:, 1] * y[:, 0] - lam[:, 0] * y[:, 1]  # dL/d(phase) per amplitude
+                out = next(kept)
+                gang = lam[:, 1] * out[:, 0] - lam[:, 0] * out[:, 1]  # dL/d(phase) per amplitude
                 grads[k] = gang.sum(-1, keepdim=True) if params[k].shape[-1] == 1 else gang
-                z = _apply_phase(z, -params[k])
+                lam = _apply_phase(lam, -params[k])
             else:
                 k -= 2
-                grads[k], grads[k + 1], z = _rot_backward(z, params[k], params[k + 1])
-        return (z[:, 1], None, *grads)
+                x0, x1 = next(kept)
+                grads[k], grads[k + 1], lam = _rot_backward(lam, x0, x1, params[k], params[k + 1])
+        return (lam, None, *grads)
 
 
-def _evolve(x: Tensor, prog: _Program, params) -> Tensor:
-    """Apply every step after the encoding to planes x (2^n, 2, C)."""
+def _evolve(x: Tensor, prog: _Program, params, kept: list | None = None) -> Tensor:
+    """Apply every step after the encoding to planes x (2^n, 2, C); append to `kept` what the
+    backward needs: each phase step's output, each rotation's (input, midpoint)."""
     it = iter(params)
     for step in prog.steps:
         if step.kind == "perm":
             x = _permute(x, step.table)
         elif step.kind == "phase":
             x = _apply_phase(x, next(it))
+            if kept is not None:
+                kept.append(x)
         else:
-            x = _apply_rot(x, next(it), next(it))
+            r_hi, r_lo = next(it), next(it)
+            mid = x if r_hi is None else _apply_rot(x, r_hi, None)
+            if kept is not None:
+                kept.append((x, mid))
+            x = _apply_rot(mid, None, r_lo)
     return x
 
 
@@ -191,22 +201,22 @@ def _apply_rot(x: Tensor, r_hi: Tensor | None, r_lo: Tensor | None, transpose: b
     return v.reshape(shape)
 
 
-def _rot_backward(z: Tensor, r_hi: Tensor | None, r_lo: Tensor):
-    """z stacks the state after R = R_hi (x) R_lo and its cotangent, (2^n, 2, 2, C). Returns the
-    cotangents of R_hi and R_lo, and z before R."""
-    size, c = z.shape[0], z.shape[-1]
+def _rot_backward(lam: Tensor, x0: Tensor, x1: Tensor, r_hi: Tensor | None, r_lo: Tensor):
+    """The rotation x0 -> x1 = (R_hi (x) I) x0 -> y = (I (x) R_lo) x1, backwards: from the
+    cotangent of y, the cotangents of R_hi, R_lo and x0."""
+    size, c = lam.shape[0], lam.shape[-1]
     lo = r_lo.shape[-1]
     hi = size // lo
     per_token = r_lo.dim() == 3
-    z1 = _apply_rot(z, None, r_lo, transpose=True)  # undo the low half: y = (I (x) R_lo) x1
-    g_lo = _outer_sum(z[:, 1].reshape(hi, lo, 2 * c), z1[:, 0].reshape(hi, lo, 2 * c), per_token, c)
+    g_lo = _outer_sum(lam.reshape(hi, lo, 2 * c), x1.reshape(hi, lo, 2 * c), per_token, c)
+    lam = _apply_rot(lam, None, r_lo, transpose=True)
     if r_hi is None:
-        return None, g_lo, z1
-    z0 = _apply_rot(z1, r_hi, None, transpose=True)  # undo the high half: x1 = (R_hi (x) I) x0
+        return None, g_lo, lam
+    # the same sum with the block index leading: (lo, hi, 2C) views, no copies
     g_hi = _outer_sum(
-        z1[:, 1].reshape(hi, lo * 2 * c).unsqueeze(0), z0[:, 0].reshape(hi, lo * 2 * c).unsqueeze(0), per_token, c
+        lam.reshape(hi, lo, 2 * c).transpose(0, 1), x0.reshape(hi, lo, 2 * c).transpose(0, 1), per_token, c
     )
-    return g_hi, g_lo, z0
+    return g_hi, g_lo, _apply_rot(lam, r_hi, None, transpose=True)
 
 
 def _outer_sum(lam: Tensor, x: Tensor, per_token: bool, c: int) -> Tensor:
