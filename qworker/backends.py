@@ -152,9 +152,14 @@ BACKENDS = {"local": LocalBackend, "qulacs": QulacsBackend, "shots": ShotsBacken
 
 
 def get_backend(name: str | Backend, **options) -> Backend:
-    """A backend by name (`local`, `qulacs`, `shots`), with its options; an instance passes."""
+    """A backend by name (`local`, `qulacs`, `shots`, or `grpc://host:port` for a qworker server),
+    with its options; an instance passes."""
     if isinstance(name, Backend):
         return name
+    if isinstance(name, str) and name.startswith("grpc://"):
+        from qworker.remote import RemoteBackend  # lazily: grpc is needed only for remote backends
+
+        return RemoteBackend(name, **options)
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     return BACKENDS[name](**options)

@@ -30,6 +30,11 @@ def train(env, out, *flags, launcher=None, check=True):
     return proc
 
 
+def generate(checkpoint, *flags, stdin=None):
+    cmd = [sys.executable, "-m", "trainer.generate", "--checkpoint", str(checkpoint), *flags]
+    return subprocess.run(cmd, cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=300)
+
+
 def losses(out):
     return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
 
@@ -52,32 +57,9 @@ def test_deepspeed_launcher_one_rank_trains_and_generates(env, tmp_path):
     assert summary["steps"] == 6 and summary["replicas_identical"] and summary["final_val_loss"] > 0
     assert 0 < summary["quantum_share"] < 1 and summary["params"]["quantum_projections"] == 2
     assert (out / "loss.png").stat().st_size > 1000 and len(losses(out)) == 6
-    reply = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer.generate",
-            "--checkpoint",
-            str(out),
-            "--prompt",
-            "hi there",
-            "--max-tokens",
-            "8",
-            "--temperature",
-            "0",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    reply = generate(out, "--prompt", "hi there", "--max-tokens", "8", "--temperature", "0")
     assert reply.returncode == 0 and reply.stdout.strip(), reply.stderr
-    chat = subprocess.run(
-        [sys.executable, "-m", "trainer.generate", "--checkpoint", str(out), "--chat", "--max-tokens", "8"],
-        cwd=ROOT,
-        input="hello\nhow are you?\n\n",
-        capture_output=True,
-        text=True,
-    )
+    chat = generate(out, "--chat", "--max-tokens", "8", stdin="hello\nhow are you?\n\n")
     assert chat.returncode == 0 and chat.stdout.count("model:") == 2, chat.stderr
 
 
@@ -165,12 +147,7 @@ def test_mismatched_or_corrupt_checkpoint_is_refused_and_kept(env, tmp_path):
     assert corrupt.returncode != 0 and "corrupt" in corrupt.stderr and "Traceback" not in corrupt.stderr
     (out / "run.json").write_bytes(before[out / "run.json"])
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing overwritten
-    gen = subprocess.run(
-        [sys.executable, "-m", "trainer.generate", "--checkpoint", str(tmp_path), "--prompt", "x"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    gen = generate(tmp_path, "--prompt", "x")
     assert gen.returncode != 0 and "not a HyQuT checkpoint" in gen.stderr
 
 

@@ -1,0 +1,70 @@
+"""`python -m qworker serve --port 50051 [...]`: run a qworker server (see qworker/service.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from qworker.pool import SIMULATORS
+from qworker.service import ServerConfig, serve
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m qworker", description="The HyQuT quantum-evaluation service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve hyqut.qworker.v1.QWorker over gRPC until SIGTERM")
+    d = ServerConfig()
+    s.add_argument("--host", default=d.host, help="interface to listen on (0.0.0.0 for all)")
+    s.add_argument("--port", type=int, default=d.port, help="0 picks a free port (printed)")
+    s.add_argument("--token-file", type=Path, help="require this file's token (default: $HYQUT_TOKEN, if set)")
+    s.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS (with --tls-key)")
+    s.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    s.add_argument("--max-message-mb", type=int, default=d.max_message_mb, help="largest request or response")
+    s.add_argument("--max-qubits", type=int, default=d.max_qubits, help="largest circuit served")
+    s.add_argument("--max-layers", type=int, default=d.max_layers, help="deepest circuit served")
+    s.add_argument("--max-tokens", type=int, default=d.max_tokens_per_request, help="most tokens in one request")
+    s.add_argument("--max-shots", type=int, default=d.max_shots, help="most shots a request may ask for")
+    s.add_argument(
+        "--max-circuits", type=int, default=d.max_circuits_per_request, help="most one-token circuits in one request"
+    )
+    s.add_argument("--simulators", default=",".join(d.simulators), help=f"comma-separated, from {SIMULATORS}")
+    s.add_argument("--workers", type=int, default=d.workers, help="threads answering calls")
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    s.add_argument("--grace", type=float, default=d.grace_s, help="seconds in-flight calls get on SIGTERM")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    token = args.token_file.read_text().strip() if args.token_file else os.environ.get("HYQUT_TOKEN") or None
+    if args.token_file and not token:
+        raise SystemExit(f"--token-file {args.token_file} is empty")
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        token=token,
+        tls_cert=args.tls_cert.read_bytes() if args.tls_cert else None,
+        tls_key=args.tls_key.read_bytes() if args.tls_key else None,
+        max_message_mb=args.max_message_mb,
+        max_qubits=args.max_qubits,
+        max_layers=args.max_layers,
+        max_tokens_per_request=args.max_tokens,
+        max_shots=args.max_shots,
+        max_circuits_per_request=args.max_circuits,
+        simulators=tuple(n for n in args.simulators.split(",") if n),
+        workers=args.workers,
+        metrics_port=args.metrics_port,
+        grace_s=args.grace,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(config_from_args(parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

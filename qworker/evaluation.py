@@ -1,0 +1,80 @@
+"""One batched evaluation as plain data, and how a Backend runs it: what a qworker pool receives
+from the service and what every replica (in-process now, Ray workers later) executes.
+
+    ev = Evaluation(spec, "qulacs", theta, angles, want="vjp", grad=Gradient("adjoint"), grad_out=g)
+    result = run(get_backend("qulacs"), ev)        # result.vjp == (g_theta, g_angles)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from qworker.backends import Backend
+from qworker.circuit import CircuitSpec
+from qworker.gradients import Gradient
+
+WANTS = ("expectations", "jacobians", "vjp")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A validated batch: N tokens through `spec` on the backend named `backend` (built with
+    `options`), returning `want` (expectations, jacobians or vjp) by `grad`."""
+
+    spec: CircuitSpec
+    backend: str
+    theta: Tensor  # (|Θ|,) or (N, |Θ|), the dtype of angles
+    angles: Tensor  # (N, 2 n_q)
+    want: str = "expectations"
+    grad: Gradient | None = None  # required unless want == "expectations"
+    grad_out: Tensor | None = None  # (N, n_q), with want == "vjp"
+    include_expectations: bool = False
+    options: dict = field(default_factory=dict)  # the backend's constructor options (shots, seed, ...)
+
+    def __post_init__(self) -> None:
+        assert self.want in WANTS, f"want must be one of {WANTS}, got {self.want!r}"
+        assert self.want == "expectations" or self.grad is not None, f"want={self.want} needs a gradient method"
+        assert (self.want == "vjp") == (self.grad_out is not None), "grad_out goes with want='vjp' only"
+
+    @property
+    def n_tokens(self) -> int:
+        return self.angles.shape[0]
+
+    @property
+    def circuits_per_token(self) -> int:
+        """Circuit evaluations each token costs (an adjoint pass counted as one)."""
+        gradient = self.grad.evaluations(self.spec) if self.want != "expectations" else 0
+        return gradient + int(self.want == "expectations" or self.include_expectations)
+
+    @property
+    def token_circuits(self) -> int:
+        """One-token circuit evaluations this request costs."""
+        return self.n_tokens * self.circuits_per_token
+
+
+@dataclass(frozen=True)
+class Result:
+    """What an Evaluation returns; the fields it did not ask for are None."""
+
+    expectations: Tensor | None = None  # (N, n_q)
+    jacobians: tuple[Tensor, Tensor] | None = None  # (N, n_q, |Θ|), (N, n_q, 2 n_q)
+    vjp: tuple[Tensor, Tensor] | None = None  # (|Θ|,), (N, 2 n_q)
+    compute_seconds: float = 0.0
+
+
+def run(backend: Backend, ev: Evaluation) -> Result:
+    """Evaluate `ev` on `backend` (already the one it names); raises the backend's own errors."""
+    if ev.grad is not None:
+        backend.check_method(ev.grad)
+    start = time.perf_counter()
+    exp = jac = vjp = None
+    if ev.want == "expectations" or ev.include_expectations:
+        exp = backend.expectations(ev.spec, ev.theta, ev.angles)
+    if ev.want == "jacobians":
+        jac = tuple(backend.jacobians(ev.spec, ev.theta, ev.angles, ev.grad))
+    elif ev.want == "vjp":
+        vjp = tuple(backend.vjp(ev.spec, ev.theta, ev.angles, ev.grad_out, ev.grad))
+    return Result(exp, jac, vjp, time.perf_counter() - start)

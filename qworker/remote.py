@@ -1,0 +1,214 @@
+"""`grpc://host:port`: a Backend whose circuits run on a qworker server (DESIGN.md §4).
+
+    backend = get_backend("grpc://127.0.0.1:50051")               # = RemoteBackend(...)
+    backend = get_backend("grpc://10.0.0.5:50051?simulator=local&deadline=120&tls_root_cert=ca.pem")
+    z = backend.expectations(spec, theta, angles)                 # the server's qulacs by default
+
+The token comes from `token=` or $HYQUT_TOKEN (never from the address, which ends up in logs and
+run.json). Every call has a deadline; a call that fails UNAVAILABLE is retried with backoff (an
+evaluation is a pure function of its request, so a retry is safe); nothing else is retried.
+A batch larger than the server's limits is split into sequential requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import grpc
+import torch
+from torch import Tensor
+
+from qworker.auth import bearer
+from qworker.backends import Backend
+from qworker.circuit import VERSION as CIRCUIT_VERSION
+from qworker.circuit import CircuitSpec
+from qworker.evaluation import Evaluation, Result
+from qworker.gradients import Gradient
+from qworker.wire import qworker_pb2 as pb
+from qworker.wire import qworker_pb2_grpc as pb_grpc
+from qworker.wire_convert import Limits, max_tokens, to_request, to_result
+
+QUERY_KEYS = ("simulator", "deadline", "tls_root_cert")
+
+
+class RemoteError(RuntimeError):
+    """A qworker call that failed; `code` is its grpc.StatusCode."""
+
+    def __init__(self, message: str, code: grpc.StatusCode):
+        super().__init__(message)
+        self.code = code
+
+
+class RemoteInvalidArgument(RemoteError, ValueError):
+    """The server refused the request's contents (INVALID_ARGUMENT): a ValueError, as locally."""
+
+
+class RemoteBackend(Backend):
+    """The client of a qworker server. `simulator` picks the server's backend (qulacs, local,
+    shots); `simulator_options` are that backend's (shots, seed, readout_error, depolarizing).
+    `deadline_s` bounds every call; `connect_timeout_s` bounds the first connection."""
+
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        tls_root_cert: str | Path | bytes | None = None,
+        simulator: str | None = None,
+        deadline_s: float | None = None,
+        connect_timeout_s: float = 10.0,
+        retries: int = 3,
+        **simulator_options,
+    ):
+        parts = urlsplit(address)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - set(QUERY_KEYS)
+        if parts.scheme != "grpc" or not parts.hostname or not parts.port or unknown:
+            raise ValueError(
+                f"bad qworker address {address!r}: expected grpc://host:port[?{'=..&'.join(QUERY_KEYS)}=..]"
+            )
+        self.target = parts.netloc
+        self.name = f"grpc://{parts.netloc}"
+        self.simulator = simulator or query.get("simulator", "qulacs")
+        self.deadline_s = float(deadline_s or query.get("deadline", 60.0))
+        self.connect_timeout_s, self.retries = connect_timeout_s, retries
+        self.options = simulator_options
+        token = token or os.environ.get("HYQUT_TOKEN")
+        self._metadata = bearer(token) if token else None
+        cert = tls_root_cert or query.get("tls_root_cert")
+        self._root_cert = cert if isinstance(cert, bytes) or cert is None else Path(cert).read_bytes()
+        self._channel = self._stub = None
+        self._calls = itertools.count()  # varies a seeded shots backend's seed from call to call
+        self.info = self._info()
+        if self.info.circuit_version != CIRCUIT_VERSION:
+            raise ValueError(
+                f"{self.name} speaks circuit spec version {self.info.circuit_version}, this client {CIRCUIT_VERSION}: "
+                "run the same hyqut version on both sides"
+            )
+        served = {b.name: tuple(b.gradient_methods) for b in self.info.backends}
+        if self.simulator not in served:
+            raise ValueError(f"{self.name} does not serve simulator {self.simulator!r}; it has {', '.join(served)}")
+        self.methods = served[self.simulator]
+        self.limits = Limits(**{f.name: getattr(self.info.limits, f.name) for f in fields(Limits)})
+
+    # -- the Backend interface -------------------------------------------------------------
+
+    def expectations(self, spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
+        return self._evaluate(spec, theta, angles, "expectations").expectations
+
+    def jacobians(self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient) -> tuple[Tensor, Tensor]:
+        self.check_method(grad)
+        return self._evaluate(spec, theta, angles, "jacobians", grad).jacobians
+
+    def vjp(
+        self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad_out: Tensor, grad: Gradient
+    ) -> tuple[Tensor, Tensor]:
+        self.check_method(grad)
+        return self._evaluate(spec, theta, angles, "vjp", grad, grad_out).vjp
+
+    # -- the wire --------------------------------------------------------------------------
+
+    def _evaluate(self, spec, theta, angles, want, grad=None, grad_out=None) -> Result:
+        """One request per chunk of tokens that fits the server's limits; results on angles' device."""
+        whole = Evaluation(spec, self.simulator, theta, angles, want, grad, grad_out, options=self.options)
+        step = max_tokens(whole, self.limits)
+        parts = []
+        for s in range(0, max(1, angles.shape[0]), step):
+            rows = slice(s, s + step)
+            ev = replace(
+                whole,
+                theta=theta if theta.dim() == 1 else theta[rows],
+                angles=angles[rows],
+                grad_out=None if grad_out is None else grad_out[rows],
+                options=self._call_options(),
+            )
+            parts.append(to_result(self._call("Evaluate", to_request(ev))))
+        return _merge(parts, like=angles)
+
+    def _call_options(self) -> dict:
+        options = dict(self.options)
+        if options.get("seed") is not None:  # a fresh, reproducible seed for every request
+            options["seed"] = (options["seed"] + next(self._calls)) % 2**64
+        return options
+
+    def _call(self, rpc: str, request):
+        """`rpc` with the deadline and token; UNAVAILABLE retried with jittered backoff."""
+        method = getattr(self._connect(), rpc)
+        delay = 0.1
+        for attempt in itertools.count():
+            try:
+                return method(request, timeout=self.deadline_s, metadata=self._metadata, wait_for_ready=True)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(delay * random.uniform(0.5, 1.5))
+                    delay = min(2 * delay, 2.0)
+                    continue
+                raise self._error(rpc, e) from None
+
+    def _error(self, rpc: str, e: grpc.RpcError) -> RemoteError:
+        code, details = e.code(), e.details()
+        message = f"{self.name} {rpc} failed: {code.name}: {details}"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            message += f" (deadline {self.deadline_s:g} s: raise it with ?deadline= or send smaller batches)"
+        cls = RemoteInvalidArgument if code == grpc.StatusCode.INVALID_ARGUMENT else RemoteError
+        return cls(message, code)
+
+    def _connect(self) -> pb_grpc.QWorkerStub:
+        """The stub, connecting first if needed; a clear error when nothing answers in time."""
+        if self._stub is not None:
+            return self._stub
+        options = [("grpc.max_receive_message_length", 2**31 - 1), ("grpc.max_send_message_length", 2**31 - 1)]
+        if self._root_cert is not None:
+            channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(self._root_cert), options)
+        else:
+            channel = grpc.insecure_channel(self.target, options)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=self.connect_timeout_s)
+        except grpc.FutureTimeoutError:
+            channel.close()
+            tls = "with TLS" if self._root_cert is not None else "without TLS"
+            raise ConnectionError(
+                f"no qworker answered at {self.name} within {self.connect_timeout_s:g} s (connecting {tls}); "
+                f"is `python -m qworker serve --port {self.target.rsplit(':', 1)[-1]}` running there?"
+            ) from None
+        self._channel, self._stub = channel, pb_grpc.QWorkerStub(channel)
+        return self._stub
+
+    def _info(self) -> pb.InfoResponse:
+        return self._call("Info", pb.InfoRequest())
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = self._stub = None
+
+    def __getstate__(self) -> dict:  # picklable and deep-copyable: the copy reconnects on use
+        return dict(
+            self.__dict__, _channel=None, _stub=None, _calls=next(self._calls), info=self.info.SerializeToString()
+        )
+
+    def __setstate__(self, state: dict) -> None:
+        info = pb.InfoResponse.FromString(state["info"])
+        self.__dict__.update(state, _calls=itertools.count(state["_calls"]), info=info)
+
+
+def _merge(parts: list[Result], like: Tensor) -> Result:
+    """Results of consecutive chunks of one batch -> the batch's result, dtype and device of `like`."""
+
+    def cat(tensors: list[Tensor]) -> Tensor:
+        return torch.cat(tensors).to(like)
+
+    first = parts[0]
+    exp = cat([p.expectations for p in parts]) if first.expectations is not None else None
+    jac = tuple(cat(list(ts)) for ts in zip(*(p.jacobians for p in parts))) if first.jacobians is not None else None
+    vjp = None
+    if first.vjp is not None:
+        g_theta = [p.vjp[0] for p in parts]
+        g_theta = torch.stack(g_theta).sum(0).to(like) if g_theta[0].dim() == 1 else cat(g_theta)  # summed over tokens
+        vjp = (g_theta, cat([p.vjp[1] for p in parts]))
+    return Result(exp, jac, vjp, sum(p.compute_seconds for p in parts))
