@@ -3,6 +3,7 @@ generation from a checkpoint, and one-line errors for bad input."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,8 +103,9 @@ def test_killed_run_resumes_with_identical_losses(env, tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert 6 <= len(losses(cut)) < 10
     resumed = train(env, cut, *flags)
-    assert "resuming" in resumed.stdout and "from step 4" in resumed.stdout
-    assert losses(cut) == losses(whole)  # the same floats: steps 5-6 were replayed from step 4
+    resumed_at = re.search(r"resuming .* from step (\d+)", resumed.stdout)
+    assert resumed_at and int(resumed_at.group(1)) in (4, 8), resumed.stdout[-2000:]  # the last checkpoint
+    assert losses(cut) == losses(whole)  # the same floats: the steps after the checkpoint were replayed
     assert (
         json.loads((cut / "summary.json").read_text())["final_val_loss"]
         == json.loads((whole / "summary.json").read_text())["final_val_loss"]
