@@ -10,6 +10,7 @@ where a circuit runs.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -19,11 +20,25 @@ from qworker.circuit import CircuitSpec
 from qworker.gradients import Gradient
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, reported by the qworker service's Info (BackendInfo)."""
+
+    methods: tuple[str, ...]  # gradient methods it supports
+    hardware: bool = False  # quantum hardware or its emulation: no state vector, no adjoint
+    max_shots: int = 0  # largest shots per token it accepts; 0 for exact simulators
+    max_batch: int = 0  # most tokens per batch; 0 for no limit of its own
+    queue_latency_s: float = 0.0  # typical wait in the device's queue before a job runs
+
+
 class Backend:
     """Where circuits run. Subclasses give `expectations`; `adjoint` is each simulator's own."""
 
     name = "?"
     methods: tuple[str, ...] = gradients.METHODS
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(self.methods)
 
     def expectations(self, spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
         raise NotImplementedError

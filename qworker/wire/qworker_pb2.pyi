@@ -112,12 +112,20 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class BackendInfo(_message.Message):
-    __slots__ = ("name", "gradient_methods")
+    __slots__ = ("name", "gradient_methods", "hardware", "max_shots", "max_batch", "queue_latency_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_METHODS_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SHOTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LATENCY_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     gradient_methods: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., gradient_methods: _Optional[_Iterable[str]] = ...) -> None: ...
+    hardware: bool
+    max_shots: int
+    max_batch: int
+    queue_latency_s: float
+    def __init__(self, name: _Optional[str] = ..., gradient_methods: _Optional[_Iterable[str]] = ..., hardware: _Optional[bool] = ..., max_shots: _Optional[int] = ..., max_batch: _Optional[int] = ..., queue_latency_s: _Optional[float] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_qubits", "max_layers", "max_message_bytes", "max_tokens_per_request", "max_shots", "max_circuits_per_request")
@@ -136,17 +144,33 @@ class Limits(_message.Message):
     def __init__(self, max_qubits: _Optional[int] = ..., max_layers: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_tokens_per_request: _Optional[int] = ..., max_shots: _Optional[int] = ..., max_circuits_per_request: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("server_version", "proto_version", "circuit_version", "backends", "limits", "replicas")
+    __slots__ = ("server_version", "proto_version", "circuit_version", "backends", "limits", "replicas", "queue_depth")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTO_VERSION_FIELD_NUMBER: _ClassVar[int]
     CIRCUIT_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     proto_version: int
     circuit_version: int
     backends: _containers.RepeatedCompositeFieldContainer[BackendInfo]
     limits: Limits
     replicas: int
-    def __init__(self, server_version: _Optional[str] = ..., proto_version: _Optional[int] = ..., circuit_version: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., replicas: _Optional[int] = ...) -> None: ...
+    queue_depth: int
+    def __init__(self, server_version: _Optional[str] = ..., proto_version: _Optional[int] = ..., circuit_version: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., replicas: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+
+class ScaleRequest(_message.Message):
+    __slots__ = ("replicas",)
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    replicas: int
+    def __init__(self, replicas: _Optional[int] = ...) -> None: ...
+
+class ScaleResponse(_message.Message):
+    __slots__ = ("replicas", "target")
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    replicas: int
+    target: int
+    def __init__(self, replicas: _Optional[int] = ..., target: _Optional[int] = ...) -> None: ...

@@ -45,6 +45,11 @@ class QWorkerStub:
                 request_serializer=hyqut_dot_qworker_dot_v1_dot_qworker__pb2.InfoRequest.SerializeToString,
                 response_deserializer=hyqut_dot_qworker_dot_v1_dot_qworker__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Scale = channel.unary_unary(
+                '/hyqut.qworker.v1.QWorker/Scale',
+                request_serializer=hyqut_dot_qworker_dot_v1_dot_qworker__pb2.ScaleRequest.SerializeToString,
+                response_deserializer=hyqut_dot_qworker_dot_v1_dot_qworker__pb2.ScaleResponse.FromString,
+                _registered_method=True)
 
 
 class QWorkerServicer:
@@ -65,6 +70,15 @@ class QWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Scale(self, request, context):
+        """Set the number of replicas while clients keep calling: new replicas join once warmed up,
+        removed ones finish their in-flight requests first. FAILED_PRECONDITION when the server's
+        pool cannot scale (the in-process pool).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +91,11 @@ def add_QWorkerServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=hyqut_dot_qworker_dot_v1_dot_qworker__pb2.InfoRequest.FromString,
                     response_serializer=hyqut_dot_qworker_dot_v1_dot_qworker__pb2.InfoResponse.SerializeToString,
+            ),
+            'Scale': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scale,
+                    request_deserializer=hyqut_dot_qworker_dot_v1_dot_qworker__pb2.ScaleRequest.FromString,
+                    response_serializer=hyqut_dot_qworker_dot_v1_dot_qworker__pb2.ScaleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +153,33 @@ class QWorker:
             '/hyqut.qworker.v1.QWorker/Info',
             hyqut_dot_qworker_dot_v1_dot_qworker__pb2.InfoRequest.SerializeToString,
             hyqut_dot_qworker_dot_v1_dot_qworker__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scale(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hyqut.qworker.v1.QWorker/Scale',
+            hyqut_dot_qworker_dot_v1_dot_qworker__pb2.ScaleRequest.SerializeToString,
+            hyqut_dot_qworker_dot_v1_dot_qworker__pb2.ScaleResponse.FromString,
             options,
             channel_credentials,
             insecure,
