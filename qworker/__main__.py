@@ -1,4 +1,10 @@
-"""`python -m qworker serve --port 50051 [...]`: run a qworker server (see qworker/service.py)."""
+"""The qworker command line (see qworker/service.py):
+
+python -m qworker serve --port 50051 --replicas 2         # gRPC in front of a local Ray pool
+python -m qworker serve --ray-address auto --replica-resource qworker --replicas 8   # on a cluster
+python -m qworker info grpc://127.0.0.1:50051              # what a server runs, its replicas
+python -m qworker scale grpc://127.0.0.1:50051 --replicas 4   # while trainers keep calling
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from pathlib import Path
 
 from qworker.pool import SIMULATORS
 from qworker.service import ServerConfig, serve
+from qworker.wire import qworker_pb2 as pb
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,6 +38,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-circuits", type=int, default=d.max_circuits_per_request, help="most one-token circuits in one request"
     )
     s.add_argument("--simulators", default=",".join(d.simulators), help=f"comma-separated, from {SIMULATORS}")
+    s.add_argument("--replicas", type=int, default=1, help="replicas of the Ray pool (each a process)")
+    s.add_argument("--in-process", action="store_true", help="no Ray: evaluate in the server's own process")
+    s.add_argument("--ray-address", help="Ray cluster to run replicas on (default: $RAY_ADDRESS or a new local Ray)")
+    s.add_argument("--replica-cpus", type=float, default=d.replica_cpus, help="CPUs (torch threads) per replica")
+    s.add_argument("--replica-gpus", type=float, default=d.replica_gpus, help="GPUs per replica")
+    s.add_argument("--replica-resource", help="custom Ray resource a replica needs one unit of (e.g. qworker)")
+    for name, what in (("info", "print what a server runs"), ("scale", "set a server's replicas")):
+        c = sub.add_parser(name, help=what)
+        c.add_argument("address", help="grpc://host:port (token from $HYQUT_TOKEN)")
+        c.add_argument("--tls-root-cert", type=Path, help="PEM root certificate of a TLS server")
+        if name == "scale":
+            c.add_argument("--replicas", type=int, required=True, help="replicas wanted (>= 0)")
     s.add_argument("--workers", type=int, default=d.workers, help="threads answering calls")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     s.add_argument("--grace", type=float, default=d.grace_s, help="seconds in-flight calls get on SIGTERM")
@@ -54,15 +73,43 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_shots=args.max_shots,
         max_circuits_per_request=args.max_circuits,
         simulators=tuple(n for n in args.simulators.split(",") if n),
+        replicas=None if args.in_process else args.replicas,
+        ray_address=args.ray_address,
+        replica_cpus=args.replica_cpus,
+        replica_gpus=args.replica_gpus,
+        replica_resource=args.replica_resource,
         workers=args.workers,
         metrics_port=args.metrics_port,
         grace_s=args.grace,
     )
 
 
+def admin(args: argparse.Namespace) -> int:
+    """`info` and `scale`: one call to a running server, its answer printed as JSON."""
+    from google.protobuf.json_format import MessageToJson
+
+    from qworker.remote import RemoteError, admin_call
+
+    try:
+        if args.command == "info":
+            reply = admin_call(args.address, "Info", pb.InfoRequest(), args.tls_root_cert)
+        else:
+            if args.replicas < 0:
+                raise SystemExit(f"--replicas must be >= 0, got {args.replicas}")
+            reply = admin_call(args.address, "Scale", pb.ScaleRequest(replicas=args.replicas), args.tls_root_cert)
+    except (RemoteError, ConnectionError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(MessageToJson(reply, always_print_fields_with_no_presence=True))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command != "serve":
+        return admin(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(config_from_args(parse_args(argv)))
+    serve(config_from_args(args))
     return 0
 
 

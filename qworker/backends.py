@@ -1,16 +1,28 @@
-"""Simulators behind one interface (DESIGN.md §4), chosen by name so model code never knows
-where a circuit runs.
+"""Simulators and hardware adapters behind one interface (DESIGN.md §4, §5), chosen by name so
+model code never knows where a circuit runs.
 
-    backend = get_backend("local")           # or "qulacs", "shots" (shots=, seed=, noise)
+    backend = get_backend("local")           # or "qulacs", "shots" (shots=, seed=, noise, queue_latency_s=)
     z = backend.expectations(spec, theta, angles)                   # (N, n_q)
     g_theta, g_angles = backend.vjp(spec, theta, angles, g, Gradient("shift"))
     j_theta, j_angles = backend.jacobians(spec, theta, angles, Gradient("fd", delta=1e-3))
+    backend.capabilities()                   # Capabilities(methods=..., hardware=..., max_shots=...)
+
+Plug-ins: any installed distribution can add a backend (a `Backend` subclass) through the
+`hyqut.backends` entry point group; `get_backend(name, **options)` builds it with its options.
+The Qiskit adapter (`qiskit`, qworker/qiskit_adapter.py) is registered this way. In the
+plug-in's pyproject.toml:
+
+    [project.entry-points."hyqut.backends"]
+    mydevice = "my_package.adapter:MyDeviceBackend"
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from dataclasses import dataclass
+from importlib import metadata
 
 import torch
 from torch import Tensor
@@ -31,6 +43,17 @@ class Capabilities:
     queue_latency_s: float = 0.0  # typical wait in the device's queue before a job runs
 
 
+class Pending:
+    """A forward evaluation whose gradients are on their way (what `Backend.start` returns)."""
+
+    def __init__(self, expectations: Tensor, vjp):
+        self.expectations, self._vjp = expectations, vjp
+
+    def vjp(self, grad_out: Tensor) -> tuple[Tensor, Tensor]:
+        """(d<L>/dtheta, d<L>/dangles) for L = sum(grad_out * expectations); may wait for them."""
+        return self._vjp(grad_out)
+
+
 class Backend:
     """Where circuits run. Subclasses give `expectations`; `adjoint` is each simulator's own."""
 
@@ -39,6 +62,13 @@ class Backend:
 
     def capabilities(self) -> Capabilities:
         return Capabilities(self.methods)
+
+    def start(self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient) -> Pending:
+        """The forward evaluation, and the gradients to come: `Pending.expectations` now,
+        `Pending.vjp(grad_out)` in backward. Here the VJP is computed when asked; a remote backend
+        sends the gradient evaluations with the forward call, so they overlap the classical work."""
+        self.check_method(grad)
+        return Pending(self.expectations(spec, theta, angles), lambda g: self.vjp(spec, theta, angles, g, grad))
 
     def expectations(self, spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
         raise NotImplementedError
@@ -96,32 +126,51 @@ class LocalBackend(Backend):
         return torch.stack([r[0] for r in rows], 1), torch.stack([r[1] for r in rows], 1)
 
 
+HARDWARE_METHODS = ("shift", "fd", "spsa")  # what needs only forward evaluations (no state vector)
+MAX_SHOTS = 2**20  # most shots per token the shot-based backends accept
+
+
 class ShotsBackend(Backend):
     """Finite-shot sampling, the stand-in for hardware: exact probabilities from the local
     simulator, then `shots` samples per token (seeded), with optional depolarising noise (with
     probability `depolarizing` a shot's outcome is uniformly random) and symmetric readout error
     (each measured bit flips with probability `readout_error`). In expectation
-    <Z_i> -> (1 - depolarizing)(1 - 2 readout_error) <Z_i>."""
+    <Z_i> -> (1 - depolarizing)(1 - 2 readout_error) <Z_i>. `queue_latency_s` imitates a cloud
+    device's queue: every job (one `expectations` call, so every shifted batch of a gradient)
+    waits that long before it runs."""
 
     name = "shots"
-    methods = ("shift", "fd", "spsa")
+    methods = HARDWARE_METHODS
 
     def __init__(
-        self, shots: int = 1024, seed: int | None = None, readout_error: float = 0.0, depolarizing: float = 0.0
+        self,
+        shots: int = 1024,
+        seed: int | None = None,
+        readout_error: float = 0.0,
+        depolarizing: float = 0.0,
+        queue_latency_s: float = 0.0,
     ):
         problems = []
-        if not (isinstance(shots, int) and shots >= 1):
-            problems.append(f"shots must be an integer >= 1, got {shots!r}")
+        if not (isinstance(shots, int) and 1 <= shots <= MAX_SHOTS):
+            problems.append(f"shots must be an integer >= 1 and <= {MAX_SHOTS}, got {shots!r}")
         for name, p in (("readout_error", readout_error), ("depolarizing", depolarizing)):
             if not 0.0 <= p <= 1.0:
                 problems.append(f"{name} must be a probability in [0, 1], got {p!r}")
+        if not (isinstance(queue_latency_s, (int, float)) and math.isfinite(queue_latency_s) and queue_latency_s >= 0):
+            problems.append(f"queue_latency_s must be a finite number of seconds >= 0, got {queue_latency_s!r}")
         if problems:
             raise ValueError("invalid shots backend settings: " + "; ".join(problems))
         self.shots, self.readout_error, self.depolarizing = shots, readout_error, depolarizing
+        self.queue_latency_s = float(queue_latency_s)
         self.generator = torch.Generator()
         self.generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
 
+    def capabilities(self) -> Capabilities:
+        return Capabilities(self.methods, hardware=True, max_shots=MAX_SHOTS, queue_latency_s=self.queue_latency_s)
+
     def expectations(self, spec, theta, angles):
+        if self.queue_latency_s:
+            time.sleep(self.queue_latency_s)  # the job waits in the device's queue
         with torch.no_grad():
             probs = local.probabilities(spec, theta.detach(), angles.detach()).cpu().double()
         n = spec.n_qubits
@@ -163,18 +212,77 @@ class QulacsBackend(Backend):
         return adjoint_jacobians(spec, theta, angles)
 
 
-BACKENDS = {"local": LocalBackend, "qulacs": QulacsBackend, "shots": ShotsBackend}
+BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "qulacs": QulacsBackend, "shots": ShotsBackend}
+"""The built-in backends: always there, even when the package's entry points are not installed
+(run from a source tree); plug-ins come from `ENTRY_POINT_GROUP` (see `available_backends`)."""
+
+ENTRY_POINT_GROUP = "hyqut.backends"
+
+
+class PluginError(ImportError):
+    """A registered backend plug-in could not be loaded: the message names it and its entry point."""
 
 
 def get_backend(name: str | Backend, **options) -> Backend:
-    """A backend by name (`local`, `qulacs`, `shots`, or `grpc://host:port` for a qworker server),
-    with its options; an instance passes."""
+    """A backend by name (built in: `local`, `qulacs`, `shots`; a plug-in of the `hyqut.backends`
+    entry point group, e.g. `qiskit`; `grpc://host:port` for a qworker server; `ray` for one started
+    here on a local Ray pool, replicas=N), built with its options; an instance passes."""
     if isinstance(name, Backend):
         return name
     if isinstance(name, str) and name.startswith("grpc://"):
         from qworker.remote import RemoteBackend  # lazily: grpc is needed only for remote backends
 
         return RemoteBackend(name, **options)
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    return BACKENDS[name](**options)
+    if name == "ray":  # the qworker service on a local Ray pool, started once per process
+        from qworker.ray_pool import local_service
+        from qworker.remote import RemoteBackend
+
+        address = local_service(options.pop("replicas", 1))
+        return RemoteBackend(address, simulator=options.pop("simulator", "local"), **options)
+    return backend_class(name)(**options)
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The Backend class registered as `name`: a built-in first, then a plug-in (imported now).
+    ValueError listing every available name if none is; PluginError if the plug-in fails to load."""
+    if name in BACKENDS:
+        return BACKENDS[name]
+    plugins = _plugins()
+    if name not in plugins:
+        names = [*BACKENDS, *sorted(n for n in plugins if n not in BACKENDS)]
+        raise ValueError(
+            f"unknown backend {name!r}; choose one of {', '.join(names)} (or ray, or grpc://host:port for a qworker "
+            f"server); plug-ins register in the {ENTRY_POINT_GROUP!r} entry point group"
+        )
+    return _load(plugins[name])
+
+
+def available_backends() -> dict[str, type[Backend]]:
+    """Every backend by name: the built-ins, then the plug-ins (each imported; PluginError names
+    one that fails). A plug-in cannot replace a built-in name."""
+    plugins = _plugins()
+    return {**BACKENDS, **{n: _load(plugins[n]) for n in sorted(plugins) if n not in BACKENDS}}
+
+
+def _plugins() -> dict[str, metadata.EntryPoint]:
+    """The group's entry points by name, read from installed metadata now (a few ms), so a plug-in
+    installed after import is found; the first registration of a name wins."""
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def _load(ep: metadata.EntryPoint) -> type[Backend]:
+    try:
+        cls = ep.load()
+    except Exception as e:
+        raise PluginError(
+            f"backend plug-in {ep.name!r} ({ep.value}, entry point group {ENTRY_POINT_GROUP!r}) failed to import: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise PluginError(
+            f"backend plug-in {ep.name!r} ({ep.value}) is {cls!r}, not a subclass of qworker.backends.Backend"
+        )
+    return cls

@@ -1,8 +1,9 @@
 """Where the service sends Evaluations: a pool of simulator replicas (DESIGN.md §5).
 
-The service needs only `start()`, `ready`, `replicas`, `backends()` and `evaluate(ev)`; the
-in-process pool here holds one Backend per simulator name in the server's own process. A Ray
-pool with many replicas slots in behind the same methods.
+The service needs only `start()`, `ready`, `replicas`, `queue_depth`, `backends()`,
+`evaluate(ev, timeout)` and `close()`; the in-process pool here holds one Backend per simulator
+name in the server's own process. The Ray pool (`qworker/ray_pool.py`) runs many replicas behind
+the same methods, and can `scale`.
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ import threading
 
 import torch
 
-from qworker.backends import BACKENDS, Backend, get_backend
+from qworker.backends import Backend, Capabilities, backend_class, get_backend
 from qworker.circuit import CircuitSpec
 from qworker.evaluation import Evaluation, Result, run
 
 SIMULATORS = ("qulacs", "local", "shots")
-STATEFUL = ("shots",)  # hold a random generator: built per request, never shared between threads
+STATEFUL = ("shots", "qiskit")  # may hold a random generator: built per request, never shared by threads
 
 
 class PoolNotReady(Exception):
     """The pool has no live replica yet (UNAVAILABLE: the client may retry)."""
+
+
+class ReplicasDied(Exception):
+    """Several replicas died running one request: the request itself kills them (INTERNAL)."""
 
 
 class InProcessPool:
@@ -30,21 +35,28 @@ class InProcessPool:
     returns the same result (what makes retries safe) and no generator is shared by threads."""
 
     def __init__(self, names: tuple[str, ...] = SIMULATORS):
-        unknown = [n for n in names if n not in BACKENDS]
-        if unknown:
-            raise ValueError(f"unknown simulator(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        for name in names:  # ValueError naming the available ones, or PluginError naming a broken plug-in
+            backend_class(name)
         self.names = tuple(names)
         self._backends: dict[str, Backend] = {}
         self.ready = threading.Event()
+        self._capabilities = None
+        self._running = 0  # approximate (not locked): a gauge, not an invariant
 
     @property
     def replicas(self) -> int:
         """Live replicas: 1 once started."""
         return int(self.ready.is_set())
 
-    def backends(self) -> dict[str, tuple[str, ...]]:
-        """Simulator name -> its gradient methods (known before the pool is live)."""
-        return {name: BACKENDS[name].methods for name in self.names}
+    @property
+    def queue_depth(self) -> int:
+        return self._running
+
+    def backends(self) -> dict[str, Capabilities]:
+        """Simulator name -> what it can do (known before the pool is live)."""
+        if self._capabilities is None:
+            self._capabilities = {name: get_backend(name).capabilities() for name in self.names}
+        return self._capabilities
 
     def start(self) -> None:
         """Build every backend and run a one-token circuit on each; then the pool is ready."""
@@ -56,10 +68,15 @@ class InProcessPool:
             self._backends[name] = backend
         self.ready.set()
 
-    def evaluate(self, ev: Evaluation) -> Result:
+    def evaluate(self, ev: Evaluation, timeout: float | None = None) -> Result:
+        """Run `ev` in this thread (`timeout` is not enforced: the work is already here)."""
         if not self.ready.is_set():
             raise PoolNotReady("the qworker pool is starting; retry shortly")
-        return run(self.backend_for(ev), ev)
+        self._running += 1
+        try:
+            return run(self.backend_for(ev), ev)
+        finally:
+            self._running -= 1
 
     def backend_for(self, ev: Evaluation) -> Backend:
         """The backend `ev` names, built with its options; ValueError if not served or bad options."""

@@ -4,18 +4,25 @@
     backend = get_backend("grpc://10.0.0.5:50051?simulator=local&deadline=120&tls_root_cert=ca.pem")
     z = backend.expectations(spec, theta, angles)                 # the server's qulacs by default
 
+    pending = backend.start(spec, theta, angles, Gradient("fd"))  # expectations now, Jacobians
+    z = pending.expectations                                      # on their way; ... later:
+    g_theta, g_angles = pending.vjp(grad_out)                     # waits for them only here
+
 The token comes from `token=` or $HYQUT_TOKEN (never from the address, which ends up in logs and
-run.json). Every call has a deadline; a call that fails UNAVAILABLE is retried with backoff (an
-evaluation is a pure function of its request, so a retry is safe); nothing else is retried.
-A batch larger than the server's limits is split into sequential requests.
+run.json). A batch is split into shards, one per live replica of the server (and small enough
+for its limits), sent concurrently. Every call has a deadline; a call that fails UNAVAILABLE (the
+server restarting, no live replica yet) is retried with backoff until that deadline (an evaluation
+is a pure function of its request, so a retry is safe); nothing else is retried.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import random
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -25,16 +32,18 @@ import torch
 from torch import Tensor
 
 from qworker.auth import bearer
-from qworker.backends import Backend
+from qworker.backends import Backend, Capabilities, Pending
 from qworker.circuit import VERSION as CIRCUIT_VERSION
 from qworker.circuit import CircuitSpec
 from qworker.evaluation import Evaluation, Result
-from qworker.gradients import Gradient
+from qworker.gradients import Gradient, contract
 from qworker.wire import qworker_pb2 as pb
 from qworker.wire import qworker_pb2_grpc as pb_grpc
 from qworker.wire_convert import Limits, max_tokens, to_request, to_result
 
 QUERY_KEYS = ("simulator", "deadline", "tls_root_cert")
+MIN_SHARD_TOKENS = 256  # smaller shards cost more in overhead than they gain in parallelism
+INFO_TTL_S = 5.0  # how often the live replica count is refreshed (shards follow scaling)
 
 
 class RemoteError(RuntimeError):
@@ -62,7 +71,6 @@ class RemoteBackend(Backend):
         simulator: str | None = None,
         deadline_s: float | None = None,
         connect_timeout_s: float = 10.0,
-        retries: int = 3,
         **simulator_options,
     ):
         parts = urlsplit(address)
@@ -72,17 +80,12 @@ class RemoteBackend(Backend):
             raise ValueError(
                 f"bad qworker address {address!r}: expected grpc://host:port[?{'=..&'.join(QUERY_KEYS)}=..]"
             )
-        self.target = parts.netloc
         self.name = f"grpc://{parts.netloc}"
         self.simulator = simulator or query.get("simulator", "qulacs")
-        self.deadline_s = float(deadline_s or query.get("deadline", 60.0))
-        self.connect_timeout_s, self.retries = connect_timeout_s, retries
         self.options = simulator_options
-        token = token or os.environ.get("HYQUT_TOKEN")
-        self._metadata = bearer(token) if token else None
         cert = tls_root_cert or query.get("tls_root_cert")
-        self._root_cert = cert if isinstance(cert, bytes) or cert is None else Path(cert).read_bytes()
-        self._channel = self._stub = None
+        deadline_s = float(deadline_s or query.get("deadline", 60.0))
+        self.connection = Connection(parts.netloc, token, cert, deadline_s, connect_timeout_s)
         self._calls = itertools.count()  # varies a seeded shots backend's seed from call to call
         self.info = self._info()
         if self.info.circuit_version != CIRCUIT_VERSION:
@@ -94,7 +97,11 @@ class RemoteBackend(Backend):
         if self.simulator not in served:
             raise ValueError(f"{self.name} does not serve simulator {self.simulator!r}; it has {', '.join(served)}")
         self.methods = served[self.simulator]
+        b = next(b for b in self.info.backends if b.name == self.simulator)
+        self._capabilities = Capabilities(self.methods, b.hardware, b.max_shots, b.max_batch, b.queue_latency_s)
         self.limits = Limits(**{f.name: getattr(self.info.limits, f.name) for f in fields(Limits)})
+        self._info_at = time.monotonic()
+        self._executor = None
 
     # -- the Backend interface -------------------------------------------------------------
 
@@ -111,14 +118,33 @@ class RemoteBackend(Backend):
         self.check_method(grad)
         return self._evaluate(spec, theta, angles, "vjp", grad, grad_out).vjp
 
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    def start(self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient) -> Pending:
+        """Expectations now; the gradient evaluations sent with them and awaited in `vjp`. With
+        adjoint (which needs the upstream gradient) the VJP is requested in `vjp` instead."""
+        self.check_method(grad)
+        if grad.method == "adjoint":
+            return Pending(self.expectations(spec, theta, angles), lambda g: self.vjp(spec, theta, angles, g, grad))
+        jacobians = self._submit(spec, theta, angles, "jacobians", grad)
+        z = self._evaluate(spec, theta, angles, "expectations").expectations
+        return Pending(z, lambda g: contract(*jacobians.result().jacobians, g))
+
     # -- the wire --------------------------------------------------------------------------
 
     def _evaluate(self, spec, theta, angles, want, grad=None, grad_out=None) -> Result:
-        """One request per chunk of tokens that fits the server's limits; results on angles' device."""
+        return self._submit(spec, theta, angles, want, grad, grad_out).result()
+
+    def _submit(self, spec, theta, angles, want, grad=None, grad_out=None) -> Future:
+        """Send the batch as concurrent shards (one per live replica, each within the server's
+        limits); a future of the merged Result, on angles' device."""
         whole = Evaluation(spec, self.simulator, theta, angles, want, grad, grad_out, options=self.options)
-        step = max_tokens(whole, self.limits)
-        parts = []
-        for s in range(0, max(1, angles.shape[0]), step):
+        n = max(1, angles.shape[0])
+        shards = max(1, min(self._replicas(), n // MIN_SHARD_TOKENS))
+        step = min(max_tokens(whole, self.limits), math.ceil(n / shards))
+        calls = []
+        for s in range(0, n, step):
             rows = slice(s, s + step)
             ev = replace(
                 whole,
@@ -127,8 +153,34 @@ class RemoteBackend(Backend):
                 grad_out=None if grad_out is None else grad_out[rows],
                 options=self._call_options(),
             )
-            parts.append(to_result(self._call("Evaluate", to_request(ev))))
-        return _merge(parts, like=angles)
+            calls.append(self._pool().submit(self.connection.call, "Evaluate", to_request(ev)))
+        merged: Future = Future()
+
+        def gather(_done) -> None:
+            if all(c.done() for c in calls) and not merged.done():
+                try:
+                    merged.set_result(_merge([to_result(c.result()) for c in calls], like=angles))
+                except BaseException as e:  # noqa: BLE001 - handed to whoever waits
+                    merged.set_exception(e)
+
+        for c in calls:
+            c.add_done_callback(gather)
+        return merged
+
+    def _replicas(self) -> int:
+        """The server's live replicas, refreshed every INFO_TTL_S seconds."""
+        if time.monotonic() - self._info_at > INFO_TTL_S:
+            self._info_at = time.monotonic()
+            try:
+                self.info = self._info()
+            except RemoteError:
+                pass  # the Evaluate calls will report it
+        return self.info.replicas
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="qworker-client")
+        return self._executor
 
     def _call_options(self) -> dict:
         options = dict(self.options)
@@ -136,15 +188,57 @@ class RemoteBackend(Backend):
             options["seed"] = (options["seed"] + next(self._calls)) % 2**64
         return options
 
-    def _call(self, rpc: str, request):
-        """`rpc` with the deadline and token; UNAVAILABLE retried with jittered backoff."""
+    def _info(self) -> pb.InfoResponse:
+        return self.connection.call("Info", pb.InfoRequest())
+
+    @property
+    def deadline_s(self) -> float:
+        return self.connection.deadline_s
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+        self.connection.close()
+
+    def __getstate__(self) -> dict:  # picklable and deep-copyable: the copy reconnects on use
+        return dict(self.__dict__, _executor=None, _calls=next(self._calls), info=self.info.SerializeToString())
+
+    def __setstate__(self, state: dict) -> None:
+        info = pb.InfoResponse.FromString(state["info"])
+        self.__dict__.update(state, _calls=itertools.count(state["_calls"]), info=info)
+
+
+class Connection:
+    """A channel to one qworker server: the token, TLS, a deadline for every call, and retries
+    of UNAVAILABLE. Picklable: a copy reconnects on first use."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        root_cert: str | Path | bytes | None = None,
+        deadline_s: float = 60.0,
+        connect_timeout_s: float = 10.0,
+    ):
+        self.target, self.name = target, f"grpc://{target}"
+        self.deadline_s, self.connect_timeout_s = deadline_s, connect_timeout_s
+        token = token or os.environ.get("HYQUT_TOKEN")
+        self._metadata = bearer(token) if token else None
+        self._root_cert = root_cert if isinstance(root_cert, bytes | None) else Path(root_cert).read_bytes()
+        self._channel = self._stub = None
+
+    def call(self, rpc: str, request):
+        """`rpc` with the token, within the deadline; UNAVAILABLE (the server restarting, or no
+        replica live yet) is retried with jittered backoff until the deadline has passed."""
         method = getattr(self._connect(), rpc)
-        delay = 0.1
-        for attempt in itertools.count():
+        delay, deadline = 0.1, time.monotonic() + self.deadline_s
+        while True:
+            left = deadline - time.monotonic()
             try:
-                return method(request, timeout=self.deadline_s, metadata=self._metadata, wait_for_ready=True)
+                return method(request, timeout=max(left, 0.001), metadata=self._metadata, wait_for_ready=True)
             except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                if e.code() == grpc.StatusCode.UNAVAILABLE and deadline - time.monotonic() > delay:
                     time.sleep(delay * random.uniform(0.5, 1.5))
                     delay = min(2 * delay, 2.0)
                     continue
@@ -179,22 +273,25 @@ class RemoteBackend(Backend):
         self._channel, self._stub = channel, pb_grpc.QWorkerStub(channel)
         return self._stub
 
-    def _info(self) -> pb.InfoResponse:
-        return self._call("Info", pb.InfoRequest())
-
     def close(self) -> None:
         if self._channel is not None:
             self._channel.close()
         self._channel = self._stub = None
 
-    def __getstate__(self) -> dict:  # picklable and deep-copyable: the copy reconnects on use
-        return dict(
-            self.__dict__, _channel=None, _stub=None, _calls=next(self._calls), info=self.info.SerializeToString()
-        )
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__, _channel=None, _stub=None)
 
-    def __setstate__(self, state: dict) -> None:
-        info = pb.InfoResponse.FromString(state["info"])
-        self.__dict__.update(state, _calls=itertools.count(state["_calls"]), info=info)
+
+def admin_call(address: str, rpc: str, request, tls_root_cert: Path | None = None):
+    """One Info or Scale call to the server at grpc://host:port (token from $HYQUT_TOKEN)."""
+    parts = urlsplit(address)
+    if parts.scheme != "grpc" or not parts.hostname or not parts.port:
+        raise ValueError(f"bad qworker address {address!r}: expected grpc://host:port")
+    connection = Connection(parts.netloc, root_cert=tls_root_cert)
+    try:
+        return connection.call(rpc, request)
+    finally:
+        connection.close()
 
 
 def _merge(parts: list[Result], like: Tensor) -> Result:

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from qworker import wire_convert
 from qworker.auth import TokenAuthInterceptor
 from qworker.circuit import VERSION as CIRCUIT_VERSION
-from qworker.pool import SIMULATORS, InProcessPool, PoolNotReady
+from qworker.pool import SIMULATORS, InProcessPool, PoolNotReady, ReplicasDied
 from qworker.service_metrics import ServiceMetrics
 from qworker.wire import qworker_pb2 as pb
 from qworker.wire_convert import Limits
@@ -56,7 +56,12 @@ class ServerConfig:
     max_shots: int = Limits.max_shots
     max_circuits_per_request: int = Limits.max_circuits_per_request
     simulators: tuple[str, ...] = SIMULATORS
-    workers: int = 4  # threads answering RPCs
+    replicas: int | None = None  # Ray pool of this many replicas; None: evaluate in the server's process
+    ray_address: str | None = None  # the Ray cluster (None: $RAY_ADDRESS, else start a local Ray)
+    replica_cpus: float = 1.0  # CPUs each replica asks Ray for (its torch threads)
+    replica_gpus: float = 0.0  # GPUs each replica asks Ray for
+    replica_resource: str | None = None  # a custom Ray resource each replica needs one unit of
+    workers: int = 16  # threads answering RPCs (they mostly wait on replicas)
     metrics_port: int | None = None  # Prometheus metrics over HTTP on this port (0: any free one)
     grace_s: float = 10.0  # on stop/SIGTERM, in-flight calls get this long to finish
 
@@ -72,11 +77,21 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, PoolNotReady):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+    if isinstance(exc, ScaleUnsupported):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, ReplicasDied):
+        return grpc.StatusCode.INTERNAL, str(exc)
     if isinstance(exc, DecodeError):
         return grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {SERVICE} message ({exc})"
     if isinstance(exc, ValueError):  # CircuitInputError, WireError and the backends' own checks
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details"
+
+
+class ScaleUnsupported(Exception):
+    """Scale called on a server whose pool cannot scale (FAILED_PRECONDITION)."""
 
 
 class QWorkerServicer:
@@ -94,7 +109,7 @@ class QWorkerServicer:
             served = ev.backend in self.pool.names  # a label never takes a client's free text
             labels.update(backend=ev.backend if served else "?", gradient=ev.grad.method if ev.grad else "none")
             labels["circuits"] = ev.token_circuits
-            return wire_convert.to_response(self.pool.evaluate(ev))
+            return wire_convert.to_response(self.pool.evaluate(ev, timeout=context.time_remaining()))
 
         return self._answer("Evaluate", context, work, labels)
 
@@ -105,12 +120,34 @@ class QWorkerServicer:
                 server_version=_package_version(),
                 proto_version=PROTO_VERSION,
                 circuit_version=CIRCUIT_VERSION,
-                backends=[pb.BackendInfo(name=n, gradient_methods=m) for n, m in self.pool.backends().items()],
+                backends=[
+                    pb.BackendInfo(
+                        name=name,
+                        gradient_methods=c.methods,
+                        hardware=c.hardware,
+                        max_shots=c.max_shots,
+                        max_batch=c.max_batch,
+                        queue_latency_s=c.queue_latency_s,
+                    )
+                    for name, c in self.pool.backends().items()
+                ],
                 limits=pb.Limits(**asdict(self.limits)),
                 replicas=self.pool.replicas,
+                queue_depth=self.pool.queue_depth,
             )
 
         return self._answer("Info", context, work)
+
+    def Scale(self, request: bytes, context: grpc.ServicerContext) -> pb.ScaleResponse:
+        def work() -> pb.ScaleResponse:
+            wanted = pb.ScaleRequest.FromString(request).replicas
+            if not hasattr(self.pool, "scale"):
+                raise ScaleUnsupported("this server evaluates in its own process; serve with --replicas N to scale")
+            live, target = self.pool.scale(wanted)
+            log.info("scaled to %d replicas (%d live)", target, live)
+            return pb.ScaleResponse(replicas=live, target=target)
+
+        return self._answer("Scale", context, work)
 
     def _answer(self, rpc: str, context: grpc.ServicerContext, work, labels: dict | None = None):
         """Run `work`, map its error to a status, record metrics either way."""
@@ -140,6 +177,9 @@ def _handlers(servicer: QWorkerServicer) -> grpc.GenericRpcHandler:
         "Info": grpc.unary_unary_rpc_method_handler(
             servicer.Info, response_serializer=pb.InfoResponse.SerializeToString
         ),
+        "Scale": grpc.unary_unary_rpc_method_handler(
+            servicer.Scale, response_serializer=pb.ScaleResponse.SerializeToString
+        ),
     }
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 
@@ -150,18 +190,29 @@ class QWorkerServer:
 
     def __init__(self, grpc_server: grpc.Server, pool: InProcessPool, health_servicer, metrics: ServiceMetrics):
         self.grpc_server, self.pool, self.health, self.metrics = grpc_server, pool, health_servicer, metrics
+        self._started, self._start_error = threading.Event(), None
 
     def start(self) -> None:
         """Answer calls now (health NOT_SERVING); SERVING once the pool has started."""
         self.grpc_server.start()
         threading.Thread(target=self._bring_up_pool, name="qworker-pool-start", daemon=True).start()
 
+    def wait_ready(self, timeout: float) -> None:
+        """Block until the pool is live; re-raise its start error, or TimeoutError."""
+        if not self._started.wait(timeout):
+            raise TimeoutError(f"the qworker pool did not start within {timeout:g} s")
+        if self._start_error is not None:
+            raise RuntimeError(f"the qworker pool failed to start: {self._start_error}") from self._start_error
+
     def _bring_up_pool(self) -> None:
         try:
             self.pool.start()
-        except Exception:
+        except Exception as e:
             log.exception("the qworker pool failed to start; health stays NOT_SERVING")
+            self._start_error = e
             return
+        finally:
+            self._started.set()
         for name in ("", SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("qworker pool ready: %s", ", ".join(self.pool.backends()))
@@ -194,7 +245,15 @@ def create_server(cfg: ServerConfig) -> tuple[QWorkerServer, int]:
             ("grpc.so_reuseport", 0),  # a second server on a taken port fails instead of sharing it
         ],
     )
-    pool = InProcessPool(cfg.simulators)
+    if cfg.replicas is None:
+        pool = InProcessPool(cfg.simulators)
+    else:
+        from qworker.ray_pool import RayPool  # lazily: Ray is a heavy import the in-process pool does not need
+
+        pool = RayPool(
+            cfg.simulators, cfg.replicas, cfg.ray_address, cfg.replica_cpus, cfg.replica_gpus, cfg.replica_resource
+        )
+    metrics.watch(pool)
     server.add_generic_rpc_handlers((_handlers(QWorkerServicer(pool, cfg.limits, metrics)),))
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE):

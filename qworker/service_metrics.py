@@ -28,10 +28,19 @@ class ServiceMetrics:
             registry=r,
         )
         self.in_flight = Gauge("hyqut_qworker_in_flight", "RPCs being served now", registry=r)
+        self.replicas = Gauge("hyqut_qworker_replicas", "Live replicas of the pool", registry=r)
+        self.queue_depth = Gauge(
+            "hyqut_qworker_queue_depth", "Evaluations waiting for a replica or running on one", registry=r
+        )
         self.http_server = self.port = None
         if port is not None:
             self.http_server, _ = start_http_server(port, addr=host, registry=r)
             self.port = self.http_server.server_port
+
+    def watch(self, pool) -> None:
+        """Read the pool's live replicas and queue depth at every scrape."""
+        self.replicas.set_function(lambda: pool.replicas)
+        self.queue_depth.set_function(lambda: pool.queue_depth)
 
     def close(self) -> None:
         if self.http_server is not None:

@@ -201,7 +201,7 @@ def test_reflection_lists_and_describes_the_service(channel):
     names = {s.name for s in reply.list_services_response.service}
     assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
     described = DescriptorPool(ProtoReflectionDescriptorDatabase(channel)).FindServiceByName(SERVICE)
-    assert [m.name for m in described.methods] == ["Evaluate", "Info"]
+    assert [m.name for m in described.methods] == ["Evaluate", "Info", "Scale"]
 
 
 def scrape(server) -> str:
@@ -380,7 +380,7 @@ def test_nothing_listening_fails_clearly_and_in_time():
 
 def test_deadline_exceeded_is_reported_and_the_server_recovers(server):
     remote = get_backend(f"grpc://127.0.0.1:{server[1]}", deadline_s=30)
-    remote.deadline_s = 0.002
+    remote.connection.deadline_s = 0.002
     theta, angles, _ = batch(n=64, spec=CircuitSpec(10, 2))
     with pytest.raises(RemoteError, match="DEADLINE_EXCEEDED.*deadline 0.002 s") as e:
         remote.jacobians(CircuitSpec(10, 2), theta, angles, Gradient("shift"))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
-from qworker.backends import BACKENDS
+from qworker.backends import backend_class
 from qworker.circuit import ENTANGLERS, CircuitSpec
 from qworker.gradients import METHODS, Gradient
 from trainer.tokenizer import DEFAULT_VOCAB_SIZE
@@ -33,10 +33,12 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "ffn": ("w_gate", "w_up", "w_down"),
 }
 PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
-# --qbackend: a simulator of qworker, or "classical", the control that keeps the quantum branch's
-# compress -> 2 n_q -> n_q -> expand path but puts a classical map where the circuit was
+# --qbackend: a simulator of qworker in this process; "ray", the qworker service on a local Ray pool
+# (its replicas run the local simulator); grpc://host:port, a running qworker service (its methods
+# are checked when the model is built); or "classical", the control that keeps the quantum
+# branch's compress -> 2 n_q -> n_q -> expand path but puts a classical map where the circuit was
 CLASSICAL_CONTROL = "classical"
-QBACKENDS = (*BACKENDS, CLASSICAL_CONTROL)
+RAY = "ray"
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ class ModelConfig:
     entangler: str = "ring"  # ring | chain
     grad: str = "adjoint"  # adjoint | shift | fd | spsa
     fd_delta: float = 1e-2  # step of fd (and perturbation of spsa)
-    qbackend: str = "local"  # local | qulacs | shots | classical (the classical-bottleneck control)
+    qbackend: str = "local"  # local | qulacs | shots | ray | grpc://host:port | classical (the control)
+    q_replicas: int = 1  # replicas of the local Ray pool that --qbackend ray starts
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantum_layers", _layer_tuple(self.quantum_layers))
@@ -86,7 +89,7 @@ class ModelConfig:
     def problems(self) -> list[str]:
         """Every problem with this config, each naming the flag to change; [] when valid."""
         p = []
-        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidden", "context", "n_qubits"):
+        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidden", "context", "n_qubits", "q_replicas"):
             v = getattr(self, f)
             if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
                 p.append(f"{f} must be a positive integer, got {v!r} (change {flag(f)})")
@@ -134,12 +137,10 @@ class ModelConfig:
             p.append(
                 f"unknown entangler {self.entangler!r}; choose one of {', '.join(ENTANGLERS)} ({flag('entangler')})"
             )
-        if self.qbackend not in QBACKENDS:
-            p.append(f"unknown qbackend {self.qbackend!r}; choose one of {', '.join(QBACKENDS)} ({flag('qbackend')})")
+        methods = self._qbackend_methods(p)
         if self.grad not in METHODS:
             p.append(f"unknown gradient method {self.grad!r}; choose one of {', '.join(METHODS)} ({flag('grad')})")
-        elif self.qbackend in BACKENDS and self.grad not in BACKENDS[self.qbackend].methods:
-            methods = BACKENDS[self.qbackend].methods
+        elif methods is not None and self.grad not in methods:
             p.append(
                 f"gradient method {self.grad!r} is not supported by qbackend {self.qbackend!r}; choose one of "
                 f"{', '.join(methods)} (change {flag('grad')} or {flag('qbackend')})"
@@ -150,6 +151,17 @@ class ModelConfig:
             except ValueError as e:
                 p.append(f"{e} (change {flag('n_qubits')})")
         return p
+
+    def _qbackend_methods(self, p: list[str]) -> tuple[str, ...] | None:
+        """The gradient methods of the qbackend, None where only the model build can tell (a
+        remote server, the classical control); an unknown qbackend is appended to `p`."""
+        if self.qbackend == CLASSICAL_CONTROL or str(self.qbackend).startswith("grpc://"):
+            return None
+        try:
+            return backend_class("local" if self.qbackend == RAY else self.qbackend).methods
+        except (ValueError, ImportError) as e:
+            p.append(f"qbackend: {e} ({flag('qbackend')})")
+            return None
 
     def circuit_spec(self) -> CircuitSpec:
         return CircuitSpec(self.n_qubits, self.q_layers, self.entangler)

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         init_distributed()
         train(args, cfg)
         return 0
-    except (ValueError, ckpt.CheckpointError, DatasetError, MemoryError, FileNotFoundError) as e:
+    except (ValueError, ckpt.CheckpointError, DatasetError, MemoryError, FileNotFoundError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -21,16 +21,17 @@ bottleneck projection keeps its own documented init (nn.Linear's Kaiming-uniform
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qworker import get_backend
+from qworker import Backend, get_backend
 from qworker.circuit import CircuitSpec
 from trainer.bottleneck import ClassicalBottleneck
-from trainer.config import CLASSICAL_CONTROL, PROJECTIONS, ModelConfig, replace
+from trainer.config import CLASSICAL_CONTROL, PROJECTIONS, RAY, ModelConfig, replace
 from trainer.quantum_linear import QuantumLinear
 
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (padding)
@@ -47,9 +48,17 @@ def make_projection(cfg: ModelConfig, in_features: int, out_features: int, layer
     backend = cfg.qbackend
     if backend == "shots":  # a fixed seed per projection, so that runs reproduce
         backend = get_backend("shots", seed=1000 * layer_index + PROJECTIONS.index(name))
+    elif backend == RAY or backend.startswith("grpc://"):  # one client (channel, threads) for every layer
+        backend = remote_backend(backend, cfg.q_replicas)
     return QuantumLinear(
         in_features, out_features, cfg.n_qubits, cfg.q_layers, cfg.entangler, backend=backend, grad=cfg.gradient()
     )
+
+
+@functools.cache
+def remote_backend(qbackend: str, replicas: int) -> Backend:
+    """The client of the qworker service `qbackend` names (ray: one started in this process)."""
+    return get_backend(qbackend, replicas=replicas) if qbackend == RAY else get_backend(qbackend)
 
 
 class RMSNorm(nn.Module):

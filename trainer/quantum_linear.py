@@ -68,7 +68,8 @@ class QuantumLinear(nn.Module):
         if self.backend.name == "local" and self.grad.method == "adjoint":
             z = local_expectations(self.spec, theta, angles)
         else:
-            z = _CircuitFunction.apply(theta, angles, self.backend, self.spec, self.grad)
+            wants_grad = torch.is_grad_enabled() and (theta.requires_grad or angles.requires_grad)
+            z = _CircuitFunction.apply(theta, angles, self.backend, self.spec, self.grad, wants_grad)
         circuit_clock.seconds += time.perf_counter() - start
         if z.requires_grad and angles.requires_grad:  # time the circuit's backward too
             z.register_hook(circuit_clock.start)
@@ -107,16 +108,20 @@ circuit_clock = CircuitClock()
 
 
 class _CircuitFunction(torch.autograd.Function):
-    """Forward: the backend's expectations. Backward: the backend's VJP by the chosen method."""
+    """Forward: `backend.start`, which returns the expectations and, for a remote backend, has
+    already sent the gradient evaluations (they run while the classical model goes on).
+    Backward: the VJP, awaited only now."""
 
     @staticmethod
-    def forward(ctx, theta: Tensor, angles: Tensor, backend: Backend, spec: CircuitSpec, grad: Gradient) -> Tensor:
-        ctx.save_for_backward(theta, angles)
-        ctx.backend, ctx.spec, ctx.grad = backend, spec, grad
-        return backend.expectations(spec, theta.detach(), angles.detach())
+    def forward(ctx, theta, angles, backend: Backend, spec: CircuitSpec, grad: Gradient, wants_grad: bool) -> Tensor:
+        theta, angles = theta.detach(), angles.detach()
+        if not wants_grad:
+            return backend.expectations(spec, theta, angles)
+        ctx.pending = backend.start(spec, theta, angles, grad)
+        ctx.theta_like, ctx.angles_like = theta.new_empty(0), angles.new_empty(0)
+        return ctx.pending.expectations
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        theta, angles = ctx.saved_tensors
-        g_theta, g_angles = ctx.backend.vjp(ctx.spec, theta, angles, g.contiguous(), ctx.grad)
-        return g_theta.to(theta), g_angles.to(angles), None, None, None
+        g_theta, g_angles = ctx.pending.vjp(g.contiguous())  # kept: a retained graph may ask again
+        return g_theta.to(ctx.theta_like), g_angles.to(ctx.angles_like), None, None, None, None

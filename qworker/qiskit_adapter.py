@@ -1,0 +1,144 @@
+"""`qiskit`: the HyQuT circuit on any Qiskit Estimator V2 primitive — a real device's (e.g.
+qiskit-ibm-runtime's EstimatorV2), Aer's, or Qiskit's exact StatevectorEstimator (the default).
+
+A plug-in of the `hyqut.backends` entry point group (pyproject.toml), so `get_backend("qiskit")`
+finds it. Hardware-like: gradients by `shift`, `fd` or `spsa` only; `adjoint` is refused.
+
+    backend = get_backend("qiskit")                                  # exact, StatevectorEstimator
+    backend = get_backend("qiskit", simulator="aer", shots=4096, seed=1)
+    backend = QiskitBackend(estimator=EstimatorV2(mode=ibm_backend),  # qiskit-ibm-runtime
+                            pass_manager=generate_preset_pass_manager(optimization_level=1, backend=ibm_backend),
+                            shots=4096, max_batch=300)
+    z = backend.expectations(spec, theta, angles)                    # (N, n_q), one job per call
+
+One call is one Estimator job: the circuit with symbolic parameters (built once per spec), the
+n_q observables Z_i, and every token's parameter values as one PUB (or one PUB per `max_batch`
+tokens). Qiskit's gates use our conventions (RY(a) = exp(-i a Y/2), RZ(a) = exp(-i a Z/2)) and
+its qubit order (qubit 0 the rightmost Pauli label character) is handled by building Z_i from
+sparse (Pauli, [qubit]) terms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from qworker.backends import HARDWARE_METHODS, MAX_SHOTS, Backend, Capabilities
+from qworker.circuit import CircuitSpec
+
+SIMULATORS = ("statevector", "aer")  # the estimators built here when none is given
+
+
+class _Compiled:
+    """The spec as a parametrised QuantumCircuit (after the pass manager, if any), its observables
+    and, per circuit parameter in the estimator's order, its column in [theta | angles]."""
+
+    def __init__(self, spec: CircuitSpec, pass_manager=None):
+        from qiskit.circuit import ParameterVector, QuantumCircuit
+        from qiskit.quantum_info import SparsePauliOp
+
+        theta = ParameterVector("theta", spec.n_params)
+        angle = ParameterVector("angle", spec.n_angles)
+        circuit = QuantumCircuit(spec.n_qubits, name=f"hyqut_{spec.n_qubits}q_{spec.n_layers}l_{spec.entangler}")
+        for op in spec.ops:
+            if op.gate == "H":
+                circuit.h(op.wires[0])
+            elif op.gate == "CNOT":
+                circuit.cx(*op.wires)
+            else:
+                source, k = op.param
+                getattr(circuit, op.gate.lower())((angle if source == "angle" else theta)[k], op.wires[0])
+        observables = [SparsePauliOp.from_sparse_list([("Z", [q], 1.0)], spec.n_qubits) for q in range(spec.n_qubits)]
+        if pass_manager is not None:  # a device's ISA: its gates, its qubits; observables follow the layout
+            circuit = pass_manager.run(circuit)
+            observables = [o.apply_layout(circuit.layout) for o in observables]
+        column = {p: k for k, p in enumerate(theta)} | {p: spec.n_params + k for k, p in enumerate(angle)}
+        self.circuit, self.observables = circuit, observables
+        self.columns = np.array([column[p] for p in circuit.parameters], dtype=np.int64)
+
+
+class QiskitBackend(Backend):
+    """The HyQuT circuit through a Qiskit `BaseEstimatorV2`.
+
+    estimator: any Estimator V2 (a device's); None builds `simulator`'s: "statevector"
+    (qiskit.primitives.StatevectorEstimator, exact) or "aer" (qiskit_aer.primitives.EstimatorV2).
+    shots: None for the estimator's default precision (exact on the simulators); otherwise the
+    target precision 1/sqrt(shots) of every expectation value, which V2 estimators turn into shots
+    on a device and into Gaussian noise of that standard deviation on the simulators.
+    seed: the built-in estimators' noise (one generator for the backend's life, so repeated calls
+    draw fresh noise but a seeded backend repeats itself); seed a given estimator yourself.
+    max_batch: most tokens per PUB (a device's limit on parameter sets); all PUBs go in one job.
+    pass_manager: transpiles the circuit to the device's ISA once per spec (e.g.
+    qiskit.transpiler.generate_preset_pass_manager(optimization_level=1, backend=device)); needed
+    by estimators that accept only ISA circuits, such as qiskit-ibm-runtime's.
+    """
+
+    name = "qiskit"
+    methods = HARDWARE_METHODS
+
+    def __init__(
+        self,
+        estimator=None,
+        simulator: str | None = None,
+        shots: int | None = None,
+        seed: int | None = None,
+        max_batch: int | None = None,
+        pass_manager=None,
+    ):
+        problems = []
+        if estimator is not None and (simulator is not None or seed is not None):
+            problems.append("simulator and seed choose the estimator built here; leave them out when giving one")
+        if simulator is not None and simulator not in SIMULATORS:
+            problems.append(f"unknown simulator {simulator!r}; choose one of {', '.join(SIMULATORS)}")
+        if not (shots is None or (isinstance(shots, int) and 1 <= shots <= MAX_SHOTS)):
+            problems.append(f"shots must be None (exact) or an integer >= 1 and <= {MAX_SHOTS}, got {shots!r}")
+        if not (max_batch is None or (isinstance(max_batch, int) and max_batch >= 1)):
+            problems.append(f"max_batch must be None (no limit) or an integer >= 1, got {max_batch!r}")
+        if problems:
+            raise ValueError("invalid qiskit backend settings: " + "; ".join(problems))
+        self.shots, self.max_batch, self.pass_manager = shots, max_batch, pass_manager
+        self.precision = None if shots is None else 1.0 / math.sqrt(shots)
+        self._rng = np.random.default_rng(seed)
+        self._aer = estimator is None and simulator == "aer"
+        self.estimator = estimator if estimator is not None else self._default_estimator(simulator or "statevector")
+        self._compiled: dict[CircuitSpec, _Compiled] = {}
+
+    def _default_estimator(self, simulator: str):
+        try:
+            if simulator == "aer":
+                from qiskit_aer.primitives import EstimatorV2
+
+                return EstimatorV2()  # reseeded per job from self._rng (see expectations)
+            from qiskit.primitives import StatevectorEstimator
+        except ImportError as e:
+            raise ImportError(f"the qiskit backend's {simulator!r} simulator needs: pip install 'hyqut[qiskit]'") from e
+        return StatevectorEstimator(seed=self._rng)  # a Generator, not an int: fresh noise per job
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(self.methods, hardware=True, max_shots=MAX_SHOTS, max_batch=self.max_batch or 0)
+
+    def compiled(self, spec: CircuitSpec) -> _Compiled:
+        """The spec's circuit, built (and transpiled) on first use."""
+        if spec not in self._compiled:
+            self._compiled[spec] = _Compiled(spec, self.pass_manager)
+        return self._compiled[spec]
+
+    def expectations(self, spec, theta, angles):
+        n_tok = angles.shape[0]
+        if n_tok == 0:
+            return angles.new_zeros((0, spec.n_qubits))
+        prog = self.compiled(spec)
+        an = angles.detach().cpu().double().numpy()
+        th = theta.detach().cpu().double().numpy()
+        th = np.broadcast_to(th, (n_tok, spec.n_params))  # shared (|Θ|,) or per token (N, |Θ|)
+        values = np.concatenate([th, an], 1)[:, prog.columns]  # (N, n_params) in circuit.parameters order
+        step = self.max_batch or n_tok
+        # values (C, 1, P) against observables (n_q,) broadcast to evs (C, n_q)
+        pubs = [(prog.circuit, prog.observables, values[s : s + step, None, :]) for s in range(0, n_tok, step)]
+        if self._aer:  # Aer's estimator seeds its noise from run_options: a fresh seed per job
+            self.estimator.options.run_options["seed_simulator"] = int(self._rng.integers(2**31))
+        result = self.estimator.run(pubs, precision=self.precision).result()
+        evs = np.concatenate([np.asarray(r.data.evs, dtype=np.float64).reshape(-1, spec.n_qubits) for r in result])
+        return torch.from_numpy(evs).to(angles)
