@@ -42,7 +42,7 @@ from qworker.wire import qworker_pb2_grpc as pb_grpc
 from qworker.wire_convert import Limits, max_tokens, to_request, to_result
 
 QUERY_KEYS = ("simulator", "deadline", "tls_root_cert")
-MIN_SHARD_TOKENS = 256  # smaller shards cost more in overhead than they gain in parallelism
+MIN_SHARD_TOKENS = 128  # smaller shards cost more in overhead than they gain in parallelism
 INFO_TTL_S = 5.0  # how often the live replica count is refreshed (shards follow scaling)
 
 

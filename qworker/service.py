@@ -38,6 +38,7 @@ log = logging.getLogger("qworker.service")
 SERVICE = pb.DESCRIPTOR.services_by_name["QWorker"].full_name  # hyqut.qworker.v1.QWorker
 PROTO_VERSION = 1
 MAX_STATUS_MESSAGE = 1000  # characters: status messages travel in trailers
+ANSWER_MARGIN_S = 0.2  # a request stops waiting for a replica this long before its deadline
 
 
 @dataclass
@@ -109,7 +110,9 @@ class QWorkerServicer:
             served = ev.backend in self.pool.names  # a label never takes a client's free text
             labels.update(backend=ev.backend if served else "?", gradient=ev.grad.method if ev.grad else "none")
             labels["circuits"] = ev.token_circuits
-            return wire_convert.to_response(self.pool.evaluate(ev, timeout=context.time_remaining()))
+            left = context.time_remaining()  # answer before the client gives up, so it hears why
+            timeout = None if left is None else max(0.0, left - ANSWER_MARGIN_S)
+            return wire_convert.to_response(self.pool.evaluate(ev, timeout=timeout))
 
         return self._answer("Evaluate", context, work, labels)
 

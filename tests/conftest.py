@@ -16,3 +16,14 @@ def cache_dir(tmp_path_factory):
 def corpus(cache_dir) -> Corpus:
     """chitchat with the default 6144-token BPE, trained on its train split (~15 s, once)."""
     return prepare_data("chitchat", cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """One local Ray instance for the whole session (started in the main thread: its processes
+    die with the thread that starts them); subprocesses join it through $RAY_ADDRESS."""
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)  # 8 logical CPUs: room for 8 replicas
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

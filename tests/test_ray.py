@@ -1,0 +1,304 @@
+"""The distributed path on one machine: a real local Ray (one per session), the qworker service on
+127.0.0.1 in front of a pool of replica processes, and trainers that use it. Results equal the
+in-process simulator's; replicas die, scale and vanish while requests flow, and nothing is lost."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from qworker import CircuitSpec, Gradient, get_backend
+from qworker.evaluation import Evaluation
+from qworker.remote import RemoteBackend, RemoteError
+from qworker.service import ServerConfig, create_server
+from qworker.wire import qworker_pb2 as pb
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = CircuitSpec(10, 2)
+FAST = ["--model", "tiny", "--quantum", "wq", "--context", "64", "--batch-size", "4", "--eval-batches", "1"]
+
+pytestmark = pytest.mark.slow
+
+
+def batch(n: int, seed: int = 0, dtype=torch.float32):
+    """float64 where fd is compared: in float32 its rounding error (~1e-6 / δ per entry) depends on
+    the batch size a simulator's GEMMs see, and so on how the batch was sharded."""
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.rand(SPEC.n_params, generator=g, dtype=dtype) * 6.28
+    angles = torch.rand(n, SPEC.n_angles, generator=g, dtype=dtype) * 6.28
+    return theta, angles
+
+
+def serve(replicas: int):
+    server, port = create_server(ServerConfig(port=0, replicas=replicas, simulators=("local", "qulacs")))
+    server.start()
+    server.wait_ready(120)
+    return server, port
+
+
+@pytest.fixture(scope="module")
+def service(ray_address):
+    """A service with two replicas, shared by the tests below that leave it as they found it."""
+    server, port = serve(2)
+    yield server, f"grpc://127.0.0.1:{port}?simulator=local"
+    server.stop(1)
+
+
+def test_sharded_results_equal_the_in_process_simulator_and_use_every_replica(service):
+    server, address = service
+    remote, local = get_backend(address), get_backend("local")
+    theta, angles = batch(1000, dtype=torch.float64)
+    served = {m.name: m.served for m in server.pool._members}
+    assert remote.info.replicas == 2
+    torch.testing.assert_close(remote.expectations(SPEC, theta, angles), local.expectations(SPEC, theta, angles))
+    grad_out = torch.randn(1000, SPEC.n_qubits, dtype=torch.float64)
+    for method in ("adjoint", "fd"):
+        got = remote.vjp(SPEC, theta, angles, grad_out, Gradient(method))
+        want = local.vjp(SPEC, theta, angles, grad_out, Gradient(method))
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+    assert all(m.served > served.get(m.name, 0) for m in server.pool._members), "a replica got no shard"
+
+
+def test_gradients_started_in_forward_equal_the_vjp_of_backward(service):
+    remote = get_backend(service[1])
+    theta, angles = batch(300, seed=1, dtype=torch.float64)
+    grad_out = torch.randn(300, SPEC.n_qubits, dtype=torch.float64)
+    pending = remote.start(SPEC, theta, angles, Gradient("shift"))
+    torch.testing.assert_close(pending.expectations, get_backend("local").expectations(SPEC, theta, angles))
+    want = get_backend("local").vjp(SPEC, theta, angles, grad_out, Gradient("adjoint"))
+    torch.testing.assert_close(pending.vjp(grad_out), want, atol=1e-9, rtol=1e-9)
+
+
+def test_a_replica_killed_mid_request_costs_a_retry_not_a_result(service):
+    server, _ = service
+    theta, angles = batch(2048, seed=2, dtype=torch.float64)
+    ev = Evaluation(SPEC, "local", theta, angles, "jacobians", Gradient("fd"))
+    victim = server.pool.pids()[0]
+    killer = threading.Timer(0.3, os.kill, (victim, signal.SIGKILL))
+    killer.start()
+    result = server.pool.evaluate(ev, timeout=120)
+    killer.join()
+    want = get_backend("local").jacobians(SPEC, theta, angles, Gradient("fd"))
+    torch.testing.assert_close(result.jacobians, want, atol=1e-10, rtol=1e-10)
+    deadline = time.monotonic() + 60
+    while server.pool.replicas < 2:  # Ray restarts the dead replica; the pool routes to it again
+        assert time.monotonic() < deadline, "the killed replica never came back"
+        time.sleep(0.2)
+    assert victim not in server.pool.pids()
+
+
+def test_scaling_while_requests_flow_fails_none(service):
+    server, address = service
+    remote = get_backend(address)
+    theta, angles = batch(512, seed=3)
+    want = get_backend("local").expectations(SPEC, theta, angles)
+    errors, results, stop = [], [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                results.append((remote.expectations(SPEC, theta, angles) - want).abs().max().item())
+            except Exception as e:  # noqa: BLE001 - every failure is a test failure
+                errors.append(e)
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    cli = [sys.executable, "-m", "qworker", "scale", address.split("?")[0], "--replicas"]
+    try:
+        for n in (3, 1, 2):
+            out = subprocess.run([*cli, str(n)], capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            assert json.loads(out.stdout)["target"] == n
+            deadline = time.monotonic() + 60
+            while server.pool.replicas != n:
+                assert time.monotonic() < deadline, f"never reached {n} live replicas"
+                time.sleep(0.1)
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
+    assert len(results) > 10 and max(results) < 1e-5
+    info = subprocess.run(
+        [sys.executable, "-m", "qworker", "info", address.split("?")[0]], capture_output=True, text=True
+    )
+    assert json.loads(info.stdout)["replicas"] == 2
+
+
+def test_no_replica_is_a_clear_error_after_the_deadline(ray_address):
+    server, port = serve(0)
+    try:
+        remote = RemoteBackend(f"grpc://127.0.0.1:{port}?simulator=local", deadline_s=3)
+        theta, angles = batch(4)
+        start = time.monotonic()
+        with pytest.raises(RemoteError, match="no live qworker replica") as e:
+            remote.expectations(SPEC, theta, angles)
+        assert e.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert time.monotonic() - start < 15
+    finally:
+        server.stop(0)
+
+
+def test_the_in_process_server_refuses_to_scale():
+    server, port = create_server(ServerConfig(port=0))
+    server.start()
+    try:
+        from qworker.remote import admin_call
+
+        with pytest.raises(RemoteError, match="FAILED_PRECONDITION.*--replicas"):
+            admin_call(f"grpc://127.0.0.1:{port}", "Scale", pb.ScaleRequest(replicas=2))
+    finally:
+        server.stop(0)
+
+
+# -- trainers on the service -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def env(cache_dir, ray_address):
+    return {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "HYQUT_CACHE": str(cache_dir),
+        "PYTHONUNBUFFERED": "1",
+        "RAY_ADDRESS": ray_address,
+    }
+
+
+def train(env, out, *flags) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "trainer.main", *FAST, "--out", str(out), *flags]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def weights(out: Path) -> dict:
+    return torch.load(out / "model.pt", weights_only=True)["model"]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert len(losses(a)) == len(losses(b)) > 0
+    torch.testing.assert_close(losses(a), losses(b), atol=1e-4, rtol=1e-4)
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=1e-3, msg=k)
+
+
+@pytest.fixture(scope="module")
+def local_runs(env, tmp_path_factory):
+    """The references: in-process runs with fd (the async-Jacobian path) and adjoint."""
+    root = tmp_path_factory.mktemp("local")
+    procs = {g: train(env, root / g, "--steps", "4", "--grad", g, "--save-every", "4") for g in ("fd", "adjoint")}
+    for p in procs.values():
+        finish(p)
+    return {g: root / g for g in procs}
+
+
+def test_qbackend_ray_trains_like_local(env, local_runs, tmp_path):
+    out = tmp_path / "ray"
+    finish(
+        train(env, out, "--steps", "4", "--grad", "fd", "--save-every", "4", "--qbackend", "ray", "--q-replicas", "2")
+    )
+    assert_same_run(local_runs["fd"], out)
+
+
+def test_replica_death_and_scaling_during_training_change_nothing(env, local_runs, tmp_path):
+    server, port = serve(2)
+    try:
+        out = tmp_path / "grpc"
+        proc = train(
+            env,
+            out,
+            "--steps",
+            "4",
+            "--grad",
+            "fd",
+            "--save-every",
+            "4",
+            "--qbackend",
+            f"grpc://127.0.0.1:{port}?simulator=local",
+        )
+        log = out / "log.jsonl"
+        deadline = time.monotonic() + 300
+        while not (log.exists() and log.read_text().count("\n") >= 1):  # mid-run: after the first step
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 1"
+            time.sleep(0.05)
+        os.kill(server.pool.pids()[0], signal.SIGKILL)
+        assert proc.poll() is None, "the run ended before the fault"
+        server.pool.scale(3)
+        time.sleep(1.0)
+        server.pool.scale(1)
+        finish(proc)
+        assert_same_run(local_runs["fd"], out)
+    finally:
+        server.stop(0)
+
+
+def test_service_restarted_mid_run_the_trainer_waits_and_goes_on(env, local_runs, tmp_path):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "qworker", "serve", "--in-process", "--port", str(port), "--simulators", "local"]
+    service = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "listening" in service.stdout.readline()
+        out = tmp_path / "restart"
+        proc = train(
+            env,
+            out,
+            "--steps",
+            "4",
+            "--grad",
+            "adjoint",
+            "--save-every",
+            "4",
+            "--qbackend",
+            f"grpc://127.0.0.1:{port}?simulator=local",
+        )
+        log = out / "log.jsonl"
+        deadline = time.monotonic() + 300
+        while not (log.exists() and log.read_text().count("\n") >= 1):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 1"
+            time.sleep(0.05)
+        service.kill()
+        service.wait()
+        assert proc.poll() is None, "the run ended before the fault"
+        time.sleep(2.0)  # the trainer is now calling a dead address
+        service = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert "listening" in service.stdout.readline()
+        finish(proc)
+        assert_same_run(local_runs["adjoint"], out)
+        assert max(json.loads(line)["seconds"] for line in log.read_text().splitlines()) > 2.0  # it waited
+    finally:
+        service.kill()
+
+
+def test_a_grpc_qbackend_with_nothing_there_is_a_one_line_error(env, tmp_path):
+    proc = train(env, tmp_path / "none", "--steps", "1", "--qbackend", f"grpc://127.0.0.1:{_free_port()}")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "no qworker answered" in out, out[-2000:]
+    assert not (tmp_path / "none" / "model.pt").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
