@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -37,8 +38,8 @@ def batch(n: int, seed: int = 0, dtype=torch.float32):
     return theta, angles
 
 
-def serve(replicas: int):
-    server, port = create_server(ServerConfig(port=0, replicas=replicas, simulators=("local", "qulacs")))
+def serve(replicas: int, **cfg):
+    server, port = create_server(ServerConfig(port=0, replicas=replicas, simulators=("local", "qulacs"), **cfg))
     server.start()
     server.wait_ready(120)
     return server, port
@@ -47,7 +48,7 @@ def serve(replicas: int):
 @pytest.fixture(scope="module")
 def service(ray_address):
     """A service with two replicas, shared by the tests below that leave it as they found it."""
-    server, port = serve(2)
+    server, port = serve(2, metrics_port=0)
     yield server, f"grpc://127.0.0.1:{port}?simulator=local"
     server.stop(1)
 
@@ -133,6 +134,9 @@ def test_scaling_while_requests_flow_fails_none(service):
         [sys.executable, "-m", "qworker", "info", address.split("?")[0]], capture_output=True, text=True
     )
     assert json.loads(info.stdout)["replicas"] == 2
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics.port}/metrics", timeout=10) as page:
+        metrics = page.read().decode()
+    assert "hyqut_qworker_replicas 2.0" in metrics and "hyqut_qworker_queue_depth 0.0" in metrics
 
 
 def test_no_replica_is_a_clear_error_after_the_deadline(ray_address):
