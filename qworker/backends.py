@@ -63,6 +63,11 @@ class Backend:
     def capabilities(self) -> Capabilities:
         return Capabilities(self.methods)
 
+    def reseed(self, seed: int) -> None:
+        """Restart this backend's random numbers (shot sampling, noise) from `seed`; no-op for an
+        exact simulator. QuantumLinear reseeds before every call from state it checkpoints, so a
+        resumed training run draws what the uninterrupted one drew."""
+
     def start(self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient) -> Pending:
         """The forward evaluation, and the gradients to come: `Pending.expectations` now,
         `Pending.vjp(grad_out)` in backward. Here the VJP is computed when asked; a remote backend
@@ -167,6 +172,9 @@ class ShotsBackend(Backend):
 
     def capabilities(self) -> Capabilities:
         return Capabilities(self.methods, hardware=True, max_shots=MAX_SHOTS, queue_latency_s=self.queue_latency_s)
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
 
     def expectations(self, spec, theta, angles):
         if self.queue_latency_s:

@@ -125,6 +125,10 @@ class QiskitBackend(Backend):
             self._compiled[spec] = _Compiled(spec, self.pass_manager)
         return self._compiled[spec]
 
+    def reseed(self, seed: int) -> None:
+        """Restart the built-in estimators' noise from `seed` (in place: the estimator holds `_rng`)."""
+        self._rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
+
     def expectations(self, spec, theta, angles):
         n_tok = angles.shape[0]
         if n_tok == 0:

@@ -121,6 +121,11 @@ class RemoteBackend(Backend):
     def capabilities(self) -> Capabilities:
         return self._capabilities
 
+    def reseed(self, seed: int) -> None:
+        """Requests from now on carry seeds `seed`, `seed + 1`, ... (for the server's random backends)."""
+        self.options["seed"] = seed
+        self._calls = itertools.count()
+
     def start(self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient) -> Pending:
         """Expectations now; the gradient evaluations sent with them and awaited in `vjp`. With
         adjoint (which needs the upstream gradient) the VJP is requested in `vjp` instead."""

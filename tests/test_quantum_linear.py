@@ -1,5 +1,6 @@
 """QuantumLinear behaves like nn.Linear and differentiates exactly through every backend."""
 
+import copy
 import math
 
 import pytest
@@ -33,7 +34,7 @@ def test_default_circuit_and_init():
 
 def test_state_dict_round_trip():
     a, b = layer(), QuantumLinear(12, 7, n_qubits=3, n_layers=2)
-    assert set(a.state_dict()) == {"compress.weight", "compress.bias", "theta", "expand.weight", "expand.bias"}
+    assert set(a.state_dict()) == {"compress.weight", "compress.bias", "theta", "expand.weight", "expand.bias", "rng"}
     b.load_state_dict(a.state_dict())
     x = torch.randn(4, 12)
     torch.testing.assert_close(a(x), b(x))
@@ -91,3 +92,25 @@ def test_trains_a_tiny_regression():
         loss.backward()
         opt.step()
     assert loss.item() < 0.2 * first
+
+
+@pytest.mark.parametrize("backend, grad", [("local", "spsa"), ("shots", "shift")])
+def test_random_draws_resume_from_the_checkpointed_state(backend, grad):
+    """SPSA directions and shot samples come from (seed, calls) in the layer's state_dict: a layer
+    restored from a checkpoint draws what the uninterrupted layer draws; two seeds differ."""
+
+    def step(q, x):
+        q.zero_grad()
+        q(x).square().sum().backward()
+        return torch.cat([q.theta.grad, q.compress.weight.grad.flatten()])
+
+    torch.manual_seed(3)
+    x = torch.randn(16, 4)
+    q = QuantumLinear(4, 3, n_qubits=2, n_layers=1, backend=backend, grad=grad)
+    step(q, x)
+    saved = copy.deepcopy(q.state_dict())
+    uninterrupted = step(q, x)
+    resumed = QuantumLinear(4, 3, n_qubits=2, n_layers=1, backend=backend, grad=grad)
+    resumed.load_state_dict(saved)
+    torch.testing.assert_close(step(resumed, x), uninterrupted, atol=0, rtol=0)
+    assert not torch.equal(step(resumed, x), uninterrupted), "the next call must draw new numbers"

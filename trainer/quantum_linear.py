@@ -9,6 +9,7 @@ same rotation. All tokens of a call go to the backend as one batch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -53,6 +54,9 @@ class QuantumLinear(nn.Module):
         self.compress = nn.Linear(in_features, self.spec.n_angles, bias=bias)
         self.theta = nn.Parameter(torch.empty(self.spec.n_params).uniform_(-math.pi, math.pi))
         self.expand = nn.Linear(n_qubits, out_features, bias=bias)
+        # random numbers (SPSA directions, shot sampling) come from (seed, calls), checkpointed with the
+        # weights: a resumed run continues the uninterrupted run's sequence
+        self.register_buffer("rng", torch.stack([torch.randint(2**62, ()), torch.tensor(0)]))
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
@@ -68,8 +72,12 @@ class QuantumLinear(nn.Module):
         if self.backend.name == "local" and self.grad.method == "adjoint":
             z = local_expectations(self.spec, theta, angles)
         else:
+            seed = int(self.rng[0] + 1_000_003 * self.rng[1]) % 2**63  # this call's; then count it
+            self.rng[1] += 1
+            self.backend.reseed(seed)
+            grad = dataclasses.replace(self.grad, seed=seed) if self.grad.method == "spsa" else self.grad
             wants_grad = torch.is_grad_enabled() and (theta.requires_grad or angles.requires_grad)
-            z = _CircuitFunction.apply(theta, angles, self.backend, self.spec, self.grad, wants_grad)
+            z = _CircuitFunction.apply(theta, angles, self.backend, self.spec, grad, wants_grad)
         circuit_clock.seconds += time.perf_counter() - start
         if z.requires_grad and angles.requires_grad:  # time the circuit's backward too
             z.register_hook(circuit_clock.start)
