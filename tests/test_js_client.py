@@ -10,17 +10,16 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_service import start  # a started in-process server, once health says SERVING
 
 from qworker import CircuitSpec, get_backend
 from qworker.circuit import VERSION as CIRCUIT_VERSION
-from qworker.service import ServerConfig, create_server
+from qworker.service import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 JS = ROOT / "tests" / "js"
@@ -69,19 +68,6 @@ def node() -> str:
             )
         assert installed_js_versions() == pinned, f"npm ci installed {installed_js_versions()}, expected {pinned}"
     return exe
-
-
-def start(**cfg):
-    """A started in-process server and its port, once health says SERVING (bounded wait)."""
-    server, port = create_server(ServerConfig(port=0, **cfg))
-    server.start()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        check = health_pb2_grpc.HealthStub(ch).Check
-        deadline = time.monotonic() + 20
-        while check(health_pb2.HealthCheckRequest(), timeout=5).status != health_pb2.HealthCheckResponse.SERVING:
-            assert time.monotonic() < deadline, "the server never became SERVING"
-            time.sleep(0.02)
-    return server, port
 
 
 @pytest.fixture(scope="module")

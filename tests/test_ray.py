@@ -189,6 +189,15 @@ def finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, out[-4000:]
 
 
+def wait_for_first_step(proc: subprocess.Popen, out: Path) -> Path:
+    """Block until the run has logged its first step (mid-run from then on); its log file."""
+    log, deadline = out / "log.jsonl", time.monotonic() + 300
+    while not (log.exists() and log.read_text().count("\n") >= 1):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 1"
+        time.sleep(0.05)
+    return log
+
+
 def losses(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
 
@@ -240,11 +249,7 @@ def test_replica_death_and_scaling_during_training_change_nothing(env, local_run
             "--qbackend",
             f"grpc://127.0.0.1:{port}?simulator=local",
         )
-        log = out / "log.jsonl"
-        deadline = time.monotonic() + 300
-        while not (log.exists() and log.read_text().count("\n") >= 1):  # mid-run: after the first step
-            assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 1"
-            time.sleep(0.05)
+        wait_for_first_step(proc, out)
         os.kill(server.pool.pids()[0], signal.SIGKILL)
         assert proc.poll() is None, "the run ended before the fault"
         server.pool.scale(3)
@@ -275,11 +280,7 @@ def test_service_restarted_mid_run_the_trainer_waits_and_goes_on(env, local_runs
             "--qbackend",
             f"grpc://127.0.0.1:{port}?simulator=local",
         )
-        log = out / "log.jsonl"
-        deadline = time.monotonic() + 300
-        while not (log.exists() and log.read_text().count("\n") >= 1):
-            assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 1"
-            time.sleep(0.05)
+        log = wait_for_first_step(proc, out)
         service.kill()
         service.wait()
         assert proc.poll() is None, "the run ended before the fault"
