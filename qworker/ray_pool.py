@@ -232,7 +232,7 @@ class RayPool:
     def _failed(self, member: _Member) -> None:
         """A replica died: route around it until Ray has restarted it and it answers again."""
         with self._lock:
-            if member.state != "live":
+            if member.state != "live" or self._closed:
                 return
             member.state = "failed"
         threading.Thread(target=self._warm_up, args=(member,), daemon=True).start()
@@ -254,7 +254,7 @@ class RayPool:
                 state = "gone"
             break
         with self._lock:
-            if member.state in ("warming", "failed"):
+            if member.state in ("warming", "failed") and member in self._members:  # not drained or closed
                 member.state = state
                 if state == "gone":
                     self._members.remove(member)

@@ -153,6 +153,29 @@ def test_no_replica_is_a_clear_error_after_the_deadline(ray_address):
         server.stop(0)
 
 
+def test_a_queued_request_past_its_deadline_is_refused_in_time_and_the_pool_goes_on(ray_address):
+    server, port = serve(1)
+    try:
+        address = f"grpc://127.0.0.1:{port}?simulator=local"
+        theta, angles = batch(768, seed=4)
+        slow = RemoteBackend(address, deadline_s=300)
+        busy = {}
+        worker = threading.Thread(  # keeps the only replica busy for seconds
+            target=lambda: busy.update(j=slow.jacobians(SPEC, theta, angles, Gradient("fd")))
+        )
+        worker.start()
+        time.sleep(0.5)
+        start = time.monotonic()
+        with pytest.raises(RemoteError, match="DEADLINE_EXCEEDED: the evaluation did not finish") as e:  # the server's
+            RemoteBackend(address, deadline_s=1.0).expectations(SPEC, theta, angles[:4])
+        assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - start < 3
+        worker.join()
+        want = get_backend("local").jacobians(SPEC, theta, angles, Gradient("fd"))
+        torch.testing.assert_close(busy["j"], want, atol=1e-3, rtol=1e-3)  # fd in float32: rounding / δ
+    finally:
+        server.stop(0)
+
+
 def test_the_in_process_server_refuses_to_scale():
     server, port = create_server(ServerConfig(port=0))
     server.start()
