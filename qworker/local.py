@@ -2,8 +2,9 @@
 
 Why it is fast (DESIGN.md §4): the circuit is compiled once into a few whole-register steps that
 act on all tokens of a chunk at once, instead of 80 gates applied one by one:
-- the encoding is a product state, built per qubit (n 2-vectors per token) and expanded with n-1
-  outer products;
+- the encoding is a product state: each qubit's 2-vector (real arithmetic), the Kronecker
+  products of the high and of the low half of the qubits (2^(n/2) amplitudes each, built for all
+  tokens at once), then one register-sized outer product of the two;
 - a run of CNOTs is a permutation of basis states: one gather;
 - a run of RZ(theta) on distinct qubits is one diagonal phase;
 - a run of RY(theta) on distinct qubits is a Kronecker product of real 2x2 matrices: split into
@@ -13,7 +14,8 @@ act on all tokens of a chunk at once, instead of 80 gates applied one by one:
 The state is kept basis-major as real and imaginary planes, shape (2^n, 2, C) for a chunk of C
 tokens: a permutation then gathers whole contiguous rows and every rotation is a real GEMM.
 Chunks of tokens stay in cache. Gradients: autograd for the small per-step matrices and the
-product state; the register-sized steps have a hand-written backward (`_Register`).
+product state's two factors; the register-sized steps, that outer product included, have a
+hand-written backward (`_Register`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class _Step:
 @dataclass
 class _Program:
     spec: CircuitSpec
-    prefix: list[tuple[str, Tensor, Tensor | None]]  # (gate, qubits, angle index) per step
+    prefix: list[tuple[str, Tensor | None, Tensor | None]]  # (gate, qubits (None: all), angle index)
     steps: list[_Step] = field(default_factory=list)
     zsign: Tensor | None = None  # (2^n, n): +1 where bit i is 0, -1 where it is 1
 
@@ -50,7 +52,7 @@ def expectations(spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
     """<Z_i> for every token: angles (N, 2n_q), theta (|Θ|,) shared or (N, |Θ|) per token.
     Returns (N, n_q) in the dtype of `angles`; differentiable by autograd in both inputs."""
     prog = _program(spec, angles)
-    outs = [_Register.apply(x, prog, *params) for _, x, params in _chunks(prog, theta, angles)]
+    outs = [_Register.apply(*halves, prog, *params) for _, halves, params in _chunks(prog, theta, angles)]
     if not outs:
         return angles.new_zeros((0, spec.n_qubits))
     return torch.cat(outs) if len(outs) > 1 else outs[0]
@@ -61,9 +63,9 @@ def probabilities(spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
     """Basis-state probabilities of every token's final state, (N, 2^n); not differentiable."""
     prog = _program(spec, angles)
     out = angles.new_empty(angles.shape[0], 2**spec.n_qubits)
-    for start, x, params in _chunks(prog, theta, angles):
-        x = _evolve(x.contiguous(), prog, params)
-        out[start : start + x.shape[-1]] = (x[:, 0].square() + x[:, 1].square()).T
+    for start, halves, params in _chunks(prog, theta, angles):
+        x = _evolve(_outer(*halves), prog, params)
+        out[start : start + x.shape[-1]] = _norms(x).T
     return out
 
 
@@ -76,13 +78,15 @@ def _program(spec: CircuitSpec, angles: Tensor) -> _Program:
 
 
 def _chunks(prog: _Program, theta: Tensor, angles: Tensor):
-    """(first token, encoded planes (2^n, 2, C), step params) for each chunk of tokens."""
+    """(first token, the encoded state's two factors (`_encoded_halves`), step params) for each
+    chunk of tokens. The factors are built for all tokens at once: many small ops, better not
+    repeated per chunk; `split` views them per chunk and gathers their gradients with one cat."""
     chunk = max(1, CHUNK_AMPLITUDES >> prog.spec.n_qubits)
     shared = _step_params(prog, theta) if theta.dim() == 1 else None  # once for all chunks
-    for start in range(0, angles.shape[0], chunk):
+    halves = zip(*(h.split(chunk, -1) for h in _encoded_halves(prog, angles)))
+    for start, (hi, lo) in zip(range(0, angles.shape[0], chunk), halves):
         params = shared if shared is not None else _step_params(prog, theta[start : start + chunk])
-        psi = _product_state(prog, angles[start : start + chunk])  # (2^n, C) complex
-        yield start, torch.view_as_real(psi).transpose(1, 2), params
+        yield start, (hi, lo), params
 
 
 def _step_params(prog: _Program, theta: Tensor) -> list[Tensor | None]:
@@ -103,27 +107,28 @@ def _step_params(prog: _Program, theta: Tensor) -> list[Tensor | None]:
 
 
 class _Register(torch.autograd.Function):
-    """All entangling and trainable steps and the readout, on planes x of shape (2^n, 2, C).
+    """The encoded state's Kronecker product, all entangling and trainable steps and the readout,
+    on planes x of shape (2^n, 2, C).
 
     Backward is the adjoint method: it pulls the cotangent back through the steps in reverse and
-    pairs it with the states the forward kept (each phase step's output, each rotation's input and
-    midpoint; four registers per chunk for the default circuit), so no state is recomputed."""
+    pairs it with the states the forward kept (each phase step's and each rotation's output; four
+    registers per chunk for the default circuit, the final state included), so no state is
+    recomputed; then through the product, to its two factors (`_outer_backward`)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, prog: _Program, *params: Tensor | None) -> Tensor:
+    def forward(ctx, hi: Tensor, lo: Tensor, prog: _Program, *params: Tensor | None) -> Tensor:
         kept: list | None = [] if any(ctx.needs_input_grad) else None
-        x = _evolve(x.contiguous(), prog, params, kept)
+        x = _evolve(_outer(hi, lo), prog, params, kept)
         ctx.prog, ctx.kept = prog, kept
-        ctx.save_for_backward(x, *params)
-        probs = x[:, 0].square() + x[:, 1].square()  # (2^n, C)
-        return (prog.zsign.T @ probs).T  # (C, n)
+        ctx.save_for_backward(x, hi, lo, *params)
+        return (prog.zsign.T @ _norms(x)).T  # (C, n)
 
     @staticmethod
     def backward(ctx, g: Tensor):
         prog, kept = ctx.prog, reversed(ctx.kept)  # not consumed: backward may run again (retain_graph)
-        y, *params = ctx.saved_tensors
-        w = prog.zsign @ g.T  # (2^n, C): d<sum_i g_i Z_i>/d|amplitude|^2
-        lam = 2 * y * w.unsqueeze(1)  # (2^n, 2, C): the cotangent of the final state
+        y, hi, lo, *params = ctx.saved_tensors
+        w = 2 * (prog.zsign @ g.T)  # (2^n, C): 2 d<sum_i g_i Z_i>/d|amplitude|^2
+        lam = y * w.unsqueeze(1)  # (2^n, 2, C): the cotangent of the final state
         grads: list[Tensor | None] = [None] * len(params)
         k = len(params)
         for step in reversed(prog.steps):
@@ -132,19 +137,19 @@ class _Register(torch.autograd.Function):
             elif step.kind == "phase":
                 k -= 1
                 out = next(kept)
-                gang = lam[:, 1] * out[:, 0] - lam[:, 0] * out[:, 1]  # dL/d(phase) per amplitude
+                gang = torch.mul(lam[:, 1], out[:, 0]).addcmul_(lam[:, 0], out[:, 1], value=-1)  # dL/d(phase)
                 grads[k] = gang.sum(-1, keepdim=True) if params[k].shape[-1] == 1 else gang
                 lam = _apply_phase(lam, -params[k])
             else:
                 k -= 2
-                x0, x1 = next(kept)
-                grads[k], grads[k + 1], lam = _rot_backward(lam, x0, x1, params[k], params[k + 1])
-        return (lam, None, *grads)
+                grads[k], grads[k + 1], lam = _rot_backward(lam, next(kept), params[k], params[k + 1])
+        g_hi, g_lo = _outer_backward(lam, hi, lo) if any(ctx.needs_input_grad[:2]) else (None, None)
+        return (g_hi, g_lo, None, *grads)
 
 
 def _evolve(x: Tensor, prog: _Program, params, kept: list | None = None) -> Tensor:
     """Apply every step after the encoding to planes x (2^n, 2, C); append to `kept` what the
-    backward needs: each phase step's output, each rotation's (input, midpoint)."""
+    backward needs: each phase step's and each rotation's output."""
     it = iter(params)
     for step in prog.steps:
         if step.kind == "perm":
@@ -154,12 +159,15 @@ def _evolve(x: Tensor, prog: _Program, params, kept: list | None = None) -> Tens
             if kept is not None:
                 kept.append(x)
         else:
-            r_hi, r_lo = next(it), next(it)
-            mid = x if r_hi is None else _apply_rot(x, r_hi, None)
+            x = _apply_rot(x, next(it), next(it))
             if kept is not None:
-                kept.append((x, mid))
-            x = _apply_rot(mid, None, r_lo)
+                kept.append(x)
     return x
+
+
+def _norms(x: Tensor) -> Tensor:
+    """|amplitude|^2 of planes x (2^n, 2, C): (2^n, C)."""
+    return torch.mul(x[:, 0], x[:, 0]).addcmul_(x[:, 1], x[:, 1])
 
 
 def _apply_phase(x: Tensor, ang: Tensor) -> Tensor:
@@ -201,22 +209,20 @@ def _apply_rot(x: Tensor, r_hi: Tensor | None, r_lo: Tensor | None, transpose: b
     return v.reshape(shape)
 
 
-def _rot_backward(lam: Tensor, x0: Tensor, x1: Tensor, r_hi: Tensor | None, r_lo: Tensor):
-    """The rotation x0 -> x1 = (R_hi (x) I) x0 -> y = (I (x) R_lo) x1, backwards: from the
-    cotangent of y, the cotangents of R_hi, R_lo and x0."""
+def _rot_backward(lam: Tensor, y: Tensor, r_hi: Tensor | None, r_lo: Tensor):
+    """The rotation y = (R_hi (x) R_lo) x backwards: from the cotangent of y, the cotangents of R_hi,
+    R_lo and x. RY matrices are orthogonal, so the state between the two factors is y itself, one
+    factor undone: (R_hi (x) I) x = (I (x) R_lo^T) y, whence dL/dR_lo = M_lo R_lo with M_lo the sum
+    of lam (x) y over the lo index pairs; the same for R_hi. Nothing but y need be kept."""
     size, c = lam.shape[0], lam.shape[-1]
     lo = r_lo.shape[-1]
     hi = size // lo
     per_token = r_lo.dim() == 3
-    g_lo = _outer_sum(lam.reshape(hi, lo, 2 * c), x1.reshape(hi, lo, 2 * c), per_token, c)
-    lam = _apply_rot(lam, None, r_lo, transpose=True)
-    if r_hi is None:
-        return None, g_lo, lam
+    v, u = lam.reshape(hi, lo, 2 * c), y.reshape(hi, lo, 2 * c)
+    g_lo = _outer_sum(v, u, per_token, c) @ r_lo
     # the same sum with the block index leading: (lo, hi, 2C) views, no copies
-    g_hi = _outer_sum(
-        lam.reshape(hi, lo, 2 * c).transpose(0, 1), x0.reshape(hi, lo, 2 * c).transpose(0, 1), per_token, c
-    )
-    return g_hi, g_lo, _apply_rot(lam, r_hi, None, transpose=True)
+    g_hi = None if r_hi is None else _outer_sum(v.transpose(0, 1), u.transpose(0, 1), per_token, c) @ r_hi
+    return g_hi, g_lo, _apply_rot(lam, r_hi, r_lo, transpose=True)
 
 
 def _outer_sum(lam: Tensor, x: Tensor, per_token: bool, c: int) -> Tensor:
@@ -228,41 +234,88 @@ def _outer_sum(lam: Tensor, x: Tensor, per_token: bool, c: int) -> Tensor:
     return torch.bmm(lam, x.transpose(1, 2)).sum(0)
 
 
-def _product_state(prog: _Program, angles: Tensor) -> Tensor:
-    """Each qubit's 2-vector after the encoding prefix, then their Kronecker product, with the
-    basis index leading: (2^n, C) complex."""
+def _encoded_halves(prog: _Program, angles: Tensor) -> tuple[Tensor, Tensor]:
+    """The encoded product state as two factors, hi (x) lo: the Kronecker products of the high and
+    of the low qubits' 2-vectors, (2^hi, 2, C) and (2^(n - hi), 2, C) planes, hi = n//2 as in
+    the rotation steps. Built by autograd: they are small; their product, register-sized, is
+    `_Register`'s first step, with a hand-written backward."""
+    phi = _qubit_states(prog, angles).flip(0)  # (n, 2, C) complex, qubit n-1 first
+    hi = prog.spec.n_qubits // 2
+    return _kron_planes(phi[:hi]), _kron_planes(phi[hi:])
+
+
+def _qubit_states(prog: _Program, angles: Tensor) -> Tensor:
+    """Each qubit's 2-vector after the encoding prefix: (n, 2, C) complex. Computed in real
+    arithmetic on planes (n, 2, re|im, C), with no advanced indexing where a step covers every
+    qubit: on CPU, complex cos, sin and einsum are slow, and so is the backward of an index."""
     n = prog.spec.n_qubits
-    cdtype = torch.complex128 if angles.dtype == torch.float64 else torch.complex64
-    phi = torch.zeros(n, 2, angles.shape[0], dtype=cdtype, device=angles.device)
-    phi[:, 0] = 1
+    s = angles.new_zeros(n, 2, 2, angles.shape[0])
+    s[:, 0, 0] = 1  # |0>
     for gate, qubits, idx in prog.prefix:
-        a = None if idx is None else angles[:, idx].T  # (q, C)
-        mats = _single_qubit_matrix(gate, a, cdtype, angles.device)  # (2, 2) or (q, C, 2, 2)
-        cur = phi[qubits]  # (q, 2, C)
-        if mats.dim() == 2:
-            upd = torch.einsum("ij,qjc->qic", mats, cur)
+        cur = s if qubits is None else s.index_select(0, qubits)
+        s0, s1 = cur[:, 0], cur[:, 1]  # (q, re|im, C): the amplitudes of |0> and |1>
+        if gate == "H":
+            upd = torch.stack((s0 + s1, s0 - s1), 1) * 0.5**0.5
         else:
-            upd = torch.einsum("qcij,qjc->qic", mats, cur)
-        phi = phi.index_copy(0, qubits, upd)
-    psi = phi[n - 1]
-    for q in range(n - 2, -1, -1):  # qubit n-1 is the most significant bit
-        psi = (psi.unsqueeze(1) * phi[q].unsqueeze(0)).flatten(0, 1)
-    return psi
+            half = angles.index_select(1, idx).T.unsqueeze(1) / 2  # (q, 1, C)
+            c, sn = torch.cos(half), torch.sin(half)
+            if gate == "RY":
+                upd = torch.stack((c * s0 - sn * s1, sn * s0 + c * s1), 1)
+            else:  # RZ: |0> times exp(-i a/2), |1> times exp(i a/2)
+                upd = torch.stack((_times_phase(s0, c, -sn), _times_phase(s1, c, sn)), 1)
+        s = upd if qubits is None else s.index_copy(0, qubits, upd)
+    return torch.complex(s[:, :, 0], s[:, :, 1])
 
 
-def _single_qubit_matrix(gate: str, a: Tensor | None, cdtype, device) -> Tensor:
-    """(..., 2, 2) complex matrix of H, RY(a) or RZ(a), textbook convention."""
-    if gate == "H":
-        return torch.tensor([[1, 1], [1, -1]], dtype=cdtype, device=device) / 2**0.5
-    half = a.to(cdtype) / 2
-    c, s = torch.cos(half), torch.sin(half)
-    zero = torch.zeros_like(c)
-    if gate == "RY":
-        rows = [torch.stack([c, -s], -1), torch.stack([s, c], -1)]
-    else:  # RZ
-        e = torch.exp(-1j * half)
-        rows = [torch.stack([e, zero], -1), torch.stack([zero, e.conj()], -1)]
-    return torch.stack(rows, -2)
+def _times_phase(v: Tensor, c: Tensor, s: Tensor) -> Tensor:
+    """Planes v (q, re|im, C) times c + i·s, for c and s of shape (q, 1, C)."""
+    re, im = v[:, :1], v[:, 1:]
+    return torch.cat((c * re - s * im, c * im + s * re), 1)
+
+
+def _kron_planes(vecs: Tensor) -> Tensor:
+    """Kronecker product of k complex 2-vectors per token (k, 2, C), the first most significant,
+    as planes (2^k, 2, C); k = 0 gives the scalar 1."""
+    if not len(vecs):
+        planes = torch.zeros(1, 2, vecs.shape[-1], dtype=vecs.real.dtype, device=vecs.device)
+        planes[:, 0] = 1
+        return planes
+    psi = vecs[0]
+    for v in vecs[1:]:
+        psi = (psi.unsqueeze(1) * v.unsqueeze(0)).flatten(0, 1)
+    return torch.view_as_real(psi).transpose(1, 2).contiguous()
+
+
+def _outer(a: Tensor, b: Tensor) -> Tensor:
+    """The Kronecker product a (x) b of one complex vector per token and factor, as planes: a
+    (A, 2, C), b (B, 2, C) -> (A·B, 2, C), a's index the more significant."""
+    c = a.shape[-1]
+    x = a.new_empty(a.shape[0], b.shape[0], 2, c)
+    ar, ai = a[:, None, 0], a[:, None, 1]  # (A, 1, C)
+    br, bi = b[:, 0], b[:, 1]  # (B, C)
+    torch.mul(ar, br, out=x[:, :, 0]).addcmul_(ai, bi, value=-1)
+    torch.mul(ar, bi, out=x[:, :, 1]).addcmul_(ai, br)
+    return x.view(-1, 2, c)
+
+
+def _outer_backward(lam: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """From the cotangent planes of x = a (x) b, those of a and b. For real L, dL/da[h] is
+    sum_l lam[h, l] conj(b[l]) as complex numbers; the same for b with a. (Plane by plane, with
+    sums over one leading axis: torch's multi-axis sums here are ten times slower.)"""
+    lam = lam.view(a.shape[0], b.shape[0], 2, a.shape[-1])
+    lr, li = lam[:, :, 0], lam[:, :, 1]  # (A, B, C)
+    ar, ai, br, bi = a[:, None, 0], a[:, None, 1], b[:, 0], b[:, 1]
+    g_a = torch.stack(
+        [
+            torch.mul(lr, br).addcmul_(li, bi).sum(1),  # (A, C): re(lam conj(b)) summed over b's index
+            torch.mul(li, br).addcmul_(lr, bi, value=-1).sum(1),
+        ],
+        1,
+    )
+    g_b = torch.stack(
+        [torch.mul(lr, ar).addcmul_(li, ai).sum(0), torch.mul(li, ar).addcmul_(lr, ai, value=-1).sum(0)], 1
+    )
+    return g_a, g_b  # (A, 2, C), (B, 2, C)
 
 
 def _ry_real(theta: Tensor, step: _Step, n: int) -> list[Tensor]:
@@ -326,8 +379,9 @@ def _compile(spec: CircuitSpec, device: torch.device, dtype: torch.dtype) -> _Pr
     return prog
 
 
-def _compile_prefix(ops: list[Op], n: int, device) -> list[tuple[str, Tensor, Tensor | None]]:
-    """Group the prefix into steps that apply one gate kind to several qubits at once."""
+def _compile_prefix(ops: list[Op], n: int, device) -> list[tuple[str, Tensor | None, Tensor | None]]:
+    """Group the prefix into steps that apply one gate kind to several qubits at once: (gate,
+    qubits or None for all of them in order, angle index or None for H)."""
     per_qubit: list[list[Op]] = [[] for _ in range(n)]
     for op in ops:
         per_qubit[op.wires[0]].append(op)
@@ -336,7 +390,8 @@ def _compile_prefix(ops: list[Op], n: int, device) -> list[tuple[str, Tensor, Te
         layer = [q[depth] for q in per_qubit if len(q) > depth]
         for gate in dict.fromkeys(op.gate for op in layer):
             same = [op for op in layer if op.gate == gate]
-            qubits = torch.tensor([op.wires[0] for op in same], device=device)
+            wires = [op.wires[0] for op in same]
+            qubits = None if wires == list(range(n)) else torch.tensor(wires, device=device)  # None: all
             idx = None if gate == "H" else torch.tensor([op.param[1] for op in same], device=device)
             steps.append((gate, qubits, idx))
     return steps

@@ -1,8 +1,8 @@
 """The qworker service against the in-process simulator, measured in one run.
 
-    python bench/qworker.py                  # N = 16384 tokens, adjoint and fd
-    python bench/qworker.py --quick          # N = 4096, fewer repeats
-    python bench/qworker.py --json           # one JSON object a line
+    python bench/service.py                  # N = 16384 tokens, adjoint and fd
+    python bench/service.py --quick          # N = 4096, fewer repeats
+    python bench/service.py --json           # one JSON object a line
 
 The work per cell is what a training step asks of one quantum layer: the forward expectations
 and the gradients (`Backend.start`, then `Pending.vjp`): for adjoint a forward and a VJP call,
@@ -23,21 +23,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-# run as a script, this file's directory comes first on sys.path and its name would shadow the
-# qworker package: look it up from the repository root instead
-if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
 
-import torch  # noqa: E402
-
-from qworker import CircuitSpec, Gradient, get_backend  # noqa: E402
-from qworker.evaluation import Evaluation, Result  # noqa: E402
-from qworker.service import ServerConfig, create_server  # noqa: E402
-from qworker.wire_convert import to_request, to_response  # noqa: E402
+from qworker import CircuitSpec, Gradient, get_backend
+from qworker.evaluation import Evaluation, Result
+from qworker.service import ServerConfig, create_server
+from qworker.wire_convert import to_request, to_response
 
 SPEC = CircuitSpec(10, 2)
 
