@@ -1,30 +1,35 @@
 """The qworker service against the in-process simulator, measured in one run.
 
     python bench/service.py                  # N = 16384 tokens, adjoint and fd
-    python bench/service.py --quick          # N = 4096, fewer repeats
+    python bench/service.py --quick          # N = 4096, 3 rounds
     python bench/service.py --json           # one JSON object a line
 
 The work per cell is what a training step asks of one quantum layer: the forward expectations
 and the gradients (`Backend.start`, then `Pending.vjp`): for adjoint a forward and a VJP call,
 for fd a forward call and the Jacobians (started with the forward). It runs in-process (the
-`local` simulator, torch threads = all cores) and through `python -m qworker serve` on 127.0.0.1
-with a local Ray pool of 1 replica (all cores) and 2 replicas (one core each), the same
-simulator in every replica. Reported: token-circuits/s (tokens x (1 + gradient evaluations),
-adjoint counted as one), the service/in-process ratio (target >= 0.8 at N = 16384), the
-per-request overhead (a one-token call through the service minus in-process, and the part of it
-that is the Ray actor call; target <= 5 ms) and
-the bytes on the wire per token (request + response, as protobuf encodes them).
+`local` simulator, torch threads = all cores, in a process of its own, like a trainer's) and
+through `python -m qworker serve` on 127.0.0.1 with a local Ray pool of 1 replica (all cores)
+and 2 replicas (one core each), the same simulator in every replica.
+
+Reported: token-circuits/s (tokens x (1 + gradient evaluations), adjoint counted as one); the
+service/in-process ratio (target >= 0.8 at N = 16384); the per-request overhead, a one-token call
+through the service minus in-process (target <= 5 ms); the bytes on the wire per token (request
++ response, as protobuf encodes them). The paths take turns, round after round, and medians are
+reported (of the ratios per round): this machine's speed drifts by 2x within minutes.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import multiprocessing as mp
 import os
 import platform
 import statistics
 import time
 
+import ray
 import torch
 
 from qworker import CircuitSpec, Gradient, get_backend
@@ -40,15 +45,10 @@ def step_work(backend, theta, angles, grad_out, grad: Gradient) -> None:
     pending.vjp(grad_out)
 
 
-def timed(repeats: int, fn, *args) -> float:
-    """Median seconds of `fn(*args)` after one warm-up call."""
+def seconds_of(fn, *args) -> float:
+    start = time.perf_counter()
     fn(*args)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time.perf_counter() - start
 
 
 def wire_bytes_per_token(n: int, grad: Gradient) -> float:
@@ -69,100 +69,117 @@ def wire_bytes_per_token(n: int, grad: Gradient) -> float:
     return total / n
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=int, default=16384)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="N = 4096, 2 repeats")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-    n, repeats = (4096, 2) if args.quick else (args.tokens, args.repeats)
-    cores = os.cpu_count() or 1
-    torch.set_num_threads(cores)
+def batch(n: int):
     g = torch.Generator().manual_seed(0)
     theta = torch.rand(SPEC.n_params, generator=g) * 6.28
     angles = torch.rand(n, SPEC.n_angles, generator=g) * 6.28
-    grad_out = torch.randn(n, SPEC.n_qubits, generator=g)
-    one = angles[:1]
+    return theta, angles, torch.randn(n, SPEC.n_qubits, generator=g)
+
+
+def in_process_worker(conn, n: int, threads: int) -> None:
+    """The in-process path in a process of its own (no Ray driver, no gRPC server beside it):
+    receives a method (or "one" for a one-token call), answers the seconds it took."""
+    torch.set_num_threads(threads)
+    theta, angles, grad_out = batch(n)
     local = get_backend("local")
-    rows = []
-
-    def report(row: dict) -> None:
-        rows.append(row)
-        if args.json:
-            print(json.dumps(row), flush=True)
+    while (what := conn.recv()) is not None:
+        if what == "one":
+            conn.send(seconds_of(local.expectations, SPEC, theta, angles[:1]))
         else:
-            print(
-                f"{row['path']:<22} {row['grad']:<8} N={row['tokens']:<6} {row['token_circuits_per_s']:>12,.0f} "
-                f"token-circuits/s  {row.get('ratio', 1.0):5.2f}x  {row['bytes_per_token']:7.0f} B/token",
-                flush=True,
-            )
+            conn.send(seconds_of(step_work, local, theta, angles, grad_out, Gradient(what)))
 
-    in_process = {}
-    for method in ("adjoint", "fd"):
-        grad = Gradient(method)
-        seconds = timed(repeats, step_work, local, theta, angles, grad_out, grad)
-        in_process[method] = n * (1 + grad.evaluations(SPEC)) / seconds
-        report(
-            dict(
-                path="in-process",
-                grad=method,
-                tokens=n,
-                token_circuits_per_s=in_process[method],
-                bytes_per_token=0.0,
-                seconds=seconds,
-            )
-        )
-    local_one = timed(50, local.expectations, SPEC, theta, one)
 
-    for replicas in (1, 2):
-        cpus = max(1, cores // replicas)
-        server, port = create_server(ServerConfig(port=0, replicas=replicas, replica_cpus=cpus, simulators=("local",)))
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=16384)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
+    p.add_argument("--quick", action="store_true", help="N = 4096, 3 rounds")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    n, rounds = (4096, 3) if args.quick else (args.tokens, args.rounds)
+    cores = os.cpu_count() or 1
+    ray.init(num_cpus=2 * cores, include_dashboard=False, log_to_driver=False)  # both pools fit; one works at a time
+    theta, angles, grad_out = batch(n)
+    conn, child = mp.get_context("spawn").Pipe()
+    worker = mp.get_context("spawn").Process(target=in_process_worker, args=(child, n, cores), daemon=True)
+    worker.start()
+
+    def in_process(what: str) -> float:
+        conn.send(what)
+        return conn.recv()
+
+    paths, servers = {"in-process": in_process}, []
+    for replicas in (1, 2):  # one replica with every core, or one core each
+        cfg = ServerConfig(port=0, replicas=replicas, replica_cpus=max(1, cores // replicas), simulators=("local",))
+        server, port = create_server(cfg)
         server.start()
         server.wait_ready(180)
+        servers.append(server)
         remote = get_backend(f"grpc://127.0.0.1:{port}?simulator=local&deadline=600")
-        try:
-            for method in ("adjoint", "fd"):
-                grad = Gradient(method)
-                seconds = timed(repeats, step_work, remote, theta, angles, grad_out, grad)
-                rate = n * (1 + grad.evaluations(SPEC)) / seconds
-                report(
-                    dict(
-                        path=f"service, {replicas} replica{'s' if replicas > 1 else ''}",
-                        grad=method,
-                        tokens=n,
-                        token_circuits_per_s=rate,
-                        ratio=rate / in_process[method],
-                        bytes_per_token=wire_bytes_per_token(n, grad),
-                        seconds=seconds,
-                        replica_cpus=cpus,
-                    )
-                )
-            remote_one = timed(50, remote.expectations, SPEC, theta, one)
-            ray_one = timed(50, server.pool.evaluate, Evaluation(SPEC, "local", theta, one))
-            overhead = dict(
-                path=f"overhead, {replicas} replica{'s' if replicas > 1 else ''}",
-                one_token_service_ms=1e3 * remote_one,
-                one_token_in_process_ms=1e3 * local_one,
-                overhead_ms=1e3 * (remote_one - local_one),
-                of_which_ray_ms=1e3 * (ray_one - local_one),
-            )
-            rows.append(overhead)
-            if args.json:
-                print(json.dumps(overhead), flush=True)
-            else:
-                print(
-                    f"{overhead['path']:<22} one-token call {overhead['one_token_service_ms']:.2f} ms through the "
-                    f"service, {overhead['one_token_in_process_ms']:.2f} ms in-process: "
-                    f"{overhead['overhead_ms']:.2f} ms per request (the Ray hop alone: "
-                    f"{overhead['of_which_ray_ms']:.2f} ms)",
-                    flush=True,
-                )
-        finally:
-            remote.close()
+        paths[f"service, {replicas} replica{'s' if replicas > 1 else ''}"] = functools.partial(
+            through, remote, theta, angles, grad_out
+        )
+    try:
+        rows = [measure(paths, method, n, rounds) for method in ("adjoint", "fd")]
+        rows.append(overhead(paths, rounds))
+    finally:
+        conn.send(None)
+        for server in servers:
             server.stop(1)
+    for row in rows:
+        print(json.dumps(row) if args.json else format_row(row), flush=True)
     if not args.json:
         print(f"# {platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__}")
+
+
+def through(remote, theta, angles, grad_out, what: str) -> float:
+    if what == "one":
+        return seconds_of(remote.expectations, SPEC, theta, angles[:1])
+    return seconds_of(step_work, remote, theta, angles, grad_out, Gradient(what))
+
+
+def measure(paths: dict, method: str, n: int, rounds: int) -> dict:
+    """Each path in turn, `rounds` times (after a warm-up each): medians of rates and of ratios."""
+    circuits = n * (1 + Gradient(method).evaluations(SPEC))
+    rates = {name: [] for name in paths}
+    for i in range(rounds + 1):
+        for name, run in paths.items():
+            seconds = run(method)
+            if i:
+                rates[name].append(circuits / seconds)
+    base = rates["in-process"]
+    return dict(
+        grad=method,
+        tokens=n,
+        rounds=rounds,
+        token_circuits_per_s={name: statistics.median(r) for name, r in rates.items()},
+        ratio={name: statistics.median(a / b for a, b in zip(r, base)) for name, r in rates.items()},
+        bytes_per_token=wire_bytes_per_token(n, Gradient(method)),
+    )
+
+
+def overhead(paths: dict, rounds: int) -> dict:
+    """One-token forward calls through each path, in blocks of 25 that take turns (a block's first
+    call is dropped: the previous path's idle threads may still be spinning on the cores)."""
+    times = {name: [] for name in paths}
+    for _ in range(2 * rounds):
+        for name, run in paths.items():
+            times[name] += [run("one") for _ in range(26)][1:]
+    ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    return dict(one_token_ms=ms, overhead_ms={k: v - ms["in-process"] for k, v in ms.items() if k != "in-process"})
+
+
+def format_row(row: dict) -> str:
+    if "overhead_ms" in row:
+        return "one-token call: " + ", ".join(
+            f"{name} {ms:.2f} ms" + (f" (+{row['overhead_ms'][name]:.2f} ms)" if name in row["overhead_ms"] else "")
+            for name, ms in row["one_token_ms"].items()
+        )
+    return "\n".join(
+        f"{name:<22} {row['grad']:<8} N={row['tokens']:<6} {rate:>10,.0f} token-circuits/s "
+        f"{row['ratio'][name]:5.2f}x  {0 if name == 'in-process' else row['bytes_per_token']:6.0f} B/token"
+        for name, rate in row["token_circuits_per_s"].items()
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from qworker.backends import Backend
@@ -33,6 +35,12 @@ class Evaluation:
     grad_out: Tensor | None = None  # (N, n_q), with want == "vjp"
     include_expectations: bool = False
     options: dict = field(default_factory=dict)  # the backend's constructor options (shots, seed, ...)
+
+    def __getstate__(self) -> dict:
+        return _to_numpy(self.__dict__)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(_from_numpy(state))
 
     def __post_init__(self) -> None:
         assert self.want in WANTS, f"want must be one of {WANTS}, got {self.want!r}"
@@ -63,6 +71,34 @@ class Result:
     jacobians: tuple[Tensor, Tensor] | None = None  # (N, n_q, |Θ|), (N, n_q, 2 n_q)
     vjp: tuple[Tensor, Tensor] | None = None  # (|Θ|,), (N, 2 n_q)
     compute_seconds: float = 0.0
+
+    def __getstate__(self) -> dict:
+        return _to_numpy(self.__dict__)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(_from_numpy(state))
+
+
+# Evaluations and Results travel between processes (the service and its Ray replicas) as numpy
+# arrays: Ray serialises those out of band, ~1 ms a call faster than torch tensors here.
+
+
+def _to_numpy(state: dict) -> dict:
+    def convert(v):
+        if isinstance(v, Tensor) and v.device.type == "cpu":
+            return v.detach().numpy()
+        return tuple(convert(t) for t in v) if isinstance(v, tuple) else v
+
+    return {k: convert(v) for k, v in state.items()}
+
+
+def _from_numpy(state: dict) -> dict:
+    def convert(v):
+        if isinstance(v, np.ndarray):
+            return torch.from_numpy(v if v.flags.writeable else v.copy())  # Ray hands out read-only buffers
+        return tuple(convert(t) for t in v) if isinstance(v, tuple) else v
+
+    return {k: convert(v) for k, v in state.items()}
 
 
 def run(backend: Backend, ev: Evaluation) -> Result:
