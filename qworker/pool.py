@@ -16,7 +16,7 @@ from qworker.backends import Backend, Capabilities, backend_class, get_backend
 from qworker.circuit import CircuitSpec
 from qworker.evaluation import Evaluation, Result, run
 
-SIMULATORS = ("qulacs", "local", "shots")
+SIMULATORS = ("auto", "qulacs", "local", "shots")
 STATEFUL = ("shots", "qiskit")  # may hold a random generator: built per request, never shared by threads
 
 

@@ -2,7 +2,7 @@
 
     backend = get_backend("grpc://127.0.0.1:50051")               # = RemoteBackend(...)
     backend = get_backend("grpc://10.0.0.5:50051?simulator=local&deadline=120&tls_root_cert=ca.pem")
-    z = backend.expectations(spec, theta, angles)                 # the server's qulacs by default
+    z = backend.expectations(spec, theta, angles)                 # the server's "auto" by default
 
     pending = backend.start(spec, theta, angles, Gradient("fd"))  # expectations now, Jacobians
     z = pending.expectations                                      # on their way; ... later:
@@ -81,7 +81,7 @@ class RemoteBackend(Backend):
                 f"bad qworker address {address!r}: expected grpc://host:port[?{'=..&'.join(QUERY_KEYS)}=..]"
             )
         self.name = f"grpc://{parts.netloc}"
-        self.simulator = simulator or query.get("simulator", "qulacs")
+        self.simulator = simulator or query.get("simulator", "auto")
         self.options = simulator_options
         cert = tls_root_cert or query.get("tls_root_cert")
         deadline_s = float(deadline_s or query.get("deadline", 60.0))
@@ -122,7 +122,10 @@ class RemoteBackend(Backend):
         return self._capabilities
 
     def reseed(self, seed: int) -> None:
-        """Requests from now on carry seeds `seed`, `seed + 1`, ... (for the server's random backends)."""
+        """Requests from now on carry seeds `seed`, `seed + 1`, ... when the server's backend samples
+        (hardware and its emulators); exact simulators take no seed."""
+        if not self._capabilities.hardware:
+            return
         self.options["seed"] = seed
         self._calls = itertools.count()
 

@@ -187,7 +187,7 @@ def test_builtin_names_win_over_plugins(plugins):
 
 def test_unknown_name_lists_available(plugins):
     plugins(fakedev="hyqut_fake_plugin:FakeDeviceBackend")
-    listed = "choose one of local, qulacs, shots, fakedev, qiskit"
+    listed = "choose one of local, qulacs, shots, auto, fakedev, qiskit"
     with pytest.raises(ValueError, match=rf"unknown backend 'nope'; {listed} \(or ray, or grpc://host:port"):
         get_backend("nope")
 

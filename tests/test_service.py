@@ -180,8 +180,9 @@ def test_info(channel):
     assert (info.proto_version, info.circuit_version, info.replicas) == (1, 1, 1)
     assert info.server_version
     methods = {b.name: list(b.gradient_methods) for b in info.backends}
-    assert methods == {"qulacs": ["adjoint", "shift", "fd", "spsa"], "local": ["adjoint", "shift", "fd", "spsa"],
-                       "shots": ["shift", "fd", "spsa"]}  # fmt: skip
+    exact = ["adjoint", "shift", "fd", "spsa"]
+    assert methods == {"auto": exact, "qulacs": exact, "local": exact, "shots": ["shift", "fd", "spsa"]}
+    assert [b.hardware for b in info.backends] == [False, False, False, True]
     assert info.limits.max_qubits == 30 and info.limits.max_message_bytes == 64 * 2**20
     assert info.limits.max_tokens_per_request > 0 and info.limits.max_circuits_per_request > 0
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import qworker
-from qworker import CircuitSpec, get_backend
+from qworker import CircuitSpec, Gradient, get_backend
 from qworker.local import probabilities
 
 
@@ -163,3 +163,21 @@ def test_local_on_cuda_matches_cpu():
     g_theta, g_angles = qworker.vjp(spec, theta, angles, torch.ones(2048, 10))
     torch.testing.assert_close(t.grad.cpu(), g_theta, atol=2e-3, rtol=1e-4)
     torch.testing.assert_close(a.grad.cpu(), g_angles, atol=1e-5, rtol=1e-4)
+
+
+def test_auto_uses_qulacs_for_a_few_tokens_and_the_batched_simulator_above():
+    from qworker.backends import AutoBackend
+
+    spec, auto = CircuitSpec(4, 2), get_backend("auto")
+    g = torch.Generator().manual_seed(7)
+    theta = torch.rand(spec.n_params, generator=g, dtype=torch.float64) * 6.28
+    for n, chosen in ((AutoBackend.QULACS_BELOW - 1, "qulacs"), (AutoBackend.QULACS_BELOW, "local")):
+        angles = torch.rand(n, spec.n_angles, generator=g, dtype=torch.float64) * 6.28
+        grad_out = torch.randn(n, spec.n_qubits, generator=g, dtype=torch.float64)
+        z = auto.expectations(spec, theta, angles)
+        assert torch.equal(z, get_backend(chosen).expectations(spec, theta, angles)), chosen  # bit for bit
+        other = "local" if chosen == "qulacs" else "qulacs"
+        torch.testing.assert_close(z, get_backend(other).expectations(spec, theta, angles))
+        got = auto.vjp(spec, theta, angles, grad_out, Gradient("adjoint"))
+        want = get_backend(chosen).vjp(spec, theta, angles, grad_out, Gradient("adjoint"))
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
