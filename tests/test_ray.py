@@ -18,7 +18,7 @@ import torch
 
 from qworker import CircuitSpec, Gradient, get_backend
 from qworker.evaluation import Evaluation
-from qworker.remote import RemoteBackend, RemoteError
+from qworker.remote import RemoteBackend, RemoteError, admin_call
 from qworker.service import ServerConfig, create_server
 from qworker.wire import qworker_pb2 as pb
 
@@ -180,12 +180,35 @@ def test_the_in_process_server_refuses_to_scale():
     server, port = create_server(ServerConfig(port=0))
     server.start()
     try:
-        from qworker.remote import admin_call
-
         with pytest.raises(RemoteError, match="FAILED_PRECONDITION.*--replicas"):
             admin_call(f"grpc://127.0.0.1:{port}", "Scale", pb.ScaleRequest(replicas=2))
     finally:
         server.stop(0)
+
+
+def test_python_m_qworker_serve_joins_the_ray_cluster_and_stops_on_sigterm(ray_address):
+    cmd = [sys.executable, "-m", "qworker", "serve", "--port", "0", "--replicas", "1", "--simulators", "local"]
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("qworker listening on"):
+                break
+        address = seen[-1].split()[-1]
+        remote = RemoteBackend(f"{address}?simulator=local")  # waits (bounded) while the replica warms up
+        theta, angles = batch(3)
+        torch.testing.assert_close(
+            remote.expectations(SPEC, theta, angles), get_backend("local").expectations(SPEC, theta, angles)
+        )
+        assert admin_call(address, "Info", pb.InfoRequest()).replicas == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        assert any("listening" in line for line in seen), "".join(seen)[-3000:]
 
 
 # -- trainers on the service -------------------------------------------------------------------

@@ -430,7 +430,17 @@ def test_tls(tmp_path):
 
 def test_python_m_qworker_serve_and_sigterm(tmp_path):
     (tmp_path / "token").write_text(TOKEN + "\n")
-    cmd = [sys.executable, "-m", "qworker", "serve", "--port", "0", "--token-file", str(tmp_path / "token")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qworker",
+        "serve",
+        "--in-process",
+        "--port",
+        "0",
+        "--token-file",
+        str(tmp_path / "token"),
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = next(x for x in proc.stdout if x.startswith("qworker listening on grpc://127.0.0.1:"))

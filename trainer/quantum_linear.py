@@ -68,12 +68,12 @@ class QuantumLinear(nn.Module):
         """<Z_i> for a batch of angles (N, 2 n_q) -> (N, n_q), differentiable."""
         theta = self.theta.to(angles.dtype)
         check_batch(self.spec, theta, angles)
+        seed = int(self.rng[0] + 1_000_003 * self.rng[1]) % 2**63  # this call's; then count it
+        self.rng[1] += 1
         start = time.perf_counter()
         if self.backend.name == "local" and self.grad.method == "adjoint":
             z = local_expectations(self.spec, theta, angles)
         else:
-            seed = int(self.rng[0] + 1_000_003 * self.rng[1]) % 2**63  # this call's; then count it
-            self.rng[1] += 1
             self.backend.reseed(seed)
             grad = dataclasses.replace(self.grad, seed=seed) if self.grad.method == "spsa" else self.grad
             wants_grad = torch.is_grad_enabled() and (theta.requires_grad or angles.requires_grad)
