@@ -25,6 +25,7 @@ from qworker.wire import qworker_pb2 as pb
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = CircuitSpec(10, 2)
 FAST = ["--model", "tiny", "--quantum", "wq", "--context", "64", "--batch-size", "4", "--eval-batches", "1"]
+FOUR_STEPS = ["--steps", "4", "--save-every", "4"]
 
 pytestmark = pytest.mark.slow
 
@@ -265,7 +266,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 def local_runs(env, tmp_path_factory):
     """The references: in-process runs with fd (the async-Jacobian path) and adjoint."""
     root = tmp_path_factory.mktemp("local")
-    procs = {g: train(env, root / g, "--steps", "4", "--grad", g, "--save-every", "4") for g in ("fd", "adjoint")}
+    procs = {g: train(env, root / g, *FOUR_STEPS, "--grad", g) for g in ("fd", "adjoint")}
     for p in procs.values():
         finish(p)
     return {g: root / g for g in procs}
@@ -273,9 +274,7 @@ def local_runs(env, tmp_path_factory):
 
 def test_qbackend_ray_trains_like_local(env, local_runs, tmp_path):
     out = tmp_path / "ray"
-    finish(
-        train(env, out, "--steps", "4", "--grad", "fd", "--save-every", "4", "--qbackend", "ray", "--q-replicas", "2")
-    )
+    finish(train(env, out, *FOUR_STEPS, "--grad", "fd", "--qbackend", "ray", "--q-replicas", "2"))
     assert_same_run(local_runs["fd"], out)
 
 
@@ -283,18 +282,7 @@ def test_replica_death_and_scaling_during_training_change_nothing(env, local_run
     server, port = serve(2)
     try:
         out = tmp_path / "grpc"
-        proc = train(
-            env,
-            out,
-            "--steps",
-            "4",
-            "--grad",
-            "fd",
-            "--save-every",
-            "4",
-            "--qbackend",
-            f"grpc://127.0.0.1:{port}?simulator=local",
-        )
+        proc = train(env, out, *FOUR_STEPS, "--grad", "fd", "--qbackend", f"grpc://127.0.0.1:{port}?simulator=local")
         wait_for_first_step(proc, out)
         os.kill(server.pool.pids()[0], signal.SIGKILL)
         assert proc.poll() is None, "the run ended before the fault"
@@ -315,16 +303,7 @@ def test_service_restarted_mid_run_the_trainer_waits_and_goes_on(env, local_runs
         assert "listening" in service.stdout.readline()
         out = tmp_path / "restart"
         proc = train(
-            env,
-            out,
-            "--steps",
-            "4",
-            "--grad",
-            "adjoint",
-            "--save-every",
-            "4",
-            "--qbackend",
-            f"grpc://127.0.0.1:{port}?simulator=local",
+            env, out, *FOUR_STEPS, "--grad", "adjoint", "--qbackend", f"grpc://127.0.0.1:{port}?simulator=local"
         )
         log = wait_for_first_step(proc, out)
         service.kill()
