@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
@@ -69,7 +69,6 @@ class _Member:
     state: str = "warming"  # warming -> live <-> failed; draining -> gone
     in_flight: int = 0
     served: int = 0
-    since: float = field(default_factory=time.monotonic)
 
 
 class RayPool:
@@ -90,7 +89,7 @@ class RayPool:
         self._names_pool = InProcessPool(names)  # validates the names here, in the server's process
         if replicas < 0 or cpus < 0 or gpus < 0:
             raise ValueError(f"replicas, cpus and gpus must be >= 0 (got {replicas}, {cpus}, {gpus})")
-        self.names, self.target, self.address = tuple(names), replicas, address
+        self.names, self.target = tuple(names), replicas
         if not ray.is_initialized():  # here, not in start(): the processes a local Ray starts die with the
             # thread that started them (PR_SET_PDEATHSIG), and the service calls start() in a thread
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
@@ -265,15 +264,11 @@ class RayPool:
 
 
 def _to_device(ev: Evaluation, device: str) -> Evaluation:
-    from dataclasses import replace
-
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
     return replace(ev, theta=move(ev.theta), angles=move(ev.angles), grad_out=move(ev.grad_out))
 
 
 def _to_cpu(result: Result) -> Result:
-    from dataclasses import replace
-
     cpu = lambda ts: None if ts is None else tuple(t.cpu() for t in ts)  # noqa: E731
     exp = None if result.expectations is None else result.expectations.cpu()
     return replace(result, expectations=exp, jacobians=cpu(result.jacobians), vjp=cpu(result.vjp))
