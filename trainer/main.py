@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a file by the deepspeed launcher: import
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         init_distributed()
         train(args, cfg)
+        # free the destroyed engine and its collectives now, then tear down together: left to the
+        # interpreter's finalization, Gloo can abort a rank (-6) that exits before the others
+        gc.collect()
+        dist.barrier()
         return 0
     except (ValueError, ckpt.CheckpointError, DatasetError, MemoryError, FileNotFoundError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -168,6 +173,7 @@ def train(args: argparse.Namespace, cfg: ModelConfig) -> None:
         ckpt.write_run(args.out, run, corpus.tokenizer.to_json())
         ckpt.truncate_log(args.out, step)
     loop(args, engine, sampler, corpus, step, rank, world)
+    engine.destroy()
 
 
 def run_settings(args: argparse.Namespace, cfg: ModelConfig, world: int) -> dict:
