@@ -97,7 +97,7 @@ def main() -> None:
     for q, records in results.items():
         last = [r for r in records if "val_loss" in r][-1]
         minutes = sum(r["seconds"] for r in records) / 60
-        tps = statistics.median(r["tokens_per_s"] for r in records[5:])
+        tps = statistics.median(r["tokens_per_s"] for r in records[5:] or records)  # past warm-up
         print(
             f"{q:8} {statistics.mean(r['loss'] for r in records[-10:]):10.3f} {last['val_loss']:9.3f} "
             f"{last['val_ppl']:8.1f} {tps:9.0f} {minutes:8.1f}"
