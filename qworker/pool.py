@@ -1,14 +1,17 @@
 """Where the service sends Evaluations: a pool of simulator replicas (DESIGN.md §5).
 
 The service needs only `start()`, `ready`, `replicas`, `queue_depth`, `backends()`,
-`evaluate(ev, timeout)` and `close()`; the in-process pool here holds one Backend per simulator
+`replica_stats()`, `evaluate(ev, timeout)` and `close()`; the in-process pool here holds one Backend per simulator
 name in the server's own process. The Ray pool (`qworker/ray_pool.py`) runs many replicas behind
 the same methods, and can `scale`.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +31,20 @@ class ReplicasDied(Exception):
     """Several replicas died running one request: the request itself kills them (INTERNAL)."""
 
 
+@dataclass(frozen=True)
+class ReplicaStats:
+    """What one replica has done, for the metrics: evaluations answered and the seconds the
+    replica spent on them (measured where they ran), deaths seen, requests on it now."""
+
+    name: str
+    node: str
+    live: bool
+    in_flight: int
+    evaluations: int
+    busy_s: float
+    deaths: int = 0
+
+
 class InProcessPool:
     """One Backend per simulator name, built by `get_backend` and shared by the server's threads
     (local and qulacs keep no per-call state). A request with backend options (shots, seed, noise)
@@ -41,7 +58,9 @@ class InProcessPool:
         self._backends: dict[str, Backend] = {}
         self.ready = threading.Event()
         self._capabilities = None
-        self._running = 0  # approximate (not locked): a gauge, not an invariant
+        self._lock = threading.Lock()
+        self._running = self._evaluations = 0
+        self._busy_s = 0.0
 
     @property
     def replicas(self) -> int:
@@ -51,6 +70,12 @@ class InProcessPool:
     @property
     def queue_depth(self) -> int:
         return self._running
+
+    def replica_stats(self) -> list[ReplicaStats]:
+        """This process as the one replica."""
+        with self._lock:
+            stats = (self._running, self._evaluations, self._busy_s)
+            return [ReplicaStats("in-process", socket.gethostname(), self.ready.is_set(), *stats)]
 
     def backends(self) -> dict[str, Capabilities]:
         """Simulator name -> what it can do (known before the pool is live)."""
@@ -72,11 +97,18 @@ class InProcessPool:
         """Run `ev` in this thread (`timeout` is not enforced: the work is already here)."""
         if not self.ready.is_set():
             raise PoolNotReady("the qworker pool is starting; retry shortly")
-        self._running += 1
+        with self._lock:
+            self._running += 1
+        start = time.perf_counter()
         try:
-            return run(self.backend_for(ev), ev)
+            result = run(self.backend_for(ev), ev)
         finally:
-            self._running -= 1
+            with self._lock:
+                self._running -= 1
+        with self._lock:
+            self._evaluations += 1
+            self._busy_s += time.perf_counter() - start
+        return result
 
     def backend_for(self, ev: Evaluation) -> Backend:
         """The backend `ev` names, built with its options; ValueError if not served or bad options."""

@@ -31,7 +31,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from qworker.backends import Capabilities
 from qworker.evaluation import Evaluation, Result
-from qworker.pool import SIMULATORS, InProcessPool, PoolNotReady, ReplicasDied
+from qworker.pool import SIMULATORS, InProcessPool, PoolNotReady, ReplicasDied, ReplicaStats
 
 log = logging.getLogger("qworker.ray_pool")
 
@@ -51,13 +51,20 @@ class Replica:
         self.pool = InProcessPool(names)
         self.pool.start()
 
-    def evaluate(self, ev: Evaluation) -> Result:
+    def evaluate(self, ev: Evaluation) -> tuple[Result, float]:
+        """The result and the seconds it took here (the pool's busy-time metric)."""
+        start = time.perf_counter()
         if self.device == "cpu" or ev.backend != "local":
-            return self.pool.evaluate(ev)
-        return _to_cpu(self.pool.evaluate(_to_device(ev, self.device)))
+            result = self.pool.evaluate(ev)
+        else:
+            result = _to_cpu(self.pool.evaluate(_to_device(ev, self.device)))
+        return result, time.perf_counter() - start
 
     def pid(self) -> int:
         return os.getpid()
+
+    def node(self) -> str:
+        return ray.util.get_node_ip_address()
 
 
 @dataclass(eq=False)
@@ -68,7 +75,11 @@ class _Member:
     name: str
     state: str = "warming"  # warming -> live <-> failed; draining -> gone
     in_flight: int = 0
-    served: int = 0
+    served: int = 0  # requests sent to it
+    node: str = ""  # IP of its Ray node, once warm
+    evaluations: int = 0  # results it returned
+    busy_s: float = 0.0  # seconds it spent on them, measured in the replica
+    deaths: int = 0
 
 
 class RayPool:
@@ -141,8 +152,13 @@ class RayPool:
         for attempt in itertools.count(1):
             member = self._acquire(deadline)
             ref = member.actor.evaluate.remote(ev)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return ray.get(ref, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+                result, seconds = ray.get(ref, timeout=left)
+                with self._lock:
+                    member.evaluations += 1
+                    member.busy_s += seconds
+                return result
             except RayTaskError as e:  # the evaluation itself raised: the same error as in-process
                 raise e.cause if isinstance(e.cause, Exception) else e from None
             except GetTimeoutError:
@@ -176,6 +192,13 @@ class RayPool:
                 self._reap(member)
             self._lock.notify_all()
             return sum(m.state == "live" for m in self._members), replicas
+
+    def replica_stats(self) -> list[ReplicaStats]:
+        with self._lock:
+            return [
+                ReplicaStats(m.name, m.node, m.state == "live", m.in_flight, m.evaluations, m.busy_s, m.deaths)
+                for m in self._members
+            ]
 
     def pids(self) -> list[int]:
         """Process ids of the live replicas (for tests and operators)."""
@@ -234,6 +257,7 @@ class RayPool:
             if member.state != "live" or self._closed:
                 return
             member.state = "failed"
+            member.deaths += 1
         threading.Thread(target=self._warm_up, args=(member,), daemon=True).start()
 
     def _warm_up(self, member: _Member) -> None:
@@ -241,7 +265,7 @@ class RayPool:
         deadline = time.monotonic() + WARMUP_TIMEOUT_S
         while True:
             try:
-                ray.get(member.actor.pid.remote(), timeout=max(0.0, deadline - time.monotonic()))
+                member.node = ray.get(member.actor.node.remote(), timeout=max(0.0, deadline - time.monotonic()))
                 state = "live"
             except ActorUnavailableError:  # Ray is restarting it: ask again
                 if time.monotonic() < deadline and member.state in ("warming", "failed"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 class ServiceMetrics:
@@ -38,11 +39,38 @@ class ServiceMetrics:
             self.port = self.http_server.server_port
 
     def watch(self, pool) -> None:
-        """Read the pool's live replicas and queue depth at every scrape."""
+        """Read the pool's live replicas, queue depth and per-replica figures at every scrape."""
         self.replicas.set_function(lambda: pool.replicas)
         self.queue_depth.set_function(lambda: pool.queue_depth)
+        self.registry.register(_ReplicaCollector(pool))
 
     def close(self) -> None:
         if self.http_server is not None:
             self.http_server.shutdown()
             self.http_server.server_close()
+
+
+class _ReplicaCollector:
+    """One series per replica (labels: replica, node), read from the pool at scrape time; a
+    replica that is removed leaves the output with it."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def collect(self):
+        labels = ["replica", "node"]
+        up = GaugeMetricFamily("hyqut_qworker_replica_up", "1 while the replica takes requests", labels=labels)
+        in_flight = GaugeMetricFamily("hyqut_qworker_replica_in_flight", "Requests on the replica now", labels=labels)
+        done = CounterMetricFamily("hyqut_qworker_replica_evaluations", "Results the replica returned", labels=labels)
+        busy = CounterMetricFamily(
+            "hyqut_qworker_replica_busy_seconds", "Seconds the replica spent on them (measured there)", labels=labels
+        )
+        deaths = CounterMetricFamily("hyqut_qworker_replica_deaths", "Deaths seen mid-request", labels=labels)
+        for r in self.pool.replica_stats():
+            key = [r.name, r.node]
+            up.add_metric(key, float(r.live))
+            in_flight.add_metric(key, r.in_flight)
+            done.add_metric(key, r.evaluations)
+            busy.add_metric(key, r.busy_s)
+            deaths.add_metric(key, r.deaths)
+        yield from (up, in_flight, done, busy, deaths)

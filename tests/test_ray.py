@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from qworker import CircuitSpec, Gradient, get_backend
 from qworker.evaluation import Evaluation
@@ -46,6 +47,18 @@ def serve(replicas: int, **cfg):
     return server, port
 
 
+def replica_metrics(server) -> dict[str, dict[str, float]]:
+    """replica name -> {metric: value} from the server's /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics.port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if "replica" in sample.labels:
+                out.setdefault(sample.labels["replica"], {"node": sample.labels["node"]})[sample.name] = sample.value
+    return out
+
+
 @pytest.fixture(scope="module")
 def service(ray_address):
     """A service with two replicas, shared by the tests below that leave it as they found it."""
@@ -58,7 +71,7 @@ def test_sharded_results_equal_the_in_process_simulator_and_use_every_replica(se
     server, address = service
     remote, local = get_backend(address), get_backend("local")
     theta, angles = batch(1000, dtype=torch.float64)
-    served = {m.name: m.served for m in server.pool._members}
+    before = replica_metrics(server)
     assert remote.info.replicas == 2
     torch.testing.assert_close(remote.expectations(SPEC, theta, angles), local.expectations(SPEC, theta, angles))
     grad_out = torch.randn(1000, SPEC.n_qubits, dtype=torch.float64)
@@ -66,7 +79,12 @@ def test_sharded_results_equal_the_in_process_simulator_and_use_every_replica(se
         got = remote.vjp(SPEC, theta, angles, grad_out, Gradient(method))
         want = local.vjp(SPEC, theta, angles, grad_out, Gradient(method))
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
-    assert all(m.served > served.get(m.name, 0) for m in server.pool._members), "a replica got no shard"
+    after = replica_metrics(server)
+    assert len(after) == 2 and all(r["node"] and r["hyqut_qworker_replica_up"] == 1 for r in after.values())
+    for name, r in after.items():  # every replica got shards and spent time on them
+        was = before.get(name, {})
+        assert r["hyqut_qworker_replica_evaluations_total"] > was.get("hyqut_qworker_replica_evaluations_total", 0)
+        assert r["hyqut_qworker_replica_busy_seconds_total"] > was.get("hyqut_qworker_replica_busy_seconds_total", 0)
 
 
 def test_gradients_started_in_forward_equal_the_vjp_of_backward(service):
@@ -83,18 +101,27 @@ def test_a_replica_killed_mid_request_costs_a_retry_not_a_result(service):
     server, _ = service
     theta, angles = batch(2048, seed=2, dtype=torch.float64)
     ev = Evaluation(SPEC, "local", theta, angles, "jacobians", Gradient("fd"))
-    victim = server.pool.pids()[0]
-    killer = threading.Timer(0.3, os.kill, (victim, signal.SIGKILL))
+    members, pids = [m for m in server.pool._members if m.state == "live"], server.pool.pids()
+    victim = {}
+
+    def kill_the_busy_one():
+        (i,) = [i for i, m in enumerate(members) if m.in_flight]
+        victim.update(name=members[i].name, pid=pids[i])
+        os.kill(pids[i], signal.SIGKILL)
+
+    killer = threading.Timer(0.3, kill_the_busy_one)
     killer.start()
     result = server.pool.evaluate(ev, timeout=120)
     killer.join()
+    deaths = {name: r["hyqut_qworker_replica_deaths_total"] for name, r in replica_metrics(server).items()}
+    assert deaths == {m.name: float(m.name == victim["name"]) for m in members}
     want = get_backend("local").jacobians(SPEC, theta, angles, Gradient("fd"))
     torch.testing.assert_close(result.jacobians, want, atol=1e-10, rtol=1e-10)
     deadline = time.monotonic() + 60
     while server.pool.replicas < 2:  # Ray restarts the dead replica; the pool routes to it again
         assert time.monotonic() < deadline, "the killed replica never came back"
         time.sleep(0.2)
-    assert victim not in server.pool.pids()
+    assert victim["pid"] not in server.pool.pids()
 
 
 def test_scaling_while_requests_flow_fails_none(service):

@@ -210,8 +210,14 @@ def scrape(server) -> str:
         return r.read().decode()
 
 
+def replica_figure(text: str, name: str) -> float:
+    (line,) = [x for x in text.splitlines() if x.startswith(name + "{") and 'replica="in-process"' in x]
+    return float(line.split()[-1])
+
+
 def test_metrics_count_requests_circuits_and_errors(server, channel):
     stub = pb_grpc.QWorkerStub(channel)
+    before = scrape(server[0])
     stub.Evaluate(request(n=5, want=pb.WANT_JACOBIANS, method="shift"), timeout=10)
     with pytest.raises(grpc.RpcError):
         stub.Evaluate(request(backend="nope"), timeout=10)
@@ -222,6 +228,10 @@ def test_metrics_count_requests_circuits_and_errors(server, channel):
     line = next(x for x in text.splitlines() if x.startswith("hyqut_qworker_token_circuits_total{") and "shift" in x)
     assert float(line.split()[-1]) >= shift_circuits
     assert "hyqut_qworker_request_seconds_bucket" in text and "hyqut_qworker_in_flight 0.0" in text
+    evaluations = "hyqut_qworker_replica_evaluations_total"  # the refused request never reached the replica
+    assert replica_figure(text, evaluations) == replica_figure(before, evaluations) + 1
+    assert replica_figure(text, "hyqut_qworker_replica_busy_seconds_total") > 0
+    assert replica_figure(text, "hyqut_qworker_replica_up") == 1
 
 
 # -- bad input: the right code, a message naming the field, the server still healthy -------------
