@@ -26,6 +26,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from qworker import deadline
 from qworker.circuit import CircuitSpec, Op, check_memory
 
 CHUNK_AMPLITUDES = 2**18  # tokens x 2^n per chunk: measured best on a 2-core CPU (bench/vqc.py)
@@ -85,6 +86,7 @@ def _chunks(prog: _Program, theta: Tensor, angles: Tensor):
     shared = _step_params(prog, theta) if theta.dim() == 1 else None  # once for all chunks
     halves = zip(*(h.split(chunk, -1) for h in _encoded_halves(prog, angles)))
     for start, (hi, lo) in zip(range(0, angles.shape[0], chunk), halves):
+        deadline.check()
         params = shared if shared is not None else _step_params(prog, theta[start : start + chunk])
         yield start, (hi, lo), params
 
@@ -125,6 +127,7 @@ class _Register(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):
+        deadline.check()  # a chunk's backward is the largest piece of work between checks
         prog, kept = ctx.prog, reversed(ctx.kept)  # not consumed: backward may run again (retain_graph)
         y, hi, lo, *params = ctx.saved_tensors
         w = 2 * (prog.zsign @ g.T)  # (2^n, C): 2 d<sum_i g_i Z_i>/d|amplitude|^2

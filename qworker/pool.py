@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qworker import deadline
 from qworker.backends import Backend, Capabilities, backend_class, get_backend
 from qworker.circuit import CircuitSpec
 from qworker.evaluation import Evaluation, Result, run
@@ -94,14 +95,16 @@ class InProcessPool:
         self.ready.set()
 
     def evaluate(self, ev: Evaluation, timeout: float | None = None) -> Result:
-        """Run `ev` in this thread (`timeout` is not enforced: the work is already here)."""
+        """Run `ev` in this thread; past `timeout` seconds the simulators stop it at their next
+        check (`qworker.deadline`: DeadlineExceeded, a TimeoutError)."""
         if not self.ready.is_set():
             raise PoolNotReady("the qworker pool is starting; retry shortly")
         with self._lock:
             self._running += 1
         start = time.perf_counter()
         try:
-            result = run(self.backend_for(ev), ev)
+            with deadline.within(timeout):
+                result = run(self.backend_for(ev), ev)
         finally:
             with self._lock:
                 self._running -= 1

@@ -12,6 +12,7 @@ import qulacs
 import torch
 from torch import Tensor
 
+from qworker import deadline
 from qworker.circuit import CircuitSpec, check_memory
 
 
@@ -74,6 +75,8 @@ def _tokens(spec: CircuitSpec, theta: Tensor, angles: Tensor):
     th = theta.detach().cpu().double().numpy()
     an = angles.detach().cpu().double().numpy()
     for n in range(an.shape[0]):
+        if n % 64 == 0:
+            deadline.check()
         circ.load(th if th.ndim == 1 else th[n], an[n])
         yield n, circ
 

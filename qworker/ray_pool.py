@@ -13,7 +13,7 @@ restarted by Ray), `ray.cancel` (a queued request past its deadline never runs),
 store for the tensors. What is ours: picking the least-busy live replica, retrying a request
 whose replica died on another one (an evaluation is a pure function of its request, so the retry
 returns exactly what the lost call would have), and draining a replica before removing it.
-A running evaluation is not interrupted at its deadline: it finishes, and its answer is dropped.
+A running evaluation stops at its deadline (`qworker.deadline`), freeing the replica.
 """
 
 from __future__ import annotations
@@ -51,13 +51,15 @@ class Replica:
         self.pool = InProcessPool(names)
         self.pool.start()
 
-    def evaluate(self, ev: Evaluation) -> tuple[Result, float]:
-        """The result and the seconds it took here (the pool's busy-time metric)."""
+    def evaluate(self, ev: Evaluation, until: float | None) -> tuple[Result, float]:
+        """The result and the seconds it took here (the pool's busy-time metric); stopped once
+        the wall clock passes `until` (the caller's deadline: nodes keep their clocks in sync)."""
         start = time.perf_counter()
+        timeout = None if until is None else until - time.time()
         if self.device == "cpu" or ev.backend != "local":
-            result = self.pool.evaluate(ev)
+            result = self.pool.evaluate(ev, timeout)
         else:
-            result = _to_cpu(self.pool.evaluate(_to_device(ev, self.device)))
+            result = _to_cpu(self.pool.evaluate(_to_device(ev, self.device), timeout))
         return result, time.perf_counter() - start
 
     def pid(self) -> int:
@@ -151,8 +153,8 @@ class RayPool:
         deadline = None if timeout is None else time.monotonic() + timeout
         for attempt in itertools.count(1):
             member = self._acquire(deadline)
-            ref = member.actor.evaluate.remote(ev)
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ref = member.actor.evaluate.remote(ev, None if left is None else time.time() + left)
             try:
                 result, seconds = ray.get(ref, timeout=left)
                 with self._lock:
@@ -162,7 +164,7 @@ class RayPool:
             except RayTaskError as e:  # the evaluation itself raised: the same error as in-process
                 raise e.cause if isinstance(e.cause, Exception) else e from None
             except GetTimeoutError:
-                ray.cancel(ref)  # a queued call never runs; a running one finishes unheard
+                ray.cancel(ref)  # a queued call never runs; a running one stops at its deadline
                 raise TimeoutError(f"the evaluation did not finish within {timeout:g} s (deadline)") from None
             except (RayActorError, TaskCancelledError) as e:
                 self._failed(member)

@@ -204,6 +204,22 @@ def test_a_queued_request_past_its_deadline_is_refused_in_time_and_the_pool_goes
         server.stop(0)
 
 
+def test_a_running_request_past_its_deadline_frees_its_replica(ray_address):
+    server, port = serve(1)
+    try:
+        address = f"grpc://127.0.0.1:{port}?simulator=local"
+        theta, angles = batch(4096, seed=5)  # fd: ~10 s of work for the only replica
+        with pytest.raises(RemoteError, match="DEADLINE_EXCEEDED") as e:
+            RemoteBackend(address, deadline_s=1.5).jacobians(SPEC, theta, angles, Gradient("fd"))
+        assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        start = time.monotonic()  # the replica stopped that work: the next request runs at once
+        got = RemoteBackend(address, deadline_s=60).expectations(SPEC, theta, angles[:4])
+        assert time.monotonic() - start < 3
+        torch.testing.assert_close(got, get_backend("local").expectations(SPEC, theta, angles[:4]))
+    finally:
+        server.stop(0)
+
+
 def test_the_in_process_server_refuses_to_scale():
     server, port = create_server(ServerConfig(port=0))
     server.start()

@@ -22,6 +22,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from qworker import CircuitSpec, Gradient, get_backend
 from qworker.auth import bearer
+from qworker.deadline import DeadlineExceeded
+from qworker.evaluation import Evaluation
+from qworker.pool import InProcessPool
 from qworker.remote import RemoteBackend, RemoteError, RemoteInvalidArgument
 from qworker.service import SERVICE, ServerConfig, create_server, status_for
 from qworker.wire import qworker_pb2 as pb
@@ -397,6 +400,30 @@ def test_deadline_exceeded_is_reported_and_the_server_recovers(server):
         remote.jacobians(CircuitSpec(10, 2), theta, angles, Gradient("shift"))
     assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert_healthy(server[1])
+
+
+@pytest.mark.parametrize(
+    "simulator, want, n, grad",
+    [("local", "jacobians", 2048, Gradient("fd")), ("qulacs", "expectations", 30000, None)],
+)
+def test_an_evaluation_past_its_deadline_stops_and_says_so(simulator, want, n, grad):
+    """Seconds of work (10 qubits), a 0.3 s deadline: the simulator stops at its next check."""
+    spec = CircuitSpec(10, 2)
+    pool = InProcessPool((simulator,))
+    pool.start()
+    ev = Evaluation(spec, simulator, torch.rand(spec.n_params), torch.rand(n, spec.n_angles), want, grad)
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="did not finish within 0.3 s") as e:
+        pool.evaluate(ev, timeout=0.3)
+    assert time.monotonic() - start < 1.5
+    assert status_for(e.value)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+    few = Evaluation(spec, simulator, ev.theta, ev.angles[:4])
+    torch.testing.assert_close(
+        pool.evaluate(few, timeout=5).expectations,
+        get_backend("local").expectations(spec, ev.theta, ev.angles[:4]),
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 def test_bad_addresses_are_refused():
