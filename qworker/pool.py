@@ -1,16 +1,15 @@
 """Where the service sends Evaluations: a pool of simulator replicas (DESIGN.md §5).
 
 The service needs only `start()`, `ready`, `replicas`, `queue_depth`, `backends()`,
-`replica_stats()`, `evaluate(ev, timeout)` and `close()`; the in-process pool here holds one Backend per simulator
-name in the server's own process. The Ray pool (`qworker/ray_pool.py`) runs many replicas behind
-the same methods, and can `scale`.
+`replica_stats()`, `evaluate(ev, timeout)` and `close()`; the in-process pool here holds one
+Backend per simulator name in the server's own process. The Ray pool (`qworker/ray_pool.py`)
+runs many replicas behind the same methods, and can `scale`.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
-import time
 from dataclasses import dataclass
 
 import torch
@@ -101,7 +100,6 @@ class InProcessPool:
             raise PoolNotReady("the qworker pool is starting; retry shortly")
         with self._lock:
             self._running += 1
-        start = time.perf_counter()
         try:
             with deadline.within(timeout):
                 result = run(self.backend_for(ev), ev)
@@ -110,7 +108,7 @@ class InProcessPool:
                 self._running -= 1
         with self._lock:
             self._evaluations += 1
-            self._busy_s += time.perf_counter() - start
+            self._busy_s += result.compute_seconds
         return result
 
     def backend_for(self, ev: Evaluation) -> Backend:

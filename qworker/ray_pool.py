@@ -51,16 +51,13 @@ class Replica:
         self.pool = InProcessPool(names)
         self.pool.start()
 
-    def evaluate(self, ev: Evaluation, until: float | None) -> tuple[Result, float]:
-        """The result and the seconds it took here (the pool's busy-time metric); stopped once
-        the wall clock passes `until` (the caller's deadline: nodes keep their clocks in sync)."""
-        start = time.perf_counter()
+    def evaluate(self, ev: Evaluation, until: float | None) -> Result:
+        """Stopped once the wall clock passes `until` (the caller's deadline: nodes keep their
+        clocks in sync)."""
         timeout = None if until is None else until - time.time()
         if self.device == "cpu" or ev.backend != "local":
-            result = self.pool.evaluate(ev, timeout)
-        else:
-            result = _to_cpu(self.pool.evaluate(_to_device(ev, self.device), timeout))
-        return result, time.perf_counter() - start
+            return self.pool.evaluate(ev, timeout)
+        return _to_cpu(self.pool.evaluate(_to_device(ev, self.device), timeout))
 
     def pid(self) -> int:
         return os.getpid()
@@ -156,10 +153,10 @@ class RayPool:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             ref = member.actor.evaluate.remote(ev, None if left is None else time.time() + left)
             try:
-                result, seconds = ray.get(ref, timeout=left)
+                result = ray.get(ref, timeout=left)
                 with self._lock:
                     member.evaluations += 1
-                    member.busy_s += seconds
+                    member.busy_s += result.compute_seconds  # measured in the replica
                 return result
             except RayTaskError as e:  # the evaluation itself raised: the same error as in-process
                 raise e.cause if isinstance(e.cause, Exception) else e from None

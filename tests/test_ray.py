@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -40,11 +41,16 @@ def batch(n: int, seed: int = 0, dtype=torch.float32):
     return theta, angles
 
 
-def serve(replicas: int, **cfg):
+@contextmanager
+def serving(replicas: int, **cfg):
+    """(server, port) of a started service with `replicas` replicas on the session's Ray."""
     server, port = create_server(ServerConfig(port=0, replicas=replicas, simulators=("local", "qulacs"), **cfg))
-    server.start()
-    server.wait_ready(120)
-    return server, port
+    try:
+        server.start()
+        server.wait_ready(120)
+        yield server, port
+    finally:
+        server.stop(0)
 
 
 def replica_metrics(server) -> dict[str, dict[str, float]]:
@@ -62,9 +68,8 @@ def replica_metrics(server) -> dict[str, dict[str, float]]:
 @pytest.fixture(scope="module")
 def service(ray_address):
     """A service with two replicas, shared by the tests below that leave it as they found it."""
-    server, port = serve(2, metrics_port=0)
-    yield server, f"grpc://127.0.0.1:{port}?simulator=local"
-    server.stop(1)
+    with serving(2, metrics_port=0) as (server, port):
+        yield server, f"grpc://127.0.0.1:{port}?simulator=local"
 
 
 def test_sharded_results_equal_the_in_process_simulator_and_use_every_replica(service):
@@ -168,8 +173,7 @@ def test_scaling_while_requests_flow_fails_none(service):
 
 
 def test_no_replica_is_a_clear_error_after_the_deadline(ray_address):
-    server, port = serve(0)
-    try:
+    with serving(0) as (_, port):
         remote = RemoteBackend(f"grpc://127.0.0.1:{port}?simulator=local", deadline_s=3)
         theta, angles = batch(4)
         start = time.monotonic()
@@ -177,13 +181,10 @@ def test_no_replica_is_a_clear_error_after_the_deadline(ray_address):
             remote.expectations(SPEC, theta, angles)
         assert e.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         assert time.monotonic() - start < 15
-    finally:
-        server.stop(0)
 
 
 def test_a_queued_request_past_its_deadline_is_refused_in_time_and_the_pool_goes_on(ray_address):
-    server, port = serve(1)
-    try:
+    with serving(1) as (_, port):
         address = f"grpc://127.0.0.1:{port}?simulator=local"
         theta, angles = batch(768, seed=4)
         slow = RemoteBackend(address, deadline_s=300)
@@ -200,13 +201,10 @@ def test_a_queued_request_past_its_deadline_is_refused_in_time_and_the_pool_goes
         worker.join()
         want = get_backend("local").jacobians(SPEC, theta, angles, Gradient("fd"))
         torch.testing.assert_close(busy["j"], want, atol=1e-3, rtol=1e-3)  # fd in float32: rounding / δ
-    finally:
-        server.stop(0)
 
 
 def test_a_running_request_past_its_deadline_frees_its_replica(ray_address):
-    server, port = serve(1)
-    try:
+    with serving(1) as (_, port):
         address = f"grpc://127.0.0.1:{port}?simulator=local"
         theta, angles = batch(4096, seed=5)  # fd: ~10 s of work for the only replica
         with pytest.raises(RemoteError, match="DEADLINE_EXCEEDED") as e:
@@ -216,8 +214,6 @@ def test_a_running_request_past_its_deadline_frees_its_replica(ray_address):
         got = RemoteBackend(address, deadline_s=60).expectations(SPEC, theta, angles[:4])
         assert time.monotonic() - start < 3
         torch.testing.assert_close(got, get_backend("local").expectations(SPEC, theta, angles[:4]))
-    finally:
-        server.stop(0)
 
 
 def test_the_in_process_server_refuses_to_scale():
@@ -322,8 +318,7 @@ def test_qbackend_ray_trains_like_local(env, local_runs, tmp_path):
 
 
 def test_replica_death_and_scaling_during_training_change_nothing(env, local_runs, tmp_path):
-    server, port = serve(2)
-    try:
+    with serving(2) as (server, port):
         out = tmp_path / "grpc"
         proc = train(env, out, *FOUR_STEPS, "--grad", "fd", "--qbackend", f"grpc://127.0.0.1:{port}?simulator=local")
         wait_for_first_step(proc, out)
@@ -334,8 +329,6 @@ def test_replica_death_and_scaling_during_training_change_nothing(env, local_run
         server.pool.scale(1)
         finish(proc)
         assert_same_run(local_runs["fd"], out)
-    finally:
-        server.stop(0)
 
 
 def test_service_restarted_mid_run_the_trainer_waits_and_goes_on(env, local_runs, tmp_path):
