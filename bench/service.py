@@ -8,14 +8,17 @@ The work per cell is what a training step asks of one quantum layer: the forward
 and the gradients (`Backend.start`, then `Pending.vjp`): for adjoint a forward and a VJP call,
 for fd a forward call and the Jacobians (started with the forward). It runs in-process (the
 `local` simulator, torch threads = all cores, in a process of its own, like a trainer's) and
-through `python -m qworker serve` on 127.0.0.1 with a local Ray pool of 1 replica (all cores)
-and 2 replicas (one core each), the same simulator in every replica.
+through `python -m qworker serve` on 127.0.0.1, each server a process of its own with its own
+local Ray pool: 1 replica (all cores) and 2 replicas (one core each), the same simulator in every
+replica.
 
 Reported: token-circuits/s (tokens x (1 + gradient evaluations), adjoint counted as one); the
-service/in-process ratio (target >= 0.8 at N = 16384); the per-request overhead, a one-token call
-through the service minus in-process (target <= 5 ms); the bytes on the wire per token (request
-+ response, as protobuf encodes them). The paths take turns, round after round, and medians are
-reported (of the ratios per round): this machine's speed drifts by 2x within minutes.
+service/in-process ratio (target >= 0.9 at N = 16384); the per-request overhead, a one-token call
+through the service minus in-process (target <= 2 ms); the service's own CPU per request (the
+server process alone, replicas excluded, over the Evaluate calls its metrics count); the bytes on
+the wire per token (request + response, as protobuf encodes them). The paths take turns, round
+after round, and medians are reported (of the ratios per round): this machine's speed drifts by
+2x within minutes.
 """
 
 from __future__ import annotations
@@ -27,14 +30,17 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
+import urllib.request
 
-import ray
+import psutil
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from qworker import CircuitSpec, Gradient, get_backend
 from qworker.evaluation import Evaluation, Result
-from qworker.service import ServerConfig, create_server
 from qworker.wire_convert import to_request, to_response
 
 SPEC = CircuitSpec(10, 2)
@@ -89,6 +95,47 @@ def in_process_worker(conn, n: int, threads: int) -> None:
             conn.send(seconds_of(step_work, local, theta, angles, grad_out, Gradient(what)))
 
 
+class Server:
+    """`python -m qworker serve` in a process of its own, with a private local Ray: its address,
+    and its own CPU seconds and Evaluate calls answered, read from outside."""
+
+    def __init__(self, replicas: int, cpus: int):
+        cmd = [sys.executable, "-m", "qworker", "serve", "--port", "0", "--metrics-port", "0", "--simulators"]
+        cmd += ["local", "--replicas", str(replicas), "--replica-cpus", str(cpus)]
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        self.address = self.metrics = None
+        for line in self.proc.stdout:
+            if line.startswith("qworker listening on"):
+                self.address = line.split()[-1]
+            elif line.startswith("metrics on"):
+                self.metrics = line.split()[-1]
+                break
+        assert self.address and self.metrics, f"the server did not start (exit {self.proc.poll()})"
+        self.process = psutil.Process(self.proc.pid)
+
+    def cpu_s(self) -> float:
+        t = self.process.cpu_times()
+        return t.user + t.system
+
+    def evaluate_calls(self) -> float:
+        with urllib.request.urlopen(self.metrics, timeout=10) as page:
+            text = page.read().decode()
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "hyqut_qworker_requests_total" and s.labels.get("rpc") == "Evaluate"
+        )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=16384)
@@ -98,7 +145,6 @@ def main() -> None:
     args = p.parse_args()
     n, rounds = (4096, 3) if args.quick else (args.tokens, args.rounds)
     cores = os.cpu_count() or 1
-    ray.init(num_cpus=2 * cores, include_dashboard=False, log_to_driver=False)  # both pools fit; one works at a time
     theta, angles, grad_out = batch(n)
     conn, child = mp.get_context("spawn").Pipe()
     worker = mp.get_context("spawn").Process(target=in_process_worker, args=(child, n, cores), daemon=True)
@@ -108,24 +154,20 @@ def main() -> None:
         conn.send(what)
         return conn.recv()
 
-    paths, servers = {"in-process": in_process}, []
-    for replicas in (1, 2):  # one replica with every core, or one core each
-        cfg = ServerConfig(port=0, replicas=replicas, replica_cpus=max(1, cores // replicas), simulators=("local",))
-        server, port = create_server(cfg)
-        server.start()
-        server.wait_ready(180)
-        servers.append(server)
-        remote = get_backend(f"grpc://127.0.0.1:{port}?simulator=local&deadline=600")
-        paths[f"service, {replicas} replica{'s' if replicas > 1 else ''}"] = functools.partial(
-            through, remote, theta, angles, grad_out
-        )
+    paths, servers = {"in-process": (in_process, None)}, []
     try:
+        for replicas in (1, 2):  # one replica with every core, or one core each
+            server = Server(replicas, max(1, cores // replicas))
+            servers.append(server)
+            remote = get_backend(f"{server.address}?simulator=local&deadline=600")
+            name = f"service, {replicas} replica{'s' if replicas > 1 else ''}"
+            paths[name] = (functools.partial(through, remote, theta, angles, grad_out), server)
         rows = [measure(paths, method, n, rounds) for method in ("adjoint", "fd")]
         rows.append(overhead(paths, rounds))
     finally:
         conn.send(None)
         for server in servers:
-            server.stop(1)
+            server.stop()
     for row in rows:
         print(json.dumps(row) if args.json else format_row(row), flush=True)
     if not args.json:
@@ -138,15 +180,32 @@ def through(remote, theta, angles, grad_out, what: str) -> float:
     return seconds_of(step_work, remote, theta, angles, grad_out, Gradient(what))
 
 
+def timed_calls(run, server, what: str, calls: int = 1) -> tuple[list[float], tuple[float, float] | None]:
+    """Seconds of `calls` calls, and the server's (CPU seconds, Evaluate requests) over them."""
+    before = (server.cpu_s(), server.evaluate_calls()) if server else None
+    seconds = [run(what) for _ in range(calls)]
+    if server is None:
+        return seconds, None
+    return seconds, (server.cpu_s() - before[0], server.evaluate_calls() - before[1])
+
+
+def cpu_ms_per_request(spent: list[tuple[float, float]]) -> float:
+    """CPU ms per request over all rounds together (the kernel counts CPU time in 10 ms ticks)."""
+    return 1e3 * sum(c for c, _ in spent) / max(1.0, sum(r for _, r in spent))
+
+
 def measure(paths: dict, method: str, n: int, rounds: int) -> dict:
     """Each path in turn, `rounds` times (after a warm-up each): medians of rates and of ratios."""
     circuits = n * (1 + Gradient(method).evaluations(SPEC))
     rates = {name: [] for name in paths}
+    cpu_ms = {name: [] for name, (_, server) in paths.items() if server}
     for i in range(rounds + 1):
-        for name, run in paths.items():
-            seconds = run(method)
+        for name, (run, server) in paths.items():
+            (seconds,), cpu = timed_calls(run, server, method)
             if i:
                 rates[name].append(circuits / seconds)
+                if cpu is not None:
+                    cpu_ms[name].append(cpu)
     base = rates["in-process"]
     return dict(
         grad=method,
@@ -154,6 +213,7 @@ def measure(paths: dict, method: str, n: int, rounds: int) -> dict:
         rounds=rounds,
         token_circuits_per_s={name: statistics.median(r) for name, r in rates.items()},
         ratio={name: statistics.median(a / b for a, b in zip(r, base)) for name, r in rates.items()},
+        service_cpu_ms_per_request={name: cpu_ms_per_request(c) for name, c in cpu_ms.items()},
         bytes_per_token=wire_bytes_per_token(n, Gradient(method)),
     )
 
@@ -162,22 +222,34 @@ def overhead(paths: dict, rounds: int) -> dict:
     """One-token forward calls through each path, in blocks of 25 that take turns (a block's first
     call is dropped: the previous path's idle threads may still be spinning on the cores)."""
     times = {name: [] for name in paths}
+    cpu_ms = {name: [] for name, (_, server) in paths.items() if server}
     for _ in range(2 * rounds):
-        for name, run in paths.items():
-            times[name] += [run("one") for _ in range(26)][1:]
+        for name, (run, server) in paths.items():
+            run("one")
+            seconds, cpu = timed_calls(run, server, "one", 25)
+            times[name] += seconds
+            if cpu is not None:
+                cpu_ms[name].append(cpu)
     ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
-    return dict(one_token_ms=ms, overhead_ms={k: v - ms["in-process"] for k, v in ms.items() if k != "in-process"})
+    return dict(
+        one_token_ms=ms,
+        overhead_ms={k: v - ms["in-process"] for k, v in ms.items() if k != "in-process"},
+        service_cpu_ms_per_request={name: cpu_ms_per_request(c) for name, c in cpu_ms.items()},
+    )
 
 
 def format_row(row: dict) -> str:
+    cpu = row["service_cpu_ms_per_request"]
     if "overhead_ms" in row:
         return "one-token call: " + ", ".join(
-            f"{name} {ms:.2f} ms" + (f" (+{row['overhead_ms'][name]:.2f} ms)" if name in row["overhead_ms"] else "")
+            f"{name} {ms:.2f} ms"
+            + (f" (+{row['overhead_ms'][name]:.2f} ms, service CPU {cpu[name]:.2f} ms)" if name in cpu else "")
             for name, ms in row["one_token_ms"].items()
         )
     return "\n".join(
         f"{name:<22} {row['grad']:<8} N={row['tokens']:<6} {rate:>10,.0f} token-circuits/s "
         f"{row['ratio'][name]:5.2f}x  {0 if name == 'in-process' else row['bytes_per_token']:6.0f} B/token"
+        + (f"  service CPU {cpu[name]:6.2f} ms/request" if name in cpu else "")
         for name, rate in row["token_circuits_per_s"].items()
     )
 
