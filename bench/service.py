@@ -40,8 +40,8 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from qworker import CircuitSpec, Gradient, get_backend
-from qworker.evaluation import Evaluation, Result
-from qworker.wire_convert import to_request, to_response
+from qworker.protocol.convert import to_request, to_response
+from qworker.protocol.evaluation import Evaluation, Result
 
 SPEC = CircuitSpec(10, 2)
 

@@ -22,6 +22,7 @@ from datetime import date
 
 import torch
 
+from trainer.circuits import Circuits
 from trainer.config import from_preset
 from trainer.model import Transformer
 from trainer.quantum_linear import circuit_clock
@@ -30,9 +31,9 @@ VARIANTS = [("none", "adjoint"), ("wq", "adjoint"), ("wgate", "adjoint"), ("wq",
 
 
 def measure(model_name: str, quantum: str, grad: str, batch: int, steps: int) -> dict:
-    cfg = from_preset(model_name, quantum=quantum, grad=grad)
+    cfg = from_preset(model_name, quantum=quantum)
     torch.manual_seed(0)
-    model = Transformer(cfg)
+    model = Transformer(cfg, Circuits(grad=grad))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(cfg.vocab_size, (batch, cfg.context))
     times, shares = [], []

@@ -1,10 +1,10 @@
 """Benchmark of the quantum circuit simulators against PennyLane, measured in the same run.
 
-What it measures, for the default circuit (`CircuitSpec()`: 10 qubits, 2 layers, ring; DESIGN.md §2):
+What it measures, for the default circuit (`CircuitSpec()`: 10 qubits, 2 layers, ring; docs/design.md, "The circuit"):
 token-circuits per second of each backend (`local`, `qulacs`, `shots` with 1024 shots) in two
 modes, `forward` (expectations, no autograd graph) and `forward+grad` (expectations, then the VJP
 of sum(expectations * g) for a random g, with respect to theta and the input angles) by every
-gradient method the backend supports (DESIGN.md §3). `local` + `adjoint` goes through autograd, as
+gradient method the backend supports (docs/design.md, "Gradients"). `local` + `adjoint` goes through autograd, as
 the model does; every other pair through `backend.vjp`, the path of trainer/quantum_linear.py.
 The peer is PennyLane's `qml.qnn.TorchLayer` on `default.qubit` (diff_method="backprop", the
 batch as one broadcast input of shape (N, 20)), checked against `qworker.expectations` first.
@@ -23,7 +23,7 @@ RSS just before the measured calls (Linux, glibc: malloc_trim returns freed memo
 /proc/self/clear_refs resets the peak); a cell that outgrows the memory cap is `skipped` too.
 `forward_passes` is a gradient cell's time over that of the same backend's forward on the same
 tokens, timed right after it in the same process (processes differ by up to 2x on a shared VM);
-DESIGN.md §3 bounds it by 1 + 2·(|Θ| + 2·n_q) = 121 for `shift` and `fd` (and 1 + 2·samples = 17
+docs/design.md ("Gradients") bounds it by 1 + 2·(|Θ| + 2·n_q) = 121 for `shift` and `fd` (and 1 + 2·samples = 17
 for `spsa`): the `forward_pass_bound` field.
 """
 
@@ -51,12 +51,13 @@ import torch
 from torch import Tensor, nn
 
 import qworker
-from qworker import Backend, CircuitSpec, Gradient, get_backend, local
+from qworker import Backend, CircuitSpec, Gradient, get_backend
+from qworker.backends import local
 
 PEER = "pennylane"
 BACKENDS = ("local", "qulacs", "shots")
 SHOTS = {"shots": 1024, "seed": 0}
-BOUNDED = ("shift", "fd", "spsa")  # methods whose cost in forward passes DESIGN.md §3 fixes
+BOUNDED = ("shift", "fd", "spsa")  # methods whose cost in forward passes docs/design.md fixes
 WARMUP_TOKENS = 8
 PROBE_S = 0.5  # a probe this long is taken to scale linearly to N
 SLOW_CELL_S = 20.0  # a call this long is not repeated
@@ -120,7 +121,7 @@ def inputs(spec: CircuitSpec, n_tokens: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def peer_layer(spec: CircuitSpec, theta: Tensor) -> nn.Module:
-    """PennyLane's TorchLayer for the default circuit, written from DESIGN.md §2 rather than from
+    """PennyLane's TorchLayer for the default circuit, written from docs/design.md ("The circuit") rather than from
     `spec.ops`, so the parity check also checks our circuit builder. Weights are set to theta."""
     import pennylane as qml
 

@@ -1,4 +1,5 @@
-"""HyQuT quantum core: the circuit, its simulators and its gradients.
+"""HyQuT's quantum side: the circuit, its simulators and adapters, its gradients, the qworker
+service and its client (docs/design.md). This module is the public API.
 
 import torch, qworker
 spec = qworker.CircuitSpec()                       # 10 qubits, 80 gates, |Θ| = 40
@@ -13,10 +14,27 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from qworker.backends import Backend, get_backend
+from qworker import backends
+from qworker.backends import Backend
 from qworker.circuit import CircuitSpec, Op
+from qworker.client import RemoteBackend
 from qworker.gradients import METHODS, Gradient
 from qworker.validation import CircuitInputError, check_batch
+
+
+def get_backend(name: str | Backend, **options) -> Backend:
+    """A backend by name, built with its options (an instance passes): a simulator or adapter of
+    `qworker.backends` (`local`, `qulacs`, `auto`, `shots`, a `hyqut.backends` plug-in such as
+    `qiskit`); `grpc://host:port[?simulator=..&deadline=..]`, a running qworker service; or `ray`,
+    a service started in this process on a local Ray pool (`replicas=N`)."""
+    if isinstance(name, str) and name.startswith("grpc://"):
+        return RemoteBackend(name, **options)
+    if name == "ray":
+        from qworker.server.embedded import local_service  # here: Ray is imported only when asked for
+
+        address = local_service(options.pop("replicas", 1))
+        return RemoteBackend(address, simulator=options.pop("simulator", "local"), **options)
+    return backends.get_backend(name, **options)
 
 
 def expectations(spec: CircuitSpec, theta: Tensor, angles: Tensor, backend: str | Backend = "local") -> Tensor:
@@ -60,6 +78,7 @@ __all__ = [
     "Gradient",
     "METHODS",
     "Op",
+    "check_batch",
     "expectations",
     "get_backend",
     "jacobians",

@@ -1,4 +1,4 @@
-"""The qworker command line (see qworker/service.py):
+"""The qworker command line (the server: qworker/server/; `info` and `scale`: qworker/client/):
 
 python -m qworker serve --port 50051 --replicas 2         # gRPC in front of a local Ray pool
 python -m qworker serve --ray-address auto --replica-resource qworker --replicas 8   # on a cluster
@@ -14,9 +14,12 @@ import os
 import sys
 from pathlib import Path
 
-from qworker.pool import SIMULATORS
-from qworker.service import ServerConfig, serve
-from qworker.wire import qworker_pb2 as pb
+from google.protobuf.json_format import MessageToJson
+
+from qworker.client import RemoteError, admin_call
+from qworker.protocol.wire import qworker_pb2 as pb
+from qworker.server.replica import SIMULATORS
+from qworker.server.service import ServerConfig, serve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         c.add_argument("--tls-root-cert", type=Path, help="PEM root certificate of a TLS server")
         if name == "scale":
             c.add_argument("--replicas", type=int, required=True, help="replicas wanted (>= 0)")
-    s.add_argument("--workers", type=int, default=d.workers, help="threads answering calls")
+    s.add_argument("--workers", type=int, default=d.workers, help="--in-process: evaluations running at once")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     s.add_argument("--grace", type=float, default=d.grace_s, help="seconds in-flight calls get on SIGTERM")
     return parser.parse_args(argv)
@@ -86,10 +89,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def admin(args: argparse.Namespace) -> int:
     """`info` and `scale`: one call to a running server, its answer printed as JSON."""
-    from google.protobuf.json_format import MessageToJson
-
-    from qworker.remote import RemoteError, admin_call
-
     try:
         if args.command == "info":
             reply = admin_call(args.address, "Info", pb.InfoRequest(), args.tls_root_cert)

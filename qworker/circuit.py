@@ -1,4 +1,4 @@
-"""The HyQuT circuit as plain data (DESIGN.md §2).
+"""The HyQuT circuit as plain data (docs/design.md, "The circuit").
 
 A circuit is a list of `Op`s that maps one-to-one to the wire format: every simulator, worker and
 hardware adapter builds from this list, so they all mean the same circuit.

@@ -1,4 +1,4 @@
-"""Gradient methods (DESIGN.md §3) and the estimators that need only forward evaluations.
+"""Gradient methods (docs/design.md, "Gradients") and the estimators that need only forward evaluations.
 
 `shift`, `fd` and `spsa` work on any backend, hardware included: they call the backend's
 `expectations` on shifted inputs. Each returns Jacobians with respect to theta and the input

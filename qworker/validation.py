@@ -1,4 +1,8 @@
-"""Checks on a batch before any simulator sees it: every problem named, all raised at once."""
+"""Checks on a batch before any simulator sees it: every problem named, all raised at once.
+
+`shape_problems` needs only the shapes (a server checks a request from its headers with it);
+`check_batch` adds types, dtypes, devices and values (NaN, inf).
+"""
 
 from __future__ import annotations
 
@@ -14,29 +18,52 @@ class CircuitInputError(ValueError):
     """A batch that cannot be evaluated: wrong shape, dtype or non-finite values."""
 
 
-def check_batch(spec: CircuitSpec, theta: Tensor, angles: Tensor, grad_out: Tensor | None = None) -> None:
+def shape_problems(
+    spec: CircuitSpec,
+    theta: tuple[int, ...] | None,
+    angles: tuple[int, ...] | None,
+    grad_out: tuple[int, ...] | None = None,
+) -> list[str]:
+    """What is wrong with these shapes for `spec` (None: that input is checked elsewhere)."""
+    n_tok = angles[0] if angles is not None and len(angles) == 2 else None
     problems = []
-    n_tok = angles.shape[0] if isinstance(angles, Tensor) and angles.dim() == 2 else None
-    for name, t, shape in (
-        ("theta", theta, f"({spec.n_params},) or (N, {spec.n_params})"),
-        ("angles", angles, f"(N, {spec.n_angles})"),
-        ("grad_out", grad_out, f"(N, {spec.n_qubits})"),
+    for name, shape, ok, want in (
+        (
+            "theta",
+            theta,
+            theta in ((spec.n_params,), (n_tok, spec.n_params)),
+            f"({spec.n_params},) or (N, {spec.n_params})",
+        ),
+        (
+            "angles",
+            angles,
+            angles is not None and len(angles) == 2 and angles[1] == spec.n_angles,
+            f"(N, {spec.n_angles})",
+        ),
+        ("grad_out", grad_out, grad_out == (n_tok, spec.n_qubits), f"(N, {spec.n_qubits})"),
     ):
+        if shape is not None and not ok:
+            problems.append(f"{name} must have shape {want} for {_describe(spec)}, got {tuple(shape)}")
+    return problems
+
+
+def check_batch(spec: CircuitSpec, theta: Tensor, angles: Tensor, grad_out: Tensor | None = None) -> None:
+    named = {"theta": theta, "angles": angles, "grad_out": grad_out}
+    tensors = {k: t for k, t in named.items() if isinstance(t, Tensor)}
+    shapes = {k: tuple(t.shape) for k, t in tensors.items()}
+    wrong_shape = shape_problems(spec, shapes.get("theta"), shapes.get("angles"), shapes.get("grad_out"))
+    problems = []
+    for name, t in named.items():
         if t is None and name == "grad_out":
             continue
-        if not isinstance(t, Tensor):
+        if name not in tensors:
             problems.append(f"{name} must be a torch.Tensor, got {type(t).__name__}")
             continue
         if t.dtype not in FLOAT_DTYPES:
             problems.append(f"{name} must be float32 or float64, got {t.dtype}")
-        ok_shape = {
-            "theta": t.shape == (spec.n_params,) or (t.dim() == 2 and t.shape == (n_tok, spec.n_params)),
-            "angles": t.dim() == 2 and t.shape[1] == spec.n_angles,
-            "grad_out": t.shape == (n_tok, spec.n_qubits),
-        }[name]
-        if not ok_shape:
-            problems.append(f"{name} must have shape {shape} for {_describe(spec)}, got {tuple(t.shape)}")
-        elif t.dtype in FLOAT_DTYPES and t.numel():
+        shape = [p for p in wrong_shape if p.startswith(name + " ")]
+        problems += shape
+        if not shape and t.dtype in FLOAT_DTYPES and t.numel():
             bad = ~torch.isfinite(t.detach())
             if bad.any():
                 first = tuple(int(i) for i in bad.nonzero()[0])

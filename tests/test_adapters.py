@@ -24,8 +24,8 @@ from qworker.backends import (
     available_backends,
     backend_class,
 )
+from qworker.backends.qiskit_adapter import QiskitBackend
 from qworker.gradients import METHODS
-from qworker.qiskit_adapter import QiskitBackend
 
 
 def batch(spec, n_tok, seed=0, per_token_theta=False):

@@ -257,31 +257,3 @@ def test_the_qworker_port_is_not_open_to_the_world(config):
     for rule in covering:
         sources = [r["CidrIp"] for r in rule.get("IpRanges", [])] + [r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])]
         assert sources and not {"0.0.0.0/0", "::/0"} & set(sources), f"port {QWORKER_PORT} open to {sources}"
-
-
-# -- documentation --------------------------------------------------------------------------------
-
-
-KEY = re.compile(r'^(\s*)(?:- )?(?:"[^"]+"|[A-Za-z_][\w.-]*):(\s|$)')
-
-
-def test_every_key_is_commented():
-    """Each key has a comment: on the line above it or at the end of its own line."""
-    lines = CONFIG.read_text().splitlines()
-    undocumented, block_indent = [], None
-    for i, line in enumerate(lines):
-        indent = len(line) - len(line.lstrip())
-        if block_indent is not None:  # inside a folded/literal block scalar: text, not keys
-            if not line.strip() or indent > block_indent:
-                continue
-            block_indent = None
-        if line.lstrip().startswith("#"):
-            continue
-        if re.search(r"[>|][-+]?\s*$", line):  # `key: >-` or `- >-`: a block scalar starts
-            block_indent = indent
-        if not KEY.match(line):
-            continue
-        above = next((p.strip() for p in reversed(lines[:i]) if p.strip()), "")
-        if not (above.startswith("#") or re.search(r"\s#\s", line)):
-            undocumented.append(f"line {i + 1}: {line.strip()}")
-    assert not undocumented, "keys without a comment:\n" + "\n".join(undocumented)

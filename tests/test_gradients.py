@@ -7,7 +7,7 @@ import torch
 
 import qworker
 from qworker import CircuitSpec, Gradient, get_backend
-from qworker.backends import LocalBackend
+from qworker.backends.local import LocalBackend
 
 
 def rand(*shape, seed=0):

@@ -19,7 +19,7 @@ from test_service import start  # a started in-process server, once health says 
 
 from qworker import CircuitSpec, get_backend
 from qworker.circuit import VERSION as CIRCUIT_VERSION
-from qworker.service import ServerConfig
+from qworker.server.service import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 JS = ROOT / "tests" / "js"

@@ -13,6 +13,7 @@ from torch import nn
 
 from trainer.batches import BatchSampler
 from trainer.bottleneck import ClassicalBottleneck
+from trainer.circuits import Circuits
 from trainer.config import PRESETS, PROJECTIONS, TARGETS, ModelConfig, from_preset
 from trainer.model import Transformer, count_parameters, describe, format_description, forward_flops_per_token
 from trainer.quantum_linear import QuantumLinear
@@ -87,7 +88,7 @@ def test_quantum_layers_default_to_all():
 
 def test_classical_bottleneck_control():
     torch.manual_seed(0)
-    model = Transformer(tiny(quantum="wq", n_qubits=4, qbackend="classical"))
+    model = Transformer(tiny(quantum="wq", n_qubits=4, branch="classical"))
     kinds = {(i, name): type(m) for i, name, m in projections(model)}
     assert kinds[(0, "wq")] is ClassicalBottleneck and kinds[(1, "wq")] is ClassicalBottleneck
     assert not any(isinstance(m, QuantumLinear) for m in model.modules())
@@ -119,14 +120,17 @@ def test_150m_builds_and_runs():
 def test_invalid_config_names_every_problem():
     with pytest.raises(ValueError) as e:
         ModelConfig(
-            d_model=64, n_heads=6, n_layers=2, vocab_size=0, quantum="everything", qbackend="cloud", quantum_layers=(5,)
+            d_model=64, n_heads=6, n_layers=2, vocab_size=0, quantum="everything", branch="cloud", quantum_layers=(5,)
         )
     msg = str(e.value)
-    for flag in ("--vocab-size", "--n-heads", "--quantum", "--qbackend", "--quantum-layers"):
+    for flag in ("--vocab-size", "--n-heads", "--quantum", "--branch", "--quantum-layers"):
         assert flag in msg, f"{flag} missing from: {msg}"
     assert "5 problem(s)" in msg
-    with pytest.raises(ValueError, match="adjoint.*--grad"):
-        from_preset("tiny", quantum="wq", qbackend="shots")  # shots cannot do adjoint
+    assert Circuits(backend="shots").problems() == [  # shots cannot do adjoint
+        "gradient method 'adjoint' is not supported by qbackend 'shots'; choose one of shift, fd, spsa "
+        "(change --grad or --qbackend)"
+    ]
+    assert "--q-replicas" in Circuits(backend="ray", replicas=0).problems()[0]
     with pytest.raises(ValueError, match="unknown model preset 'huge'.*tiny, 8m, 150m"):
         from_preset("huge")
     with pytest.raises(ValueError, match="n_heads=3.*unknown config field.*d_modle"):
@@ -137,7 +141,7 @@ def test_invalid_config_names_every_problem():
 
 
 def test_config_dict_round_trip():
-    cfg = from_preset("8m", quantum="attn", quantum_layers=(0, 5), grad="fd", fd_delta=1e-3)
+    cfg = from_preset("8m", quantum="attn", quantum_layers=(0, 5), branch="classical")
     d = json.loads(json.dumps(cfg.to_dict()))
     assert d["quantum_layers"] == [0, 5]
     assert ModelConfig.from_dict(d) == cfg
@@ -146,7 +150,7 @@ def test_config_dict_round_trip():
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(quantum="wq"), dict(quantum="ffn", n_qubits=4), dict(quantum="attn", qbackend="classical")]
+    "kw", [dict(quantum="wq"), dict(quantum="ffn", n_qubits=4), dict(quantum="attn", branch="classical")]
 )
 def test_describe_matches_the_built_model(kw):
     cfg = tiny(**kw)
@@ -160,7 +164,7 @@ def test_describe_matches_the_built_model(kw):
     # FLOPs: 2 per weight of every linear, plus 2*2*context*d_model of attention per layer
     linear = sum(2 * m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     assert d["flops_per_token"] == forward_flops_per_token(model) == linear + 2 * 2 * 128 * 64 * 2
-    if cfg.qbackend == "classical":
+    if cfg.branch == "classical":
         assert "circuit" not in d and d["circuits_per_token"] == 0 and p["circuit_angles"] == 0
     else:
         n_proj = 2 * len(TARGETS[cfg.quantum])
@@ -175,7 +179,7 @@ def test_describe_matches_the_built_model(kw):
 def test_default_circuit_cost():
     c = describe(from_preset("8m", quantum="wq"))["circuit"]
     assert (c["amplitudes"], c["gates"], c["complex_ops"]) == (1024, 90, 92_160)  # 10 H + the paper's 80 gates
-    fd = describe(from_preset("8m", quantum="wq", grad="fd"))["circuit"]
+    fd = describe(from_preset("8m", quantum="wq"), Circuits(grad="fd"))["circuit"]
     assert fd["runs_per_training_step"] == 1 + 2 * (40 + 20)
 
 

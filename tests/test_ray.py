@@ -19,10 +19,12 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from qworker import CircuitSpec, Gradient, get_backend
-from qworker.evaluation import Evaluation
-from qworker.remote import RemoteBackend, RemoteError, admin_call
-from qworker.service import ServerConfig, create_server
-from qworker.wire import qworker_pb2 as pb
+from qworker.client import RemoteBackend, RemoteError, admin_call
+from qworker.protocol.convert import to_request, to_result
+from qworker.protocol.evaluation import Evaluation
+from qworker.protocol.wire import qworker_pb2 as pb
+from qworker.protocol.wire import qworker_pb2_grpc as pb_grpc
+from qworker.server.service import ServerConfig, create_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = CircuitSpec(10, 2)
@@ -103,10 +105,10 @@ def test_gradients_started_in_forward_equal_the_vjp_of_backward(service):
 
 
 def test_a_replica_killed_mid_request_costs_a_retry_not_a_result(service):
-    server, _ = service
+    server, address = service
     theta, angles = batch(2048, seed=2, dtype=torch.float64)
-    ev = Evaluation(SPEC, "local", theta, angles, "jacobians", Gradient("fd"))
-    members, pids = [m for m in server.pool._members if m.state == "live"], server.pool.pids()
+    request = to_request(Evaluation(SPEC, "local", theta, angles, "jacobians", Gradient("fd")))
+    members, pids = [m for m in server.pool._members if m.state == "live"], server.call(server.pool.pids)
     victim = {}
 
     def kill_the_busy_one():
@@ -116,7 +118,9 @@ def test_a_replica_killed_mid_request_costs_a_retry_not_a_result(service):
 
     killer = threading.Timer(0.3, kill_the_busy_one)
     killer.start()
-    result = server.pool.evaluate(ev, timeout=120)
+    target, big = address[len("grpc://") :].split("?")[0], [("grpc.max_receive_message_length", 2**26)]
+    with grpc.insecure_channel(target, options=big) as channel:  # one request: one replica
+        result = to_result(pb_grpc.QWorkerStub(channel).Evaluate(request, timeout=120))
     killer.join()
     deaths = {name: r["hyqut_qworker_replica_deaths_total"] for name, r in replica_metrics(server).items()}
     assert deaths == {m.name: float(m.name == victim["name"]) for m in members}
@@ -126,7 +130,7 @@ def test_a_replica_killed_mid_request_costs_a_retry_not_a_result(service):
     while server.pool.replicas < 2:  # Ray restarts the dead replica; the pool routes to it again
         assert time.monotonic() < deadline, "the killed replica never came back"
         time.sleep(0.2)
-    assert victim["pid"] not in server.pool.pids()
+    assert victim["pid"] not in server.call(server.pool.pids)
 
 
 def test_scaling_while_requests_flow_fails_none(service):
@@ -322,11 +326,11 @@ def test_replica_death_and_scaling_during_training_change_nothing(env, local_run
         out = tmp_path / "grpc"
         proc = train(env, out, *FOUR_STEPS, "--grad", "fd", "--qbackend", f"grpc://127.0.0.1:{port}?simulator=local")
         wait_for_first_step(proc, out)
-        os.kill(server.pool.pids()[0], signal.SIGKILL)
+        os.kill(server.call(server.pool.pids)[0], signal.SIGKILL)
         assert proc.poll() is None, "the run ended before the fault"
-        server.pool.scale(3)
+        server.call(server.pool.scale, 3)
         time.sleep(1.0)
-        server.pool.scale(1)
+        server.call(server.pool.scale, 1)
         finish(proc)
         assert_same_run(local_runs["fd"], out)
 

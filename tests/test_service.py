@@ -21,15 +21,16 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from qworker import CircuitSpec, Gradient, get_backend
-from qworker.auth import bearer
+from qworker.client import RemoteBackend, RemoteError, RemoteInvalidArgument
 from qworker.deadline import DeadlineExceeded
-from qworker.evaluation import Evaluation
-from qworker.pool import InProcessPool
-from qworker.remote import RemoteBackend, RemoteError, RemoteInvalidArgument
-from qworker.service import SERVICE, ServerConfig, create_server, status_for
-from qworker.wire import qworker_pb2 as pb
-from qworker.wire import qworker_pb2_grpc as pb_grpc
-from qworker.wire_convert import encode_tensor
+from qworker.protocol.convert import encode_tensor, to_request, to_result
+from qworker.protocol.errors import status_for
+from qworker.protocol.evaluation import Evaluation
+from qworker.protocol.metadata import bearer
+from qworker.protocol.wire import qworker_pb2 as pb
+from qworker.protocol.wire import qworker_pb2_grpc as pb_grpc
+from qworker.server.replica import Replica
+from qworker.server.service import SERVICE, ServerConfig, create_server
 from trainer.quantum_linear import QuantumLinear
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -409,17 +410,18 @@ def test_deadline_exceeded_is_reported_and_the_server_recovers(server):
 def test_an_evaluation_past_its_deadline_stops_and_says_so(simulator, want, n, grad):
     """Seconds of work (10 qubits), a 0.3 s deadline: the simulator stops at its next check."""
     spec = CircuitSpec(10, 2)
-    pool = InProcessPool((simulator,))
-    pool.start()
+    replica = Replica((simulator,))
+    replica.start()
     ev = Evaluation(spec, simulator, torch.rand(spec.n_params), torch.rand(n, spec.n_angles), want, grad)
     start = time.monotonic()
     with pytest.raises(DeadlineExceeded, match="did not finish within 0.3 s") as e:
-        pool.evaluate(ev, timeout=0.3)
+        replica.evaluate(to_request(ev).SerializeToString(), timeout=0.3)
     assert time.monotonic() - start < 1.5
     assert status_for(e.value)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
     few = Evaluation(spec, simulator, ev.theta, ev.angles[:4])
+    data, _ = replica.evaluate(to_request(few).SerializeToString(), timeout=5)
     torch.testing.assert_close(
-        pool.evaluate(few, timeout=5).expectations,
+        to_result(pb.EvaluateResponse.FromString(data)).expectations,
         get_backend("local").expectations(spec, ev.theta, ev.angles[:4]),
         atol=1e-6,
         rtol=0,

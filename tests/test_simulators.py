@@ -9,7 +9,8 @@ import torch
 
 import qworker
 from qworker import CircuitSpec, Gradient, get_backend
-from qworker.local import probabilities
+from qworker.backends import local
+from qworker.backends.local import probabilities
 
 
 def rand(*shape, dtype=torch.float64, seed=0):
@@ -66,16 +67,14 @@ def test_per_token_theta_equals_shared():
     spec = CircuitSpec(5, 2)
     theta, angles = rand(spec.n_params), rand(30, spec.n_angles)
     per_token = theta.expand(30, -1).clone()
-    torch.testing.assert_close(
-        qworker.local.expectations(spec, per_token, angles), qworker.expectations(spec, theta, angles)
-    )
+    torch.testing.assert_close(local.expectations(spec, per_token, angles), qworker.expectations(spec, theta, angles))
 
 
 def test_chunking_does_not_change_results(monkeypatch):
     spec = CircuitSpec(6, 2)
     theta, angles = rand(spec.n_params), rand(100, spec.n_angles)
     whole = qworker.expectations(spec, theta, angles)
-    monkeypatch.setattr(qworker.local, "CHUNK_AMPLITUDES", 7 * 2**6)  # 7 tokens a chunk
+    monkeypatch.setattr(local, "CHUNK_AMPLITUDES", 7 * 2**6)  # 7 tokens a chunk
     torch.testing.assert_close(qworker.expectations(spec, theta, angles), whole, atol=1e-14, rtol=0)
 
 
@@ -95,7 +94,7 @@ def test_local_encoding_and_its_backward_in_float64():
     # by gradcheck, theta shared and per token.
     spec = CircuitSpec(5, 1)
     theta, angles = rand(spec.n_params), rand(6, spec.n_angles, seed=1)
-    prog = qworker.local._compile(spec, torch.device("cpu"), torch.float64)
+    prog = local._compile(spec, torch.device("cpu"), torch.float64)
     named = dataclasses.replace(
         prog, prefix=[(gate, torch.arange(5) if q is None else q, idx) for gate, q, idx in prog.prefix]
     )
@@ -104,9 +103,9 @@ def test_local_encoding_and_its_backward_in_float64():
         0.5j * torch.stack([-b, b], 1)
     )  # (n, 2, C)
     for p in (prog, named):
-        torch.testing.assert_close(qworker.local._qubit_states(p, angles), ref, atol=1e-14, rtol=0)
+        torch.testing.assert_close(local._qubit_states(p, angles), ref, atol=1e-14, rtol=0)
 
-    hi, lo = (h.detach().requires_grad_() for h in qworker.local._encoded_halves(prog, angles))
+    hi, lo = (h.detach().requires_grad_() for h in local._encoded_halves(prog, angles))
     hc, lc = (torch.complex(h[:, 0], h[:, 1]) for h in (hi, lo))
     psi = (hc.unsqueeze(1) * lc.unsqueeze(0)).flatten(0, 1)  # (2^n, C), the old formulation
     want = torch.stack([psi.real, psi.imag], 1)
@@ -114,13 +113,13 @@ def test_local_encoding_and_its_backward_in_float64():
     for q in ref.flip(0)[1:]:
         full = (full.unsqueeze(1) * q.unsqueeze(0)).flatten(0, 1)
     torch.testing.assert_close(psi.detach(), full, atol=1e-14, rtol=0)
-    torch.testing.assert_close(qworker.local._outer(hi.detach(), lo.detach()), want.detach(), atol=1e-14, rtol=0)
+    torch.testing.assert_close(local._outer(hi.detach(), lo.detach()), want.detach(), atol=1e-14, rtol=0)
     lam = rand(*want.shape, seed=2)
     expected = torch.autograd.grad(want, (hi, lo), lam)
-    for got, exp in zip(qworker.local._outer_backward(lam, hi.detach(), lo.detach()), expected):
+    for got, exp in zip(local._outer_backward(lam, hi.detach(), lo.detach()), expected):
         torch.testing.assert_close(got, exp, atol=1e-13, rtol=0)
 
-    f = lambda t, x: qworker.local.expectations(spec, t, x)  # noqa: E731
+    f = lambda t, x: local.expectations(spec, t, x)  # noqa: E731
     for t in (theta, rand(3, spec.n_params, seed=3)):  # shared and per token
         assert torch.autograd.gradcheck(f, (t.clone().requires_grad_(), angles[:3].clone().requires_grad_()))
 
@@ -166,7 +165,7 @@ def test_local_on_cuda_matches_cpu():
 
 
 def test_auto_uses_qulacs_for_a_few_tokens_and_the_batched_simulator_above():
-    from qworker.backends import AutoBackend
+    from qworker.backends.auto import AutoBackend
 
     spec, auto = CircuitSpec(4, 2), get_backend("auto")
     g = torch.Generator().manual_seed(7)

@@ -119,7 +119,7 @@ def test_killed_run_resumes_with_identical_losses(env, tmp_path):
         (["--quantum", "wk"], "unknown quantum target 'wk'"),
         (["--quantum-layers", "7"], "quantum_layers [7] out of range"),
         (["--dataset", "/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
-        (["--steps", "0"], "--steps must be >= 1"),
+        (["--steps", "0"], "--steps must be an integer >= 1, got 0"),
         (["--qbackend", "shots", "--grad", "adjoint"], "not supported by qbackend 'shots'"),
     ],
 )
@@ -155,7 +155,7 @@ def test_mismatched_or_corrupt_checkpoint_is_refused_and_kept(env, tmp_path):
 
 def test_describe_150m_reports_counts_without_training(env):
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer.main", "--model", "150m", "--quantum", "wq", "--describe"],
+        [sys.executable, "-m", "trainer.main", "--model", "150m", "--quantum", "wq", "--grad", "fd", "--describe"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -163,7 +163,14 @@ def test_describe_150m_reports_counts_without_training(env):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "fewer" in proc.stdout and "FLOPs" in proc.stdout and "circuits/token" in proc.stdout
+    # counted by hand: 150m is 12 layers of d_model 1024, ffn 2368, vocabulary 6144, untied head
+    layer = 4 * 1024 * 1024 + 3 * 1024 * 2368 + 2 * 1024
+    classical = 2 * 6144 * 1024 + 12 * layer + 1024
+    branch = 12 * (1024 * 20 + 20 + 40 + 10 * 1024 + 1024)  # W_q -> compress, theta, expand (with biases)
+    hybrid = classical - 12 * 1024 * 1024 + branch
+    assert f"parameters {hybrid:>19,}  (quantum=none: {classical:,};" in proc.stdout, proc.stdout
+    assert f"quantum branch {branch:>13,}  in 12 projection(s); circuit angles 480" in proc.stdout, proc.stdout
+    assert "training (fd, 121 runs)" in proc.stdout  # 1 + 2 (|theta| + 2 n_q) circuits a token
 
 
 def test_metrics_endpoint_serves_training_metrics():

@@ -15,20 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qworker import CircuitSpec, Gradient
-from qworker.evaluation import Evaluation
-from qworker.pool import InProcessPool
-from qworker.service import status_for
-from qworker.wire import qworker_pb2 as pb
-from qworker.wire_convert import (
-    Limits,
-    OverLimitError,
-    WireError,
-    decode_tensor,
-    encode_tensor,
-    max_tokens,
-    to_evaluation,
-    to_request,
-)
+from qworker.protocol.convert import check_request, decode_tensor, encode_tensor, to_evaluation, to_request
+from qworker.protocol.errors import OverLimitError, WireError, status_for
+from qworker.protocol.evaluation import Evaluation
+from qworker.protocol.limits import Limits, max_tokens
+from qworker.protocol.wire import qworker_pb2 as pb
+from qworker.server.replica import Replica
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +43,7 @@ def test_check_notices_a_changed_stub():
     assert gen.stale(files) == []
     files["qworker_pb2.py"] += "# edited by hand\n"
     assert gen.stale(files), "a hand edit must make the check fail"
-    assert "from qworker.wire import qworker_pb2" in files["qworker_pb2_grpc.py"]
+    assert "from qworker.protocol.wire import qworker_pb2" in files["qworker_pb2_grpc.py"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -89,9 +81,13 @@ def test_decode_errors_name_the_field(msg, field, words):
     assert e.value.field == field and str(e.value).startswith(field) and words in str(e.value)
 
 
-def test_decode_refuses_too_many_elements():
-    with pytest.raises(OverLimitError, match="x: 100 elements exceed the limit of 99"):
-        decode_tensor(encode_tensor(torch.zeros(10, 10)), "x", max_elements=99)
+def test_a_request_over_the_token_limit_is_refused_from_its_header():
+    req = to_request(evaluation(want="expectations", n=100))
+    with pytest.raises(OverLimitError, match="100 tokens exceed max_tokens_per_request=99"):
+        check_request(req, Limits(max_tokens_per_request=99))
+    req.angles.data = b""  # a shape that claims more than it carries: refused before any decoding
+    with pytest.raises(WireError, match="angles.data: shape \\[100, 6\\] of float32 needs 2400 bytes, got 0"):
+        check_request(req, Limits())
 
 
 SPEC = CircuitSpec(3, 2, "chain")
@@ -110,7 +106,9 @@ def evaluation(dtype=torch.float32, want="vjp", n=6, spec=SPEC) -> Evaluation:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_request_round_trip(want, dtype):
     ev = evaluation(dtype, want)
-    back = to_evaluation(pb.EvaluateRequest.FromString(to_request(ev).SerializeToString()), Limits())
+    req = pb.EvaluateRequest.FromString(to_request(ev).SerializeToString())
+    assert check_request(req, Limits()).token_circuits == ev.token_circuits
+    back = to_evaluation(req)
     assert (back.spec, back.backend, back.want, back.grad, back.options) == (
         ev.spec,
         ev.backend,
@@ -126,11 +124,12 @@ def test_request_round_trip(want, dtype):
 def test_max_tokens_fits_the_limits():
     ev = evaluation(want="jacobians", n=1000)
     limits = Limits(max_message_bytes=2**20, max_tokens_per_request=500, max_circuits_per_request=10**6)
-    n = max_tokens(ev, limits)
+    fit = lambda limits: max_tokens(ev.spec, ev.want, True, 4, ev.circuits_per_token, limits)  # noqa: E731
+    n = fit(limits)
     assert 1 <= n <= 500 and n * ev.circuits_per_token <= 10**6
     jac_bytes = n * ev.spec.n_qubits * (ev.spec.n_params + ev.spec.n_angles) * 4
     assert jac_bytes < 2**20
-    assert max_tokens(ev, Limits(max_circuits_per_request=1)) == 1  # never 0: one token always goes
+    assert fit(Limits(max_circuits_per_request=1)) == 1  # never 0: one token always goes
 
 
 # -- fuzzing: bad bytes and bad values only ever raise the mapped errors ------------------------
@@ -141,13 +140,16 @@ SMALL = Limits(
 )
 
 
-POOL = InProcessPool()
+REPLICA = Replica()
 
 
 def decode_and_validate(data: bytes) -> None:
-    """The server's path up to the simulator: parse, convert, check, pick the backend."""
+    """The path up to the simulator: the server parses and checks the header, the replica decodes,
+    checks the values and picks the backend."""
     try:
-        POOL.backend_for(to_evaluation(pb.EvaluateRequest.FromString(data), SMALL))
+        req = pb.EvaluateRequest.FromString(data)
+        check_request(req, SMALL)
+        REPLICA.backend_for(to_evaluation(req))
     except MAPPED as e:
         code, message = status_for(e)
         assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED), (code, message)

@@ -1,4 +1,4 @@
-"""ClassicalBottleneck: the control for QuantumLinear (`--qbackend classical`).
+"""ClassicalBottleneck: the control for QuantumLinear (`--branch classical`).
 
 The same path as the quantum projection with a classical map where the circuit was, so a run can
 tell what the circuit itself adds beyond squeezing the projection through 2·n_q numbers:

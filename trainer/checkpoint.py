@@ -1,7 +1,8 @@
-"""A run directory: what a checkpoint holds and how a run resumes (DESIGN.md §6).
+"""A run directory: what a checkpoint holds and how a run resumes (docs/design.md, "Run directories").
 
 runs/NAME/
-  run.json        model config + training settings: a restart must match them
+  run.json        {"model": the architecture, "train": what shapes the losses (a restart must match
+                  both), "circuits": where the circuits ran (a restart may change it)}
   tokenizer.json  the tokenizer the run trained (tokenizers' own format)
   model.pt        plain torch weights of the latest checkpoint, for generation
   ckpt/           DeepSpeed checkpoints (optimizer, scheduler, data position, RNG), `latest`
@@ -32,19 +33,56 @@ class CheckpointError(RuntimeError):
     """A run directory that cannot be used as asked: corrupt, incomplete or from another run."""
 
 
+def run_record(cfg: ModelConfig, train, world_size: int) -> dict:
+    """run.json's content for a run of model `cfg` with TrainConfig `train` on `world_size` ranks."""
+    c = train.circuits
+    return {
+        "model": cfg.to_dict(),
+        "train": {**train.resume_key(), "world_size": world_size},
+        "circuits": {"backend": c.backend, "replicas": c.replicas},
+    }
+
+
+def read_run(run_dir: Path) -> dict:
+    """run.json of `run_dir`, in this version's layout (older layouts are converted, see `upgrade`)."""
+    path = run_dir / RUN_FILE
+    try:
+        return upgrade(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupt ({e}); delete {run_dir} or use a new --out") from None
+
+
+def upgrade(run: dict) -> dict:
+    """A run.json of an earlier layout in this one's. Before the model/run split, "model" also held
+    where circuits ran (qbackend, q_replicas) and the gradient (grad, fd_delta); qbackend
+    "classical" was the classical control, now the model's branch."""
+    model = dict(run.get("model", {}))
+    if "qbackend" not in model:
+        return run
+    backend, replicas = model.pop("qbackend"), model.pop("q_replicas", 1)
+    train = {**run.get("train", {}), "grad": model.pop("grad", "adjoint"), "fd_delta": model.pop("fd_delta", 1e-2)}
+    if backend == "classical":
+        model["branch"], backend = "classical", "local"
+    return {**run, "model": model, "train": train, "circuits": {"backend": backend, "replicas": replicas}}
+
+
 def check_resumable(run_dir: Path, run: dict) -> bool:
     """True if run_dir holds a checkpoint of this same run (resume), False if it is new or empty
-    (start). Raises CheckpointError, naming the differences, if it holds another run's."""
-    saved_file = run_dir / RUN_FILE
-    if not saved_file.exists():
+    (start). Raises CheckpointError, naming the differences, if it holds another run's. Where the
+    circuits run may differ (the weights do not depend on it)."""
+    if not (run_dir / RUN_FILE).exists():
         if (run_dir / CKPT_DIR).exists():
             raise CheckpointError(f"{run_dir} has checkpoints but no {RUN_FILE}: it is incomplete; use a new --out")
         return False
-    try:
-        saved = json.loads(saved_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{saved_file} is corrupt ({e}); delete {run_dir} or use a new --out") from None
-    diffs = [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in _flatten(run).items() if _flatten(saved).get(k) != v]
+    saved = read_run(run_dir)
+    try:  # the saved model with this version's defaults for fields it predates
+        saved_model = ModelConfig.from_dict(saved.get("model", {})).to_dict()
+    except ValueError as e:
+        raise CheckpointError(f"{run_dir / RUN_FILE} holds no valid model ({e}); use a new --out") from None
+    shaping = {k: run[k] for k in ("model", "train")}
+    saved_flat = _flatten({"model": saved_model, "train": saved.get("train", {})})
+    now = _flatten(shaping)
+    diffs = [f"{k}: saved {saved_flat.get(k)!r}, now {v!r}" for k, v in now.items() if saved_flat.get(k) != v]
     if diffs:
         raise CheckpointError(
             f"{run_dir} holds a different run ({'; '.join(diffs[:6])}); rerun with the same flags to resume, "
@@ -73,7 +111,7 @@ def load_for_inference(run_dir: Path):
     if missing:
         raise CheckpointError(f"{run_dir} is not a HyQuT checkpoint: missing {', '.join(missing)}")
     try:
-        run = json.loads((run_dir / RUN_FILE).read_text())
+        run = read_run(run_dir)
         cfg = ModelConfig.from_dict(run["model"])
         blob = torch.load(run_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         tokenizer = Tokenizer.load(run_dir / TOKENIZER_FILE)

@@ -1,4 +1,6 @@
-"""ModelConfig: the one description of a HyQuT model (DESIGN.md §1-§2), and its named presets.
+"""ModelConfig: the one description of a HyQuT model's architecture (docs/design.md, "The model"),
+and its named presets. Where the circuits run and how they are differentiated is not part of the
+model: that is a run setting (`trainer.circuits.Circuits`).
 
     cfg = from_preset("8m", quantum="wq")          # any field can be overridden
     cfg.to_dict()                                 # plain JSON-able dict, carried by checkpoints
@@ -19,12 +21,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
-from qworker.backends import backend_class
 from qworker.circuit import ENTANGLERS, CircuitSpec
-from qworker.gradients import METHODS, Gradient
 from trainer.tokenizer import DEFAULT_VOCAB_SIZE
 
-# --quantum: which projections of the selected layers become quantum (DESIGN.md §2)
+# --quantum: which projections of the selected layers become quantum
 TARGETS: dict[str, tuple[str, ...]] = {
     "none": (),
     "wq": ("wq",),
@@ -33,12 +33,10 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "ffn": ("w_gate", "w_up", "w_down"),
 }
 PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
-# --qbackend: a simulator of qworker in this process; "ray", the qworker service on a local Ray pool
-# (its replicas run the local simulator); grpc://host:port, a running qworker service (its methods
-# are checked when the model is built); or "classical", the control that keeps the quantum
-# branch's compress -> 2 n_q -> n_q -> expand path but puts a classical map where the circuit was
-CLASSICAL_CONTROL = "classical"
-RAY = "ray"
+# --branch: what sits between a replaced projection's compress and expand: the circuit, or the
+# classical control (a Linear(2 n_q, n_q) + tanh, trainer/bottleneck.py) that tells what the
+# circuit adds beyond squeezing the projection through 2 n_q numbers
+BRANCHES = ("circuit", "classical")
 
 
 @dataclass(frozen=True)
@@ -55,16 +53,13 @@ class ModelConfig:
     norm_eps: float = 1e-5  # RMSNorm epsilon
     rope_theta: float = 10000.0  # RoPE base
 
-    # --- quantum projections (DESIGN.md §2-§4) ---
+    # --- quantum projections ---
     quantum: str = "none"  # none | wq | wgate | attn | ffn: which projections become quantum
     quantum_layers: tuple[int, ...] | None = None  # layer indices to replace in; None = all
     n_qubits: int = 10  # qubits per circuit; the branch is d_in -> 2 n_q angles -> n_q -> d_out
     q_layers: int = 2  # ansatz layers of the circuit (each: entangler, RZ, RY)
     entangler: str = "ring"  # ring | chain
-    grad: str = "adjoint"  # adjoint | shift | fd | spsa
-    fd_delta: float = 1e-2  # step of fd (and perturbation of spsa)
-    qbackend: str = "local"  # local | qulacs | shots | ray | grpc://host:port | classical (the control)
-    q_replicas: int = 1  # replicas of the local Ray pool that --qbackend ray starts
+    branch: str = "circuit"  # circuit | classical (the control: no circuit, same shapes around it)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantum_layers", _layer_tuple(self.quantum_layers))
@@ -89,13 +84,13 @@ class ModelConfig:
     def problems(self) -> list[str]:
         """Every problem with this config, each naming the flag to change; [] when valid."""
         p = []
-        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidden", "context", "n_qubits", "q_replicas"):
+        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidden", "context", "n_qubits"):
             v = getattr(self, f)
             if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
                 p.append(f"{f} must be a positive integer, got {v!r} (change {flag(f)})")
         if not (isinstance(self.q_layers, int) and self.q_layers >= 0):
             p.append(f"q_layers must be a non-negative integer, got {self.q_layers!r} (change {flag('q_layers')})")
-        for f in ("norm_eps", "rope_theta", "fd_delta"):
+        for f in ("norm_eps", "rope_theta"):
             v = getattr(self, f)
             if not (isinstance(v, (int, float)) and v > 0):
                 p.append(f"{f} must be a number > 0, got {v!r} (change {flag(f)})")
@@ -137,14 +132,8 @@ class ModelConfig:
             p.append(
                 f"unknown entangler {self.entangler!r}; choose one of {', '.join(ENTANGLERS)} ({flag('entangler')})"
             )
-        methods = self._qbackend_methods(p)
-        if self.grad not in METHODS:
-            p.append(f"unknown gradient method {self.grad!r}; choose one of {', '.join(METHODS)} ({flag('grad')})")
-        elif methods is not None and self.grad not in methods:
-            p.append(
-                f"gradient method {self.grad!r} is not supported by qbackend {self.qbackend!r}; choose one of "
-                f"{', '.join(methods)} (change {flag('grad')} or {flag('qbackend')})"
-            )
+        if self.branch not in BRANCHES:
+            p.append(f"unknown branch {self.branch!r}; choose one of {', '.join(BRANCHES)} ({flag('branch')})")
         if _positive(self.n_qubits) and isinstance(self.q_layers, int) and self.entangler in ENTANGLERS:
             try:
                 CircuitSpec(self.n_qubits, self.q_layers, self.entangler)
@@ -152,22 +141,13 @@ class ModelConfig:
                 p.append(f"{e} (change {flag('n_qubits')})")
         return p
 
-    def _qbackend_methods(self, p: list[str]) -> tuple[str, ...] | None:
-        """The gradient methods of the qbackend, None where only the model build can tell (a
-        remote server, the classical control); an unknown qbackend is appended to `p`."""
-        if self.qbackend == CLASSICAL_CONTROL or str(self.qbackend).startswith("grpc://"):
-            return None
-        try:
-            return backend_class("local" if self.qbackend == RAY else self.qbackend).methods
-        except (ValueError, ImportError) as e:
-            p.append(f"qbackend: {e} ({flag('qbackend')})")
-            return None
-
     def circuit_spec(self) -> CircuitSpec:
         return CircuitSpec(self.n_qubits, self.q_layers, self.entangler)
 
-    def gradient(self) -> Gradient:
-        return Gradient(self.grad, delta=self.fd_delta)
+    @property
+    def has_circuits(self) -> bool:
+        """Whether the model runs quantum circuits (some projection replaced, by the circuit branch)."""
+        return bool(self.quantum_layer_set) and self.branch == "circuit"
 
     def to_dict(self) -> dict:
         """A plain dict (lists, not tuples), JSON-serialisable."""

@@ -1,4 +1,4 @@
-"""Text corpora as Hugging Face datasets, split, tokenized and cached (DESIGN.md §6).
+"""Text corpora as Hugging Face datasets, split, tokenized and cached.
 
     corpus = prepare_data("chitchat", vocab_size=6144, cache_dir="runs/cache")
     corpus.tokenizer                 # trained on the train split, cached as one tokenizer.json

@@ -1,7 +1,10 @@
-"""Sample from a checkpoint: a reply to one prompt, or a multi-turn chat (DESIGN.md §6).
+"""Sample from a checkpoint: a reply to one prompt, or a multi-turn chat.
 
     python -m trainer.generate --checkpoint runs/quickstart --prompt "hi, how are you?"
     python -m trainer.generate --checkpoint runs/quickstart --chat
+    python -m trainer.generate --checkpoint runs/big --prompt "hi" --qbackend grpc://10.0.0.5:50051
+
+The circuits of a hybrid model run on --qbackend (`local` by default, whatever the run trained on).
 
 The text format is the training data's (trainer/data.py): a dialogue starts after <|eod|>, each
 turn ends with <|eot|>. A prompt is one user turn; the reply is sampled until <|eot|>.
@@ -17,6 +20,7 @@ import torch
 from torch import Tensor
 
 from trainer.checkpoint import CheckpointError, load_for_inference
+from trainer.circuits import Circuits
 from trainer.model import Transformer
 from trainer.tokenizer import Tokenizer
 
@@ -72,9 +76,9 @@ def pick(logits: Tensor, temperature: float, top_k: int, top_p: float, gen: torc
     return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
 
 
-def load(checkpoint: Path) -> tuple[Transformer, Tokenizer]:
+def load(checkpoint: Path, circuits: Circuits | None = None) -> tuple[Transformer, Tokenizer]:
     cfg, state, tokenizer_json, _step = load_for_inference(checkpoint)
-    model = Transformer(cfg)
+    model = Transformer(cfg, circuits)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -95,6 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=50, help="0 = off")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1 = off")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--qbackend", default="local", help="where a hybrid model's circuits run (as trainer.main's)")
+    p.add_argument("--q-replicas", type=int, default=1, help="replicas of the local Ray pool of --qbackend ray")
     args = p.parse_args(argv)
     if args.max_tokens < 1 or args.temperature < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
         p.error("need --max-tokens >= 1, --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1")
@@ -103,9 +109,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    circuits = Circuits(backend=args.qbackend, replicas=args.q_replicas)
     try:
-        model, tokenizer = load(args.checkpoint)
-    except CheckpointError as e:
+        problems = circuits.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        model, tokenizer = load(args.checkpoint, circuits)
+    except (CheckpointError, ValueError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.max_tokens >= model.cfg.context:

@@ -1,14 +1,16 @@
-"""Train a hybrid quantum-classical LLaMA-style model with DeepSpeed (DESIGN.md §6).
+"""Train a hybrid quantum-classical LLaMA-style model with DeepSpeed (docs/design.md, "The trainer").
 
     python -m trainer.main --model tiny --quantum wq --steps 300            # one process, CPU
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 trainer/main.py --model tiny  # two data-parallel ranks
     deepspeed trainer/main.py --model 150m --quantum wq                     # GPUs: ZeRO, bf16
     python -m trainer.main --model 150m --quantum wq --describe             # parameters and FLOPs
 
-Every model-config field is a flag (--d-model, --n-qubits, --qbackend, ...). A run lives in --out;
-the same command, run again, resumes from its last checkpoint and reproduces the losses of an
-uninterrupted run. The loop, in order: eval/checkpoint -> micro-steps (forward, backward; DeepSpeed
-clips and steps at the accumulation boundary) -> log.
+Every field of the model (trainer/config.py: --d-model, --n-qubits, --branch, ...) and of the
+training (trainer/train_config.py: --steps, --qbackend, --grad, ...) is a flag. A run lives in
+--out; the same command, run again, resumes from its last checkpoint and reproduces the losses of
+an uninterrupted run (where the circuits run may change in between: --qbackend). The loop, in
+order: micro-steps (forward, backward; DeepSpeed clips and steps at the accumulation boundary) ->
+evaluate (every --eval-every) -> log -> checkpoint (every --save-every).
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ import torch.distributed as dist
 from trainer import checkpoint as ckpt
 from trainer.batches import BatchSampler
 from trainer.config import ModelConfig, flag, from_preset
-from trainer.data import DEFAULT_DATASET, DatasetError, prepare_data
+from trainer.data import DatasetError, prepare_data
 from trainer.model import Transformer, count_parameters, describe, format_description
 from trainer.quantum_linear import circuit_clock
 from trainer.tokenizer import Tokenizer
+from trainer.train_config import TrainConfig, from_flags
 
-DS_CONFIG = Path(__file__).with_name("ds_config.json")
 KEEP_CHECKPOINTS = 2
 
 
@@ -55,45 +57,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             model.add_argument(
                 flag(f.name), dest=f.name, type=kind, default=None, help=f"default: preset's ({f.default})"
             )
+    d = TrainConfig()
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default=DEFAULT_DATASET, help="chitchat, chatterbot:LANG, a .txt/.jsonl/.parquet")
+    data.add_argument("--dataset", help=f"chitchat, chatterbot:LANG, a .txt/.jsonl/.parquet (default {d.dataset})")
+    q = p.add_argument_group("circuits: where they run and how they are differentiated")
+    q.add_argument("--qbackend", help="local, qulacs, auto, shots, a plug-in (qiskit), ray, grpc://host:port")
+    q.add_argument("--q-replicas", type=int, help=f"replicas of --qbackend ray's pool ({d.circuits.replicas})")
+    q.add_argument("--grad", help=f"adjoint, shift, fd, spsa (default {d.circuits.grad})")
+    q.add_argument("--fd-delta", type=float, help=f"step of fd, perturbation of spsa (default {d.circuits.fd_delta})")
     t = p.add_argument_group("training")
-    t.add_argument("--steps", type=int, default=300, help="optimizer steps")
-    t.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch per rank")
-    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
-    t.add_argument("--warmup", type=int, default=30, help="linear warmup steps, then cosine decay to lr/10")
-    t.add_argument("--weight-decay", type=float, default=0.1)
-    t.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--ds-config", type=Path, default=DS_CONFIG, help="DeepSpeed JSON config (flags fill it in)")
+    t.add_argument("--steps", type=int, help=f"optimizer steps (default {d.steps})")
+    t.add_argument("--batch-size", type=int, help=f"sequences per micro-batch per rank (default {d.batch_size})")
+    t.add_argument("--grad-accum", type=int, help=f"micro-batches per optimizer step (default {d.grad_accum})")
+    t.add_argument("--lr", type=float, help=f"peak learning rate, AdamW (default {d.lr})")
+    t.add_argument("--warmup", type=int, help=f"linear warmup steps, then cosine decay to lr/10 (default {d.warmup})")
+    t.add_argument("--weight-decay", type=float, help=f"(default {d.weight_decay})")
+    t.add_argument("--clip", type=float, help=f"gradient-norm clipping (default {d.clip})")
+    t.add_argument("--seed", type=int, help=f"init and data order (default {d.seed})")
+    t.add_argument("--ds-config", type=Path, help="DeepSpeed JSON config (the flags fill it in)")
     o = p.add_argument_group("run directory and reporting")
-    o.add_argument("--out", type=Path, default=Path("runs/default"), help="run directory; reused to resume")
-    o.add_argument("--eval-every", type=int, default=100, help="steps between validation passes")
-    o.add_argument("--eval-batches", type=int, default=8, help="validation batches per pass")
-    o.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
-    o.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on rank 0")
+    o.add_argument("--out", type=Path, help=f"run directory; reused to resume (default {d.out})")
+    o.add_argument("--eval-every", type=int, help=f"steps between validation passes (default {d.eval_every})")
+    o.add_argument("--eval-batches", type=int, help=f"validation batches per pass (default {d.eval_batches})")
+    o.add_argument("--save-every", type=int, help=f"steps between checkpoints (default {d.save_every})")
+    o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on rank 0")
     o.add_argument("--describe", action="store_true", help="print parameter counts and FLOPs, then exit")
     o.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)  # the launcher's
-    args = p.parse_args(argv)
-    problems = [
-        f"{name} must be >= {low}, got {getattr(args, name.lstrip('-').replace('-', '_'))}"
-        for name, low in (
-            ("--steps", 1),
-            ("--batch-size", 1),
-            ("--grad-accum", 1),
-            ("--eval-every", 1),
-            ("--eval-batches", 1),
-            ("--save-every", 1),
-            ("--warmup", 0),
-        )
-        if getattr(args, name.lstrip("-").replace("-", "_")) < low
-    ]
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        problems.append(f"--lr must be a finite number > 0, got {args.lr}")
-    if problems:
-        p.error("; ".join(problems))
-    return args
+    return p.parse_args(argv)
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
@@ -111,14 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = model_config(args)
+        train_cfg = from_flags(vars(args))
         if args.describe:
-            print(format_description(describe(cfg)))
+            print(format_description(describe(cfg, train_cfg.circuits)))
             return 0
         init_distributed()
-        train(args, cfg)
-        # free the destroyed engine and its collectives now, then tear down together: left to the
-        # interpreter's finalization, Gloo can abort a rank (-6) that exits before the others
-        gc.collect()
+        train(cfg, train_cfg)
+        # the engine is destroyed and freed by now; tear down together: left to the interpreter's
+        # finalization, Gloo can abort a rank (-6) that exits before the others
         dist.barrier()
         return 0
     except (ValueError, ckpt.CheckpointError, DatasetError, MemoryError, FileNotFoundError, ConnectionError) as e:
@@ -147,50 +137,51 @@ def init_distributed() -> None:
     deepspeed.init_distributed(verbose=False)
 
 
-def train(args: argparse.Namespace, cfg: ModelConfig) -> None:
+def train(cfg: ModelConfig, t: TrainConfig) -> None:
     import deepspeed
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    run = run_settings(args, cfg, world)
-    resume = ckpt.check_resumable(args.out, run)  # before anything is written
-    corpus = load_data(args, run, rank)
+    run = ckpt.run_record(cfg, t, world)
+    resume = ckpt.check_resumable(t.out, run)  # before anything is written
+    corpus = load_data(t, cfg, rank)
     if cfg.vocab_size < corpus.tokenizer.vocab_size:
         raise ValueError(f"--vocab-size {cfg.vocab_size} is smaller than the tokenizer's {corpus.tokenizer.vocab_size}")
-    torch.manual_seed(args.seed)
-    model = Transformer(cfg)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model), config=ds_config(args))
-    sampler = BatchSampler(corpus.train, args.batch_size, cfg.context, args.seed, rank, world)
-    step = 0
-    if resume:
-        path, state = engine.load_checkpoint(str(args.out / ckpt.CKPT_DIR))
-        if path is None:
-            raise ckpt.CheckpointError(f"no loadable checkpoint in {args.out / ckpt.CKPT_DIR}; use a new --out")
-        step = state["step"]
-        sampler.load_state_dict(state["sampler"])
+    torch.manual_seed(t.seed)
+    model = Transformer(cfg, t.circuits)
+    config = t.deepspeed(bf16=torch.cuda.is_available())
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model), config=config)
+    try:
+        sampler = BatchSampler(corpus.train, t.batch_size, cfg.context, t.seed, rank, world)
+        step = 0
+        if resume:
+            path, state = engine.load_checkpoint(str(t.out / ckpt.CKPT_DIR))
+            if path is None:
+                raise ckpt.CheckpointError(f"no loadable checkpoint in {t.out / ckpt.CKPT_DIR}; use a new --out")
+            step = state["step"]
+            sampler.load_state_dict(state["sampler"])
+            if rank == 0:
+                print(f"resuming {t.out} from step {step}", flush=True)
         if rank == 0:
-            print(f"resuming {args.out} from step {step}", flush=True)
-    if rank == 0:
-        ckpt.write_run(args.out, run, corpus.tokenizer.to_json())
-        ckpt.truncate_log(args.out, step)
-    loop(args, engine, sampler, corpus, step, rank, world)
-    engine.destroy()
+            ckpt.write_run(t.out, run, corpus.tokenizer.to_json())
+            ckpt.truncate_log(t.out, step)
+        loop(t, engine, sampler, corpus, step, rank, world)
+    finally:
+        # DeepSpeed's teardown, then free the engine (a reference cycle) and the Gloo work it holds
+        # now: left to the interpreter's finalization, a rank can abort (-6)
+        engine.destroy()
+        del engine, model
+        gc.collect()
 
 
-def run_settings(args: argparse.Namespace, cfg: ModelConfig, world: int) -> dict:
-    """What a checkpoint must match to resume: the model and everything that shapes the losses."""
-    keys = ("dataset", "steps", "batch_size", "grad_accum", "lr", "warmup", "weight_decay", "clip", "seed")
-    return {"model": cfg.to_dict(), "train": {**{k: getattr(args, k) for k in keys}, "world_size": world}}
-
-
-def load_data(args: argparse.Namespace, run: dict, rank: int):
+def load_data(t: TrainConfig, cfg: ModelConfig, rank: int):
     """Rank 0 prepares (and caches) tokenizer and token arrays first; the others then read them.
     A resumed run keeps the tokenizer saved with its checkpoint."""
-    saved = args.out / ckpt.TOKENIZER_FILE
-    tokenizer = Tokenizer.load(saved) if (args.out / ckpt.RUN_FILE).exists() and saved.exists() else None
+    saved = t.out / ckpt.TOKENIZER_FILE
+    tokenizer = Tokenizer.load(saved) if (t.out / ckpt.RUN_FILE).exists() and saved.exists() else None
     corpus = None
     for turn in (0, 1):
         if (rank == 0) == (turn == 0):
-            corpus = prepare_data(args.dataset, run["model"]["vocab_size"], tokenizer=tokenizer)
+            corpus = prepare_data(t.dataset, cfg.vocab_size, tokenizer=tokenizer)
         dist.barrier()
     return corpus
 
@@ -202,36 +193,22 @@ def param_groups(model: torch.nn.Module) -> list[dict]:
     return [{"params": decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def ds_config(args: argparse.Namespace) -> dict:
-    cfg = json.loads(args.ds_config.read_text())
-    cfg["train_micro_batch_size_per_gpu"] = args.batch_size
-    cfg["gradient_accumulation_steps"] = args.grad_accum
-    cfg["gradient_clipping"] = args.clip
-    cfg.setdefault("optimizer", {"type": "AdamW", "params": {}})["params"].update(
-        lr=args.lr, weight_decay=args.weight_decay
-    )
-    sched = cfg.setdefault("scheduler", {"type": "WarmupCosineLR", "params": {}})["params"]
-    sched.update(total_num_steps=args.steps, warmup_num_steps=args.warmup)
-    cfg.setdefault("bf16", {})["enabled"] = torch.cuda.is_available() and cfg["bf16"].get("enabled", True) is not False
-    return cfg
-
-
-def loop(args, engine, sampler, corpus, step: int, rank: int, world: int) -> None:
+def loop(t: TrainConfig, engine, sampler, corpus, step: int, rank: int, world: int) -> None:
     from tqdm import tqdm
 
     stop = install_stop_handler()
     metrics = None
-    if rank == 0 and args.metrics_port is not None:
+    if rank == 0 and t.metrics_port is not None:
         from trainer.metrics import TrainMetrics
 
-        metrics = TrainMetrics(args.metrics_port)
-    tokens_per_step = args.batch_size * args.grad_accum * engine.module.cfg.context * world
-    bar = tqdm(total=args.steps, initial=step, disable=rank != 0, desc="train", unit="step")
+        metrics = TrainMetrics(t.metrics_port)
+    tokens_per_step = t.batch_size * t.grad_accum * engine.module.cfg.context * world
+    bar = tqdm(total=t.steps, initial=step, disable=rank != 0, desc="train", unit="step")
     try:
-        while step < args.steps and not stopping(stop):
+        while step < t.steps and not stopping(stop):
             start = time.perf_counter()
             circuit_clock.take()
-            loss = train_step(engine, sampler, args.grad_accum)
+            loss = train_step(engine, sampler, t.grad_accum)
             step += 1
             seconds, q_seconds = time.perf_counter() - start, circuit_clock.take()
             record = {
@@ -242,25 +219,27 @@ def loop(args, engine, sampler, corpus, step: int, rank: int, world: int) -> Non
                 "tokens_per_s": tokens_per_step / seconds,
                 "quantum_share": q_seconds / seconds,
             }
-            if step % args.eval_every == 0 or step == args.steps:
-                record["val_loss"] = evaluate(engine, corpus.validation, args, rank, world)
+            if step % t.eval_every == 0 or step == t.steps:
+                record["val_loss"] = evaluate(engine, corpus.validation, t, rank, world)
                 record["val_ppl"] = math.exp(min(record["val_loss"], 50.0))
-            log(args.out, record, rank)
+                if metrics:
+                    metrics.record_eval(record["val_loss"])
+            log(t.out, record, rank)
             if metrics:
                 metrics.record_step(step, loss, seconds, q_seconds, tokens_per_step)
             bar.update(1)
             bar.set_postfix(
                 loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", q=f"{record['quantum_share']:.0%}"
             )
-            if step % args.save_every == 0 or step == args.steps or stopping(stop):
-                save(engine, args.out, step, sampler, rank)
+            if step % t.save_every == 0 or step == t.steps or stopping(stop):
+                save(engine, t.out, step, sampler, rank)
     finally:
         bar.close()
         if metrics:
             metrics.close()
     identical = replicas_identical(engine.module)
     if rank == 0:
-        finish(args.out, engine.module, step, stopped=stop["now"], identical=identical)
+        finish(t.out, engine.module, step, stopped=stop["now"], identical=identical)
 
 
 def replicas_identical(model: torch.nn.Module) -> bool:
@@ -286,11 +265,11 @@ def train_step(engine, sampler: BatchSampler, grad_accum: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(engine, tokens, args, rank: int, world: int) -> float:
+def evaluate(engine, tokens, t: TrainConfig, rank: int, world: int) -> float:
     """Mean loss over the first eval_batches validation batches, split across ranks."""
     engine.eval()
     sampler = BatchSampler(tokens, 1, engine.module.cfg.context, shuffle=False)
-    n = min(args.eval_batches * args.batch_size, sampler.n_windows)
+    n = min(t.eval_batches * t.batch_size, sampler.n_windows)
     total = torch.zeros(2)
     for i, (x, y) in zip(range(n), sampler):
         if i % world == rank:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a training run (DESIGN.md §7), served by rank 0 with --metrics-port."""
+"""Prometheus metrics of a training run, served by rank 0 with --metrics-port."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ class TrainMetrics:
         r = self.registry
         self.step = Gauge("hyqut_train_step", "Optimizer steps completed", registry=r)
         self.loss = Gauge("hyqut_train_loss", "Training loss of the last step (mean over ranks)", registry=r)
-        self.val_loss = Gauge("hyqut_val_loss", "Validation loss of the last evaluation", registry=r)
+        self.val_loss = None  # registered at the first evaluation: absent, not 0, until measured
         self.tokens_per_s = Gauge("hyqut_tokens_per_second", "Training tokens per second (all ranks)", registry=r)
         self.quantum_share = Gauge("hyqut_quantum_share", "Share of step time spent in circuit evaluation", registry=r)
         self.tokens = Counter("hyqut_tokens", "Training tokens processed (all ranks)", registry=r)
@@ -29,6 +29,11 @@ class TrainMetrics:
         self.quantum_share.set(quantum_seconds / seconds)
         self.step_seconds.observe(seconds)
         self.quantum_seconds.observe(quantum_seconds)
+
+    def record_eval(self, val_loss: float) -> None:
+        if self.val_loss is None:
+            self.val_loss = Gauge("hyqut_val_loss", "Validation loss of the last evaluation", registry=self.registry)
+        self.val_loss.set(val_loss)
 
     def close(self) -> None:
         self.server.shutdown()

@@ -1,5 +1,5 @@
-"""The HyQuT model: a plain LLaMA-style decoder (DESIGN.md §1) whose projections can take the
-quantum branch (DESIGN.md §2). torchtitan's names, so checkpoints read like any LLaMA:
+"""The HyQuT model: a plain LLaMA-style decoder whose projections can take the quantum branch
+(docs/design.md, "The model"). torchtitan's names, so checkpoints read like any LLaMA:
 
     tok_embeddings -> layers[i]: h = x + attention(attention_norm(x))      wq, wk, wv, wo
                                  out = h + feed_forward(ffn_norm(h))       w_gate, w_up, w_down
@@ -8,7 +8,7 @@ quantum branch (DESIGN.md §2). torchtitan's names, so checkpoints read like any
 Which projection is nn.Linear, QuantumLinear or the classical-bottleneck control is decided in one
 place, `make_projection`; the rest of this file never knows.
 
-    model = Transformer(from_preset("tiny", quantum="wq"))
+    model = Transformer(from_preset("tiny", quantum="wq"))    # circuits: Circuits() (local, adjoint)
     logits, loss = model(tokens, targets)                  # (B, T, V), scalar
     cache = model.new_cache(batch_size=1)                  # incremental decoding
     logits, _ = model(prompt, cache=cache)                 # then one token at a time
@@ -21,44 +21,35 @@ bottleneck projection keeps its own documented init (nn.Linear's Kaiming-uniform
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qworker import Backend, get_backend
 from qworker.circuit import CircuitSpec
 from trainer.bottleneck import ClassicalBottleneck
-from trainer.config import CLASSICAL_CONTROL, PROJECTIONS, RAY, ModelConfig, replace
+from trainer.circuits import Circuits
+from trainer.config import PROJECTIONS, ModelConfig, replace
 from trainer.quantum_linear import QuantumLinear
 
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (padding)
 BRANCHES = (QuantumLinear, ClassicalBottleneck)  # the modules a projection can be replaced by
 
 
-def make_projection(cfg: ModelConfig, in_features: int, out_features: int, layer_index: int, name: str) -> nn.Module:
+def make_projection(
+    cfg: ModelConfig, circuits: Circuits, in_features: int, out_features: int, layer_index: int, name: str
+) -> nn.Module:
     """The module for projection `name` of layer `layer_index`: nn.Linear (no bias), or, where
-    cfg selects it, QuantumLinear on cfg.qbackend or the ClassicalBottleneck control."""
+    cfg selects it, QuantumLinear on `circuits` or the ClassicalBottleneck control."""
     if not cfg.replaces(layer_index, name):
         return nn.Linear(in_features, out_features, bias=False)
-    if cfg.qbackend == CLASSICAL_CONTROL:
+    if cfg.branch == "classical":
         return ClassicalBottleneck(in_features, out_features, cfg.n_qubits)
-    backend = cfg.qbackend
-    if backend == "shots":  # a fixed seed per projection, so that runs reproduce
-        backend = get_backend("shots", seed=1000 * layer_index + PROJECTIONS.index(name))
-    elif backend == RAY or backend.startswith("grpc://"):  # one client (channel, threads) for every layer
-        backend = remote_backend(backend, cfg.q_replicas)
+    backend = circuits.backend_for(seed=1000 * layer_index + PROJECTIONS.index(name))
     return QuantumLinear(
-        in_features, out_features, cfg.n_qubits, cfg.q_layers, cfg.entangler, backend=backend, grad=cfg.gradient()
+        in_features, out_features, cfg.n_qubits, cfg.q_layers, cfg.entangler, backend, circuits.gradient()
     )
-
-
-@functools.cache
-def remote_backend(qbackend: str, replicas: int) -> Backend:
-    """The client of the qworker service `qbackend` names (ray: one started in this process)."""
-    return get_backend(qbackend, replicas=replicas) if qbackend == RAY else get_backend(qbackend)
 
 
 class RMSNorm(nn.Module):
@@ -117,14 +108,14 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_index: int):
+    def __init__(self, cfg: ModelConfig, circuits: Circuits, layer_index: int):
         super().__init__()
         self.layer_index, self.n_heads, self.head_dim = layer_index, cfg.n_heads, cfg.head_dim
         d = cfg.d_model
-        self.wq = make_projection(cfg, d, d, layer_index, "wq")
-        self.wk = make_projection(cfg, d, d, layer_index, "wk")
-        self.wv = make_projection(cfg, d, d, layer_index, "wv")
-        self.wo = make_projection(cfg, d, d, layer_index, "wo")
+        self.wq = make_projection(cfg, circuits, d, d, layer_index, "wq")
+        self.wk = make_projection(cfg, circuits, d, d, layer_index, "wk")
+        self.wv = make_projection(cfg, circuits, d, d, layer_index, "wv")
+        self.wo = make_projection(cfg, circuits, d, d, layer_index, "wo")
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, start: int = 0) -> Tensor:
         B, T, D = x.shape
@@ -150,24 +141,24 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU: w_down(silu(w_gate(x)) * w_up(x))."""
 
-    def __init__(self, cfg: ModelConfig, layer_index: int):
+    def __init__(self, cfg: ModelConfig, circuits: Circuits, layer_index: int):
         super().__init__()
         d, h = cfg.d_model, cfg.ffn_hidden
-        self.w_gate = make_projection(cfg, d, h, layer_index, "w_gate")
-        self.w_up = make_projection(cfg, d, h, layer_index, "w_up")
-        self.w_down = make_projection(cfg, h, d, layer_index, "w_down")
+        self.w_gate = make_projection(cfg, circuits, d, h, layer_index, "w_gate")
+        self.w_up = make_projection(cfg, circuits, d, h, layer_index, "w_up")
+        self.w_down = make_projection(cfg, circuits, h, d, layer_index, "w_down")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))  # (B, T, hidden) -> (B, T, D)
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_index: int):
+    def __init__(self, cfg: ModelConfig, circuits: Circuits, layer_index: int):
         super().__init__()
         self.attention_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attention = Attention(cfg, layer_index)
+        self.attention = Attention(cfg, circuits, layer_index)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.feed_forward = FeedForward(cfg, layer_index)
+        self.feed_forward = FeedForward(cfg, circuits, layer_index)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, start: int = 0) -> Tensor:
         h = x + self.attention(self.attention_norm(x), cos, sin, cache, start)  # (B, T, D)
@@ -175,11 +166,12 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, circuits: Circuits | None = None):
         super().__init__()
         self.cfg = cfg
+        circuits = circuits or Circuits()
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(cfg, circuits, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         cos, sin = rope_tables(cfg.head_dim, cfg.context, cfg.rope_theta)
@@ -283,27 +275,29 @@ def circuit_cost(spec: CircuitSpec) -> dict[str, int]:
     }
 
 
-def circuit_runs_for_training(cfg: ModelConfig) -> int:
+def circuit_runs_for_training(cfg: ModelConfig, circuits: Circuits) -> int:
     """Circuit evaluations per token per training step (forward included): adjoint ~3 (forward,
     then a backward sweep that carries the state and its cotangent, ~2 forwards' work);
     shift and fd 1 + 2·(|Θ| + 2 n_q); spsa 1 + 2·samples."""
-    grad = cfg.gradient()
+    grad = circuits.gradient()
     return 3 if grad.method == "adjoint" else grad.evaluations(cfg.circuit_spec())
 
 
-def describe(cfg: ModelConfig) -> dict:
+def describe(cfg: ModelConfig, circuits: Circuits | None = None) -> dict:
     """Parameter counts and per-token costs of cfg and of the same model with quantum="none".
 
-    Models are built on the meta device (no memory, no init), so the counts are those of the real
-    module tree. FLOPs are forward, per token (see forward_flops_per_token, circuit_cost)."""
+    Models are built on the meta device (no memory, no init; no backend is reached), so the counts
+    are those of the real module tree. FLOPs are forward, per token (see forward_flops_per_token,
+    circuit_cost)."""
+    circuits = circuits or Circuits()
     with torch.device("meta"):
         model, base = Transformer(cfg), Transformer(replace(cfg, quantum="none"))
     params, params_none = count_parameters(model), count_parameters(base)
-    n_circuits = params["quantum_projections"] if cfg.qbackend != CLASSICAL_CONTROL else 0
+    n_circuits = params["quantum_projections"] if cfg.has_circuits else 0
     out = {
         "name": cfg.name,
         "quantum": cfg.quantum,
-        "qbackend": cfg.qbackend,
+        "branch": cfg.branch,
         "params": params,
         "params_none": params_none,
         "param_reduction_pct": 100.0 * (1 - params["total"] / params_none["total"]),
@@ -313,11 +307,11 @@ def describe(cfg: ModelConfig) -> dict:
     }
     if n_circuits:
         cost = circuit_cost(cfg.circuit_spec())
-        runs = circuit_runs_for_training(cfg)
+        runs = circuit_runs_for_training(cfg, circuits)
         out["circuit"] = {
             **cost,
             "n_qubits": cfg.n_qubits,
-            "grad": cfg.grad,
+            "grad": circuits.grad,
             "runs_per_training_step": runs,
             "sim_flops_per_token": n_circuits * cost["flops"],
             "sim_flops_per_token_training": n_circuits * cost["flops"] * runs,
@@ -329,7 +323,7 @@ def format_description(d: dict) -> str:
     """describe()'s dict as a short table for --describe."""
     p, b = d["params"], d["params_none"]
     lines = [
-        f"model {d['name']}: quantum={d['quantum']} qbackend={d['qbackend']}",
+        f"model {d['name']}: quantum={d['quantum']} branch={d['branch']}",
         f"  parameters      {p['total']:>14,}  (quantum=none: {b['total']:,}; {d['param_reduction_pct']:.2f}% fewer)",
         f"    classical     {p['classical']:>14,}  (embedding {p['embedding']:,})",
         f"    quantum branch{p['quantum_branch']:>14,}  in {p['quantum_projections']} projection(s); "

@@ -1,4 +1,4 @@
-"""QuantumLinear: a drop-in for nn.Linear through a variational quantum circuit (DESIGN.md §2).
+"""QuantumLinear: a drop-in for nn.Linear through a variational quantum circuit (docs/design.md).
 
     x (..., d_in) -> compress: Linear(d_in, 2 n_q) -> angles = π·tanh(features)
                   -> circuit: <Z_i>, i < n_q      -> expand: Linear(n_q, d_out) -> (..., d_out)
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from qworker import Backend, CircuitSpec, Gradient, check_batch, get_backend
-from qworker.local import expectations as local_expectations
+from qworker.backends.local import expectations as local_expectations
 
 
 class QuantumLinear(nn.Module):

@@ -1,4 +1,4 @@
-"""What a run leaves behind for people: a loss plot (PNG) and a JSON summary (DESIGN.md §7)."""
+"""What a run leaves behind for people: a loss plot (PNG) and a JSON summary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The tokenizer: byte-level BPE trained with Hugging Face `tokenizers` (DESIGN.md §6).
+"""The tokenizer: byte-level BPE trained with Hugging Face `tokenizers`.
 
 Byte-level: text is split GPT-2 style (ByteLevel pre-tokenizer, no prefix space, no normalizer)
 and every UTF-8 byte has a token, so any string, English or Chinese, round-trips exactly:

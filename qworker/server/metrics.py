@@ -1,4 +1,4 @@
-"""Prometheus metrics of a qworker server (DESIGN.md §7), in a registry of its own."""
+"""Prometheus metrics of a qworker server, in a registry of its own."""
 
 from __future__ import annotations
 

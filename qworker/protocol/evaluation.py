@@ -1,5 +1,5 @@
-"""One batched evaluation as plain data, and how a Backend runs it: what a qworker pool receives
-from the service and what every replica (in-process now, Ray workers later) executes.
+"""One batched evaluation as plain data, and how a Backend runs it: what a replica decodes a
+request into and executes, and what a client builds its requests from.
 
     ev = Evaluation(spec, "qulacs", theta, angles, want="vjp", grad=Gradient("adjoint"), grad_out=g)
     result = run(get_backend("qulacs"), ev)        # result.vjp == (g_theta, g_angles)
@@ -10,11 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-import torch
 from torch import Tensor
 
-from qworker.backends import Backend
+from qworker.backends.base import Backend
 from qworker.circuit import CircuitSpec
 from qworker.gradients import Gradient
 
@@ -36,12 +34,6 @@ class Evaluation:
     include_expectations: bool = False
     options: dict = field(default_factory=dict)  # the backend's constructor options (shots, seed, ...)
 
-    def __getstate__(self) -> dict:
-        return _to_numpy(self.__dict__)
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(_from_numpy(state))
-
     def __post_init__(self) -> None:
         assert self.want in WANTS, f"want must be one of {WANTS}, got {self.want!r}"
         assert self.want == "expectations" or self.grad is not None, f"want={self.want} needs a gradient method"
@@ -53,14 +45,18 @@ class Evaluation:
 
     @property
     def circuits_per_token(self) -> int:
-        """Circuit evaluations each token costs (an adjoint pass counted as one)."""
-        gradient = self.grad.evaluations(self.spec) if self.want != "expectations" else 0
-        return gradient + int(self.want == "expectations" or self.include_expectations)
+        return circuits_per_token(self.spec, self.want, self.grad, self.include_expectations)
 
     @property
     def token_circuits(self) -> int:
         """One-token circuit evaluations this request costs."""
         return self.n_tokens * self.circuits_per_token
+
+
+def circuits_per_token(spec: CircuitSpec, want: str, grad: Gradient | None, include_expectations: bool) -> int:
+    """Circuit evaluations each token of a request costs (an adjoint pass counted as one)."""
+    gradient = grad.evaluations(spec) if want != "expectations" else 0
+    return gradient + int(want == "expectations" or include_expectations)
 
 
 @dataclass(frozen=True)
@@ -71,34 +67,6 @@ class Result:
     jacobians: tuple[Tensor, Tensor] | None = None  # (N, n_q, |Θ|), (N, n_q, 2 n_q)
     vjp: tuple[Tensor, Tensor] | None = None  # (|Θ|,), (N, 2 n_q)
     compute_seconds: float = 0.0
-
-    def __getstate__(self) -> dict:
-        return _to_numpy(self.__dict__)
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(_from_numpy(state))
-
-
-# Evaluations and Results travel between processes (the service and its Ray replicas) as numpy
-# arrays: Ray serialises those out of band, ~1 ms a call faster than torch tensors here.
-
-
-def _to_numpy(state: dict) -> dict:
-    def convert(v):
-        if isinstance(v, Tensor) and v.device.type == "cpu":
-            return v.detach().numpy()
-        return tuple(convert(t) for t in v) if isinstance(v, tuple) else v
-
-    return {k: convert(v) for k, v in state.items()}
-
-
-def _from_numpy(state: dict) -> dict:
-    def convert(v):
-        if isinstance(v, np.ndarray):
-            return torch.from_numpy(v if v.flags.writeable else v.copy())  # Ray hands out read-only buffers
-        return tuple(convert(t) for t in v) if isinstance(v, tuple) else v
-
-    return {k: convert(v) for k, v in state.items()}
 
 
 def run(backend: Backend, ev: Evaluation) -> Result:

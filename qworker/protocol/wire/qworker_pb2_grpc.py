@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from qworker.wire import qworker_pb2 as hyqut_dot_qworker_dot_v1_dot_qworker__pb2
+from qworker.protocol.wire import qworker_pb2 as hyqut_dot_qworker_dot_v1_dot_qworker__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

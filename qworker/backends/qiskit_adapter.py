@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from qworker.backends import HARDWARE_METHODS, MAX_SHOTS, Backend, Capabilities
+from qworker.backends.base import HARDWARE_METHODS, MAX_SHOTS, Backend, Capabilities
 from qworker.circuit import CircuitSpec
 
 SIMULATORS = ("statevector", "aer")  # the estimators built here when none is given

@@ -1,7 +1,7 @@
 """`local`: batched statevector simulation in torch (CPU or CUDA), exact autograd gradients.
 
-Why it is fast (DESIGN.md §4): the circuit is compiled once into a few whole-register steps that
-act on all tokens of a chunk at once, instead of 80 gates applied one by one:
+Why it is fast (docs/design.md, "The local simulator"): the circuit is compiled once into a few
+whole-register steps that act on all tokens of a chunk at once, instead of 80 gates one by one:
 - the encoding is a product state: each qubit's 2-vector (real arithmetic), the Kronecker
   products of the high and of the low half of the qubits (2^(n/2) amplitudes each, built for all
   tokens at once), then one register-sized outer product of the two;
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from qworker import deadline
+from qworker.backends.base import Backend
 from qworker.circuit import CircuitSpec, Op, check_memory
 
 CHUNK_AMPLITUDES = 2**18  # tokens x 2^n per chunk: measured best on a 2-core CPU (bench/vqc.py)
@@ -402,3 +403,26 @@ def _compile_prefix(ops: list[Op], n: int, device) -> list[tuple[str, Tensor | N
 
 def _is_theta(op: Op) -> bool:
     return op.param is not None and op.param[0] == "theta"
+
+
+class LocalBackend(Backend):
+    """Batched torch statevector simulation (this module), adjoint by autograd."""
+
+    name = "local"
+
+    def expectations(self, spec, theta, angles):
+        return expectations(spec, theta, angles)
+
+    def _adjoint_vjp(self, spec, theta, angles, grad_out):
+        with torch.enable_grad():
+            t = theta.detach().requires_grad_()
+            a = angles.detach().requires_grad_()
+            return torch.autograd.grad(expectations(spec, t, a), (t, a), grad_out)
+
+    def _adjoint_jacobians(self, spec, theta, angles):
+        with torch.enable_grad():
+            t = theta.detach().expand(angles.shape[0], -1).contiguous().requires_grad_()  # per token
+            a = angles.detach().requires_grad_()
+            out = expectations(spec, t, a)
+            rows = [torch.autograd.grad(out[:, i].sum(), (t, a), retain_graph=True) for i in range(spec.n_qubits)]
+        return torch.stack([r[0] for r in rows], 1), torch.stack([r[1] for r in rows], 1)

@@ -11,15 +11,12 @@ from collections.abc import Callable
 
 import grpc
 
+from qworker.protocol.metadata import AUTHORIZATION
+
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-def bearer(token: str) -> tuple[tuple[str, str]]:
-    """The call metadata that carries `token`."""
-    return (("authorization", f"Bearer {token}"),)
-
-
-class TokenAuthInterceptor(grpc.ServerInterceptor):
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without the right bearer token; `on_reject(method)` is told of each."""
 
     def __init__(self, token: str, on_reject: Callable[[str], None] = lambda method: None):
@@ -27,12 +24,12 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         self._expected = f"Bearer {token}".encode()
         self._on_reject = on_reject
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        given = dict(handler_call_details.invocation_metadata or ()).get("authorization")
+        given = dict(handler_call_details.invocation_metadata or ()).get(AUTHORIZATION)
         if given is not None and hmac.compare_digest(str(given).encode(), self._expected):
             return handler
         self._on_reject(method)
@@ -43,8 +40,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
 def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
     """A handler of the same kind (unary/stream) as `handler` that answers UNAUTHENTICATED."""
 
-    def deny(_request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def deny(_request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     kind = {
         (False, False): grpc.unary_unary_rpc_method_handler,

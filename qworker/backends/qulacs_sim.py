@@ -8,11 +8,11 @@ so every parameter is stored negated (p = -angle) and its gradient negated back.
 from __future__ import annotations
 
 import numpy as np
-import qulacs
 import torch
 from torch import Tensor
 
 from qworker import deadline
+from qworker.backends.base import Backend
 from qworker.circuit import CircuitSpec, check_memory
 
 
@@ -21,6 +21,8 @@ class _Circuit:
     parametrised ops; `source[j]` says which input drives gate j."""
 
     def __init__(self, spec: CircuitSpec):
+        import qulacs  # here: Qulacs is optional where only the torch simulator is used (a GPU node)
+
         check_memory(spec, 3, 16)
         n = spec.n_qubits
         self.spec = spec
@@ -38,6 +40,7 @@ class _Circuit:
         self.is_angle = np.array([src == "angle" for src, _ in self.source])
         self.index = np.array([k for _, k in self.source], dtype=np.int64)
         self.state = qulacs.QuantumState(n)
+        self.observable = qulacs.Observable
         basis = np.arange(2**n)
         self.zsign = 1.0 - 2.0 * ((basis[:, None] >> np.arange(n)) & 1)  # (2^n, n)
 
@@ -56,7 +59,7 @@ class _Circuit:
 
     def backprop(self, weights: np.ndarray) -> np.ndarray:
         """d<sum_i w_i Z_i>/d(angle) for every parametric gate, textbook sign."""
-        obs = qulacs.Observable(self.spec.n_qubits)
+        obs = self.observable(self.spec.n_qubits)
         for i, w in enumerate(weights):
             if w != 0.0:
                 obs.add_operator(float(w), f"Z {i}")
@@ -106,3 +109,18 @@ def adjoint_jacobians(spec: CircuitSpec, theta: Tensor, angles: Tensor):
         for i in range(spec.n_qubits):
             j_theta[n, i], j_angles[n, i] = circ.split(circ.backprop(eye[i]), spec.n_params, spec.n_angles)
     return torch.from_numpy(j_theta).to(angles), torch.from_numpy(j_angles).to(angles)
+
+
+class QulacsBackend(Backend):
+    """Qulacs, one token at a time: the qworker's simulator and an independent reference."""
+
+    name = "qulacs"
+
+    def expectations(self, spec, theta, angles):
+        return expectations(spec, theta, angles)
+
+    def _adjoint_vjp(self, spec, theta, angles, grad_out):
+        return adjoint_vjp(spec, theta, angles, grad_out)
+
+    def _adjoint_jacobians(self, spec, theta, angles):
+        return adjoint_jacobians(spec, theta, angles)

@@ -1,37 +1,42 @@
-"""The qworker gRPC service (DESIGN.md §4-§5): `hyqut.qworker.v1.QWorker` over a pool.
+"""The qworker gRPC service: `hyqut.qworker.v1.QWorker` over a pool (docs/design.md, "The service").
 
     server, port = create_server(ServerConfig(port=0))     # built, bound, not started
     server.start()                                         # health turns SERVING once the pool is live
     ...
     server.stop(grace=5)
 
-or `python -m qworker serve --port 50051` (`serve`). The servicer is thin: parse, convert
-(`wire_convert`), call the pool, convert back; every error becomes a status code in `status_for`.
-Also served: standard health (`grpc.health.v1`) and server reflection.
+or `python -m qworker serve --port 50051` (`serve`). The server is a `grpc.aio` server on an event
+loop of its own (a thread): evaluations wait on the pool without holding a thread, so health,
+reflection, Info and Scale answer at once whatever the load. The servicer routes: it parses a
+request, checks it from its headers and shapes (`check_request`), hands its bytes to the pool and
+returns the bytes the replica encoded. Every error becomes a status code in
+`qworker.protocol.errors.status_for`. A client that cancels, or whose deadline passes, stops its
+evaluation on the replica.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
 import time
-from concurrent import futures
 from dataclasses import asdict, dataclass, fields
 from importlib.metadata import PackageNotFoundError, version
 
 import grpc
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from qworker import wire_convert
-from qworker.auth import TokenAuthInterceptor
 from qworker.circuit import VERSION as CIRCUIT_VERSION
-from qworker.pool import SIMULATORS, InProcessPool, PoolNotReady, ReplicasDied
-from qworker.service_metrics import ServiceMetrics
-from qworker.wire import qworker_pb2 as pb
-from qworker.wire_convert import Limits
+from qworker.protocol.convert import check_request
+from qworker.protocol.errors import ScaleRefused, status_for
+from qworker.protocol.limits import Limits
+from qworker.protocol.wire import qworker_pb2 as pb
+from qworker.server.auth import TokenAuthInterceptor
+from qworker.server.in_process import InProcessPool
+from qworker.server.metrics import ServiceMetrics
+from qworker.server.replica import SIMULATORS
 
 log = logging.getLogger("qworker.service")
 
@@ -39,6 +44,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["QWorker"].full_name  # hyqut.qworker.v
 PROTO_VERSION = 1
 MAX_STATUS_MESSAGE = 1000  # characters: status messages travel in trailers
 ANSWER_MARGIN_S = 0.2  # a request stops waiting for a replica this long before its deadline
+PARSE_INLINE_BYTES = 1 << 20  # larger requests are parsed on a thread, off the event loop
 
 
 @dataclass
@@ -56,13 +62,15 @@ class ServerConfig:
     max_tokens_per_request: int = Limits.max_tokens_per_request
     max_shots: int = Limits.max_shots
     max_circuits_per_request: int = Limits.max_circuits_per_request
+    default_deadline_s: float = 600.0  # for requests whose client set no deadline
+    max_deadline_s: float = 3600.0  # a client's longer deadline is cut to this
     simulators: tuple[str, ...] = SIMULATORS
     replicas: int | None = None  # Ray pool of this many replicas; None: evaluate in the server's process
     ray_address: str | None = None  # the Ray cluster (None: $RAY_ADDRESS, else start a local Ray)
     replica_cpus: float = 1.0  # CPUs each replica asks Ray for (its torch threads)
     replica_gpus: float = 0.0  # GPUs each replica asks Ray for
     replica_resource: str | None = None  # a custom Ray resource each replica needs one unit of
-    workers: int = 16  # threads answering RPCs (they mostly wait on replicas)
+    workers: int = 4  # in-process pool: evaluations running at once
     metrics_port: int | None = None  # Prometheus metrics over HTTP on this port (0: any free one)
     grace_s: float = 10.0  # on stop/SIGTERM, in-flight calls get this long to finish
 
@@ -72,52 +80,38 @@ class ServerConfig:
         return Limits(max_message_bytes=self.max_message_mb * 2**20, **same)
 
 
-def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The one place where errors become status codes and messages."""
-    if isinstance(exc, (wire_convert.OverLimitError, MemoryError)):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, PoolNotReady):
-        return grpc.StatusCode.UNAVAILABLE, str(exc)
-    if isinstance(exc, TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
-    if isinstance(exc, ScaleUnsupported):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, ReplicasDied):
-        return grpc.StatusCode.INTERNAL, str(exc)
-    if isinstance(exc, DecodeError):
-        return grpc.StatusCode.INVALID_ARGUMENT, f"request: not a valid {SERVICE} message ({exc})"
-    if isinstance(exc, ValueError):  # CircuitInputError, WireError and the backends' own checks
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details"
-
-
-class ScaleUnsupported(Exception):
-    """Scale called on a server whose pool cannot scale (FAILED_PRECONDITION)."""
-
-
 class QWorkerServicer:
-    """Evaluate and Info. Requests arrive as bytes and are parsed here, inside the error mapping,
-    so a malformed request is INVALID_ARGUMENT (grpc's own deserializer would say INTERNAL)."""
+    """Evaluate, Info and Scale. Requests arrive as bytes and are parsed here, inside the error
+    mapping, so a malformed request is INVALID_ARGUMENT (grpc's own deserializer would say
+    INTERNAL); Evaluate answers with the replica's bytes."""
 
-    def __init__(self, pool: InProcessPool, limits: Limits, metrics: ServiceMetrics):
-        self.pool, self.limits, self.metrics = pool, limits, metrics
+    def __init__(self, pool, cfg: ServerConfig, metrics: ServiceMetrics):
+        self.pool, self.cfg, self.limits, self.metrics = pool, cfg, cfg.limits, metrics
 
-    def Evaluate(self, request: bytes, context: grpc.ServicerContext) -> pb.EvaluateResponse:
+    async def Evaluate(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         labels = {"backend": "?", "gradient": "none", "circuits": 0}
 
-        def work() -> pb.EvaluateResponse:
-            ev = wire_convert.to_evaluation(pb.EvaluateRequest.FromString(request), self.limits)
-            served = ev.backend in self.pool.names  # a label never takes a client's free text
-            labels.update(backend=ev.backend if served else "?", gradient=ev.grad.method if ev.grad else "none")
-            labels["circuits"] = ev.token_circuits
-            left = context.time_remaining()  # answer before the client gives up, so it hears why
-            timeout = None if left is None else max(0.0, left - ANSWER_MARGIN_S)
-            return wire_convert.to_response(self.pool.evaluate(ev, timeout=timeout))
+        async def work() -> bytes:
+            req = await _parse(pb.EvaluateRequest, request)
+            header = check_request(req, self.limits)
+            served = header.backend in self.pool.names  # a label never takes a client's free text
+            labels.update(
+                backend=header.backend if served else "?", gradient=header.grad.method if header.grad else "none"
+            )
+            labels["circuits"] = header.token_circuits
+            return await self.pool.evaluate(request, header, self._timeout(context))
 
-        return self._answer("Evaluate", context, work, labels)
+        return await self._answer("Evaluate", context, work, labels)
 
-    def Info(self, request: bytes, context: grpc.ServicerContext) -> pb.InfoResponse:
-        def work() -> pb.InfoResponse:
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        """Seconds the evaluation may take: the client's deadline (or the server's default, when the
+        client set none), at most the server's maximum, less a margin to answer in."""
+        left = context.time_remaining()
+        left = self.cfg.default_deadline_s if left is None else left
+        return max(0.0, min(left, self.cfg.max_deadline_s) - ANSWER_MARGIN_S)
+
+    async def Info(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        async def work() -> pb.InfoResponse:
             pb.InfoRequest.FromString(request)
             return pb.InfoResponse(
                 server_version=_package_version(),
@@ -139,30 +133,33 @@ class QWorkerServicer:
                 queue_depth=self.pool.queue_depth,
             )
 
-        return self._answer("Info", context, work)
+        return await self._answer("Info", context, work)
 
-    def Scale(self, request: bytes, context: grpc.ServicerContext) -> pb.ScaleResponse:
-        def work() -> pb.ScaleResponse:
+    async def Scale(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.ScaleResponse:
+        async def work() -> pb.ScaleResponse:
             wanted = pb.ScaleRequest.FromString(request).replicas
             if not hasattr(self.pool, "scale"):
-                raise ScaleUnsupported("this server evaluates in its own process; serve with --replicas N to scale")
+                raise ScaleRefused("this server evaluates in its own process; serve with --replicas N to scale")
             live, target = self.pool.scale(wanted)
             log.info("scaled to %d replicas (%d live)", target, live)
             return pb.ScaleResponse(replicas=live, target=target)
 
-        return self._answer("Scale", context, work)
+        return await self._answer("Scale", context, work)
 
-    def _answer(self, rpc: str, context: grpc.ServicerContext, work, labels: dict | None = None):
+    async def _answer(self, rpc: str, context: grpc.aio.ServicerContext, work, labels: dict | None = None):
         """Run `work`, map its error to a status, record metrics either way."""
         m, start, code = self.metrics, time.perf_counter(), grpc.StatusCode.OK
         m.in_flight.inc()
         try:
-            return work()
+            return await work()
+        except asyncio.CancelledError:  # the client cancelled or went away: nobody to answer
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:
             code, message = status_for(exc)
             if code == grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", rpc)
-            context.abort(code, message[:MAX_STATUS_MESSAGE])
+            await context.abort(code, message[:MAX_STATUS_MESSAGE])
         finally:
             m.in_flight.dec()
             m.requests.labels(rpc, code.name).inc()
@@ -171,12 +168,17 @@ class QWorkerServicer:
                 m.token_circuits.labels(labels["backend"], labels["gradient"], code.name).inc(labels["circuits"])
 
 
+async def _parse(message_type, data: bytes):
+    if len(data) <= PARSE_INLINE_BYTES:
+        return message_type.FromString(data)
+    return await asyncio.to_thread(message_type.FromString, data)
+
+
 def _handlers(servicer: QWorkerServicer) -> grpc.GenericRpcHandler:
-    """As the generated add_QWorkerServicer_to_server, but requests reach the servicer as bytes."""
+    """As the generated add_QWorkerServicer_to_server, but requests reach the servicer as bytes and
+    Evaluate's answer leaves as the bytes the replica encoded."""
     methods = {
-        "Evaluate": grpc.unary_unary_rpc_method_handler(
-            servicer.Evaluate, response_serializer=pb.EvaluateResponse.SerializeToString
-        ),
+        "Evaluate": grpc.unary_unary_rpc_method_handler(servicer.Evaluate),
         "Info": grpc.unary_unary_rpc_method_handler(
             servicer.Info, response_serializer=pb.InfoResponse.SerializeToString
         ),
@@ -187,18 +189,36 @@ def _handlers(servicer: QWorkerServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
-class QWorkerServer:
-    """A built qworker server: the grpc.Server, its pool, health and metrics, started and
-    stopped together."""
+class _Loop:
+    """An event loop running on a thread of its own; coroutines are run on it from any thread."""
 
-    def __init__(self, grpc_server: grpc.Server, pool: InProcessPool, health_servicer, metrics: ServiceMetrics):
-        self.grpc_server, self.pool, self.health, self.metrics = grpc_server, pool, health_servicer, metrics
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="qworker-server", daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+class QWorkerServer:
+    """A built qworker server: the grpc.aio server on its loop, its pool, health and metrics,
+    started and stopped together from any thread."""
+
+    def __init__(self, runner: _Loop, grpc_server: grpc.aio.Server, pool, health_servicer, metrics: ServiceMetrics):
+        self._loop, self.grpc_server, self.pool = runner, grpc_server, pool
+        self.health, self.metrics = health_servicer, metrics
         self._started, self._start_error = threading.Event(), None
 
     def start(self) -> None:
         """Answer calls now (health NOT_SERVING); SERVING once the pool has started."""
-        self.grpc_server.start()
-        threading.Thread(target=self._bring_up_pool, name="qworker-pool-start", daemon=True).start()
+        self._loop.run(self.grpc_server.start())
+        asyncio.run_coroutine_threadsafe(self._bring_up_pool(), self._loop.loop)
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the pool is live; re-raise its start error, or TimeoutError."""
@@ -207,9 +227,19 @@ class QWorkerServer:
         if self._start_error is not None:
             raise RuntimeError(f"the qworker pool failed to start: {self._start_error}") from self._start_error
 
-    def _bring_up_pool(self) -> None:
+    def call(self, fn, *args):
+        """fn(*args) on the server's loop, from any thread (the pool lives there): e.g.
+        `server.call(server.pool.scale, 3)`; a coroutine function's result is awaited."""
+
+        async def on_loop():
+            result = fn(*args)
+            return await result if asyncio.iscoroutine(result) else result
+
+        return self._loop.run(on_loop())
+
+    async def _bring_up_pool(self) -> None:
         try:
-            self.pool.start()
+            await self.pool.start()
         except Exception as e:
             log.exception("the qworker pool failed to start; health stays NOT_SERVING")
             self._start_error = e
@@ -217,30 +247,56 @@ class QWorkerServer:
         finally:
             self._started.set()
         for name in ("", SERVICE):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("qworker pool ready: %s", ", ".join(self.pool.backends()))
 
     def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING at once, then let in-flight calls finish within `grace` seconds."""
-        self.health.enter_graceful_shutdown()
-        self.grpc_server.stop(grace).wait()
-        self.pool.close()
-        self.metrics.close()
 
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return self.grpc_server.wait_for_termination(timeout)
+        async def stop():
+            await self.health.enter_graceful_shutdown()
+            await self.grpc_server.stop(grace)
+            self.pool.close()
+
+        try:
+            self._loop.run(stop())
+        finally:
+            self.metrics.close()
+            self._loop.close()
 
 
 def create_server(cfg: ServerConfig) -> tuple[QWorkerServer, int]:
-    """Build the server and bind its port (not started); returns it and the bound port."""
-    limit = cfg.limits.max_message_bytes
+    """Build the server and bind its port (not started); returns it and the bound port. The pool
+    is built here, in the caller's thread (a local Ray dies with the thread that starts it)."""
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise ValueError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
+    if cfg.replicas is None:
+        pool = InProcessPool(cfg.simulators, cfg.workers)
+    else:
+        from qworker.server.ray_pool import RayPool  # here: Ray is a heavy import the in-process pool does not need
+
+        pool = RayPool(
+            cfg.simulators, cfg.replicas, cfg.ray_address, cfg.replica_cpus, cfg.replica_gpus, cfg.replica_resource
+        )
     metrics = ServiceMetrics(cfg.metrics_port, cfg.host)
+    metrics.watch(pool)
+    runner = _Loop()
+    try:
+        grpc_server, health_servicer, port = runner.run(_build(cfg, pool, metrics))
+    except BaseException:
+        metrics.close()
+        runner.close()
+        raise
+    return QWorkerServer(runner, grpc_server, pool, health_servicer, metrics), port
+
+
+async def _build(cfg: ServerConfig, pool, metrics: ServiceMetrics):
+    limit = cfg.limits.max_message_bytes
     interceptors = []
     if cfg.token:
         reject = lambda method: metrics.requests.labels(method.rsplit("/", 1)[-1], "UNAUTHENTICATED").inc()  # noqa: E731
         interceptors.append(TokenAuthInterceptor(cfg.token, reject))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="qworker-rpc"),
+    server = grpc.aio.server(
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", limit),
@@ -248,39 +304,21 @@ def create_server(cfg: ServerConfig) -> tuple[QWorkerServer, int]:
             ("grpc.so_reuseport", 0),  # a second server on a taken port fails instead of sharing it
         ],
     )
-    if cfg.replicas is None:
-        pool = InProcessPool(cfg.simulators)
-    else:
-        from qworker.ray_pool import RayPool  # lazily: Ray is a heavy import the in-process pool does not need
-
-        pool = RayPool(
-            cfg.simulators, cfg.replicas, cfg.ray_address, cfg.replica_cpus, cfg.replica_gpus, cfg.replica_resource
-        )
-    metrics.watch(pool)
-    server.add_generic_rpc_handlers((_handlers(QWorkerServicer(pool, cfg.limits, metrics)),))
-    health_servicer = health.HealthServicer()
+    server.add_generic_rpc_handlers((_handlers(QWorkerServicer(pool, cfg, metrics)),))
+    health_servicer = health.aio.HealthServicer()
     for name in ("", SERVICE):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    try:
-        port = _bind(server, cfg)
-    except Exception:
-        metrics.close()
-        raise
-    return QWorkerServer(server, pool, health_servicer, metrics), port
-
-
-def _bind(server: grpc.Server, cfg: ServerConfig) -> int:
     address = f"{cfg.host}:{cfg.port}"
-    if bool(cfg.tls_cert) != bool(cfg.tls_key):
-        raise ValueError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
     try:
         if cfg.tls_cert:
-            return server.add_secure_port(address, grpc.ssl_server_credentials([(cfg.tls_key, cfg.tls_cert)]))
-        return server.add_insecure_port(address)
+            port = server.add_secure_port(address, grpc.ssl_server_credentials([(cfg.tls_key, cfg.tls_cert)]))
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as e:  # grpc: "Failed to bind to address ..."
         raise OSError(f"cannot listen on {address} (in use? change --port or --host): {e}") from None
+    return server, health_servicer, port
 
 
 def serve(cfg: ServerConfig) -> None:

@@ -1,4 +1,9 @@
-"""Conversion between torch tensors / Evaluations and the wire messages (proto/), both ways.
+"""The wire messages (proto/) and the Evaluations and Results they carry, both ways.
+
+A server checks a request from its headers and shapes alone (`check_request`: no tensor data is
+decoded) and hands the bytes to a replica, which decodes them (`to_evaluation`), runs them and
+encodes the answer (`to_response`); the server returns those bytes as they are. A client builds
+requests with `to_request` and reads answers with `to_result`.
 
 Decoding trusts nothing: every problem raises `WireError` (a ValueError naming the field, hence
 INVALID_ARGUMENT) or `OverLimitError` (RESOURCE_EXHAUSTED); bad bytes never reach a simulator.
@@ -10,17 +15,19 @@ INVALID_ARGUMENT) or `OverLimitError` (RESOURCE_EXHAUSTED); bad bytes never reac
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from qworker.circuit import CircuitSpec
-from qworker.evaluation import Evaluation, Result
 from qworker.gradients import Gradient
-from qworker.validation import check_batch
-from qworker.wire import qworker_pb2 as pb
+from qworker.protocol.errors import OverLimitError, WireError
+from qworker.protocol.evaluation import Evaluation, Result, circuits_per_token
+from qworker.protocol.limits import Limits, max_tokens
+from qworker.protocol.wire import qworker_pb2 as pb
+from qworker.validation import CircuitInputError, check_batch, shape_problems
 
 DTYPES = {  # wire dtype -> (torch dtype, numpy little-endian dtype)
     pb.DTYPE_FLOAT32: (torch.float32, np.dtype("<f4")),
@@ -31,31 +38,29 @@ WANT = {pb.WANT_EXPECTATIONS: "expectations", pb.WANT_JACOBIANS: "jacobians", pb
 WANT_WIRE = {name: wire for wire, name in WANT.items()}
 MAX_DIMS = 3  # no tensor of the contract has more
 BACKEND_OPTIONS = ("shots", "seed", "readout_error", "depolarizing")
-ENVELOPE_BYTES = 4096  # headroom for everything in a message but tensor data
-
-
-class WireError(ValueError):
-    """A request field that cannot be decoded or evaluated; the message starts with the field."""
-
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-
-
-class OverLimitError(Exception):
-    """A request over one of the server's limits (RESOURCE_EXHAUSTED)."""
 
 
 @dataclass(frozen=True)
-class Limits:
-    """What one request may ask of a server (InfoResponse.limits)."""
+class Header:
+    """What a server knows of a request without decoding its tensors: enough to check its limits,
+    label its metrics and route it."""
 
-    max_qubits: int = 20
-    max_layers: int = 64
-    max_message_bytes: int = 64 * 2**20
-    max_tokens_per_request: int = 65536
-    max_shots: int = 2**20
-    max_circuits_per_request: int = 2**24  # N x evaluations per token: bounds a request's compute
+    spec: CircuitSpec
+    backend: str
+    want: str
+    grad: Gradient | None
+    include_expectations: bool
+    n_tokens: int
+    itemsize: int
+    options: dict = field(default_factory=dict)
+
+    @property
+    def circuits_per_token(self) -> int:
+        return circuits_per_token(self.spec, self.want, self.grad, self.include_expectations)
+
+    @property
+    def token_circuits(self) -> int:
+        return self.n_tokens * self.circuits_per_token
 
 
 def encode_tensor(t: Tensor) -> pb.Tensor:
@@ -66,88 +71,112 @@ def encode_tensor(t: Tensor) -> pb.Tensor:
     return pb.Tensor(shape=list(t.shape), dtype=WIRE_DTYPE[t.dtype], data=array.tobytes())
 
 
-def decode_tensor(msg: pb.Tensor, field: str, max_elements: int | None = None) -> Tensor:
-    """A wire tensor -> a CPU torch tensor, after checking dtype, shape, byte length and size."""
+def tensor_header(msg: pb.Tensor, field: str) -> tuple[tuple[int, ...], int]:
+    """(shape, itemsize) of a wire tensor, after checking its dtype, its shape and that its bytes
+    are exactly prod(shape) elements."""
     if msg.dtype not in DTYPES:
         raise WireError(f"{field}.dtype", f"unknown dtype {msg.dtype}; send DTYPE_FLOAT32 or DTYPE_FLOAT64")
     shape = tuple(msg.shape)
     if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
         raise WireError(f"{field}.shape", f"{list(shape)} is not a shape of at most {MAX_DIMS} sizes >= 0")
-    numel = math.prod(shape)
-    if max_elements is not None and numel > max_elements:
-        raise OverLimitError(f"{field}: {numel} elements exceed the limit of {max_elements} for this request")
-    torch_dtype, np_dtype = DTYPES[msg.dtype]
-    if len(msg.data) != numel * np_dtype.itemsize:
+    itemsize = DTYPES[msg.dtype][1].itemsize
+    if len(msg.data) != math.prod(shape) * itemsize:
         raise WireError(
             f"{field}.data",
-            f"shape {list(shape)} of {np_dtype.name} needs {numel * np_dtype.itemsize} bytes, got {len(msg.data)}",
+            f"shape {list(shape)} of {DTYPES[msg.dtype][1].name} needs {math.prod(shape) * itemsize} bytes, "
+            f"got {len(msg.data)}",
         )
+    return shape, itemsize
+
+
+def decode_tensor(msg: pb.Tensor, field: str) -> Tensor:
+    """A wire tensor -> a CPU torch tensor (its own memory), after `tensor_header`'s checks."""
+    shape, _ = tensor_header(msg, field)
+    torch_dtype, np_dtype = DTYPES[msg.dtype]
     array = np.frombuffer(msg.data, dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder("="))
-    return torch.from_numpy(array).to(torch_dtype)
+    return torch.from_numpy(array)
 
 
-def message_bytes_per_token(spec: CircuitSpec, want: str, include_expectations: bool, itemsize: int) -> int:
-    """Bytes one token adds to the larger of a request and its response: what bounds a batch."""
-    request = spec.n_angles + (spec.n_qubits if want == "vjp" else 0)  # angles (+ grad_out)
-    response = {"expectations": 0, "jacobians": spec.n_qubits * (spec.n_params + spec.n_angles), "vjp": spec.n_angles}
-    response = response[want] + (spec.n_qubits if want == "expectations" or include_expectations else 0)
-    return (max(request, response) + spec.n_params) * itemsize  # + a per-token theta (or its VJP)
+def check_request(req: pb.EvaluateRequest, limits: Limits) -> Header:
+    """Check a request from its headers and shapes alone, against `limits`; raises WireError,
+    CircuitInputError (shapes) or OverLimitError. Values (NaN, inf) are the replica's to check."""
+    c = req.circuit
+    for name, value, most in (("n_qubits", c.n_qubits, limits.max_qubits), ("n_layers", c.n_layers, limits.max_layers)):
+        if value > most:
+            raise OverLimitError(f"circuit.{name}: {value} is over this server's max_{name[2:]}={most}")
+    header = read_header(req)
+    _check_limits(header, limits)
+    return header
 
 
-def max_tokens(ev: Evaluation, limits: Limits) -> int:
-    """The most tokens a request like `ev` may carry within `limits` (>= 1)."""
-    spec, itemsize = ev.spec, ev.angles.element_size()
-    per_token = message_bytes_per_token(spec, ev.want, ev.include_expectations, itemsize)
-    fit = (limits.max_message_bytes - ENVELOPE_BYTES - spec.n_params * itemsize) // per_token
-    circuits = limits.max_circuits_per_request // ev.circuits_per_token
-    return max(1, min(limits.max_tokens_per_request, fit, circuits))
-
-
-def to_evaluation(req: pb.EvaluateRequest, limits: Limits) -> Evaluation:
-    """Decode and check a whole request; raises WireError, ValueError or OverLimitError."""
-    spec = _spec(req, limits)
+def read_header(req: pb.EvaluateRequest) -> Header:
+    """The request's Header, after checking its structure and shapes (WireError, CircuitInputError)."""
+    spec = _spec(req)
     want = WANT.get(req.want)
     if want is None:
         raise WireError("want", f"unknown value {req.want}; send WANT_EXPECTATIONS, WANT_JACOBIANS or WANT_VJP")
-    for field, what in (("angles", "(N, 2 n_qubits) input angles"), ("theta", "(|theta|,) trainable angles")):
-        if not req.HasField(field):
-            raise WireError(field, f"required: the {what}")
-    cap = limits.max_tokens_per_request * max(spec.n_angles, spec.n_params, spec.n_qubits)
-    angles = decode_tensor(req.angles, "angles", cap)
-    if angles.dim() == 2 and angles.shape[0] > limits.max_tokens_per_request:
-        raise OverLimitError(
-            f"angles: {angles.shape[0]} tokens exceed max_tokens_per_request={limits.max_tokens_per_request}; "
-            "split the batch"
-        )
-    theta = decode_tensor(req.theta, "theta", cap).to(angles.dtype)
+    for name, what in (("angles", "(N, 2 n_qubits) input angles"), ("theta", "(|theta|,) trainable angles")):
+        if not req.HasField(name):
+            raise WireError(name, f"required: the {what}")
+    angles, itemsize = tensor_header(req.angles, "angles")
+    theta, _ = tensor_header(req.theta, "theta")
     grad_out = None
     if want == "vjp":
         if not req.HasField("grad_out"):
             raise WireError("grad_out", "required with WANT_VJP: the (N, n_qubits) upstream gradient")
-        grad_out = decode_tensor(req.grad_out, "grad_out", cap).to(angles.dtype)
+        grad_out, _ = tensor_header(req.grad_out, "grad_out")
     elif req.HasField("grad_out"):
         raise WireError("grad_out", "is only read with WANT_VJP; leave it unset")
-    check_batch(spec, theta, angles, grad_out)  # CircuitInputError names theta / angles / grad_out
+    problems = shape_problems(spec, theta, angles, grad_out)
+    if problems:
+        raise CircuitInputError("; ".join(problems))
     options = {k: getattr(req.backend, k) for k in BACKEND_OPTIONS if req.backend.HasField(k)}
     grad = _gradient(req) if want != "expectations" else None
-    ev = Evaluation(spec, req.backend.name, theta, angles, want, grad, grad_out, req.include_expectations, options)
-    _check_limits(ev, limits)
-    return ev
+    return Header(spec, req.backend.name, want, grad, req.include_expectations, angles[0], itemsize, options)
 
 
-def _check_limits(ev: Evaluation, limits: Limits) -> None:
-    if ev.options.get("shots", 0) > limits.max_shots:
-        raise OverLimitError(f"backend.shots: {ev.options['shots']} is over this server's max_shots={limits.max_shots}")
-    most = max_tokens(ev, limits)
-    if ev.n_tokens > most or ev.token_circuits > limits.max_circuits_per_request:
+def to_evaluation(req: pb.EvaluateRequest) -> Evaluation:
+    """Decode and check a whole request (its structure, shapes and values); the replica's side."""
+    header = read_header(req)
+    angles = decode_tensor(req.angles, "angles")
+    theta = decode_tensor(req.theta, "theta").to(angles.dtype)
+    grad_out = decode_tensor(req.grad_out, "grad_out").to(angles.dtype) if header.want == "vjp" else None
+    check_batch(header.spec, theta, angles, grad_out)  # values: NaN, inf
+    return Evaluation(
+        header.spec,
+        header.backend,
+        theta,
+        angles,
+        header.want,
+        header.grad,
+        grad_out,
+        header.include_expectations,
+        header.options,
+    )
+
+
+def _check_limits(header: Header, limits: Limits) -> None:
+    if header.options.get("shots", 0) > limits.max_shots:
         raise OverLimitError(
-            f"angles: {ev.n_tokens} tokens x {ev.circuits_per_token} circuit(s) each is over this server's limits "
-            f"(max_message_bytes={limits.max_message_bytes}, max_circuits_per_request="
+            f"backend.shots: {header.options['shots']} is over this server's max_shots={limits.max_shots}"
+        )
+    if header.n_tokens > limits.max_tokens_per_request:
+        raise OverLimitError(
+            f"angles: {header.n_tokens} tokens exceed max_tokens_per_request={limits.max_tokens_per_request}; "
+            "split the batch"
+        )
+    most = max_tokens(
+        header.spec, header.want, header.include_expectations, header.itemsize, header.circuits_per_token, limits
+    )
+    if header.n_tokens > most or header.token_circuits > limits.max_circuits_per_request:
+        raise OverLimitError(
+            f"angles: {header.n_tokens} tokens x {header.circuits_per_token} circuit(s) each is over this server's "
+            f"limits (max_message_bytes={limits.max_message_bytes}, max_circuits_per_request="
             f"{limits.max_circuits_per_request}); send at most {most} tokens a request"
         )
 
 
-def _spec(req: pb.EvaluateRequest, limits: Limits) -> CircuitSpec:
+def _spec(req: pb.EvaluateRequest) -> CircuitSpec:
     if not req.HasField("circuit"):
         raise WireError("circuit", "required: n_qubits, n_layers, entangler and version")
     c = req.circuit
@@ -155,12 +184,6 @@ def _spec(req: pb.EvaluateRequest, limits: Limits) -> CircuitSpec:
         spec = CircuitSpec(c.n_qubits, c.n_layers, c.entangler, c.version)
     except ValueError as e:
         raise WireError("circuit", str(e)) from None
-    for field, value, most in (
-        ("n_qubits", c.n_qubits, limits.max_qubits),
-        ("n_layers", c.n_layers, limits.max_layers),
-    ):
-        if value > most:
-            raise OverLimitError(f"circuit.{field}: {value} is over this server's max_{field[2:]}={most}")
     if not req.HasField("backend") or not req.backend.name:
         raise WireError("backend.name", "required: a backend from Info (e.g. qulacs)")
     return spec

@@ -1,0 +1,44 @@
+"""Where circuits run: simulators and hardware adapters behind one interface.
+
+| module | backend | what |
+|---|---|---|
+| `base.py` | | the interface: `Backend`, `Capabilities`, `Pending` |
+| `registry.py` | | names -> backends: the built-ins and the `hyqut.backends` entry points |
+| `local.py` | `local` | the batched torch statevector simulator (CPU, CUDA), adjoint by autograd |
+| `qulacs_sim.py` | `qulacs` | Qulacs, token by token: the reference |
+| `auto.py` | `auto` | Qulacs for a few tokens, `local` above |
+| `shots.py` | `shots` | finite shots with noise: the stand-in for hardware |
+| `qiskit_adapter.py` | `qiskit` | any Qiskit Estimator V2 (a plug-in, loaded by its entry point) |
+"""
+
+from qworker.backends.auto import AutoBackend
+from qworker.backends.base import HARDWARE_METHODS, MAX_SHOTS, Backend, Capabilities, Pending
+from qworker.backends.local import LocalBackend
+from qworker.backends.qulacs_sim import QulacsBackend
+from qworker.backends.registry import (
+    BACKENDS,
+    ENTRY_POINT_GROUP,
+    PluginError,
+    available_backends,
+    backend_class,
+    get_backend,
+)
+from qworker.backends.shots import ShotsBackend
+
+__all__ = [
+    "AutoBackend",
+    "BACKENDS",
+    "ENTRY_POINT_GROUP",
+    "HARDWARE_METHODS",
+    "MAX_SHOTS",
+    "Backend",
+    "Capabilities",
+    "LocalBackend",
+    "Pending",
+    "PluginError",
+    "QulacsBackend",
+    "ShotsBackend",
+    "available_backends",
+    "backend_class",
+    "get_backend",
+]

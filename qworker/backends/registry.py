@@ -1,0 +1,90 @@
+"""Backends by name: the built-ins and the plug-ins of the `hyqut.backends` entry point group.
+
+    backend = get_backend("local")           # or "qulacs", "auto", "shots" (shots=, seed=, noise, queue_latency_s=)
+    backend = get_backend("qiskit", simulator="aer", shots=4096)   # a plug-in, found by its entry point
+
+Any installed distribution can add a backend (a `Backend` subclass); in its pyproject.toml:
+
+    [project.entry-points."hyqut.backends"]
+    mydevice = "my_package.adapter:MyDeviceBackend"
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from qworker.backends.auto import AutoBackend
+from qworker.backends.base import Backend
+from qworker.backends.local import LocalBackend
+from qworker.backends.qulacs_sim import QulacsBackend
+from qworker.backends.shots import ShotsBackend
+
+BACKENDS: dict[str, type[Backend]] = {
+    "local": LocalBackend,
+    "qulacs": QulacsBackend,
+    "shots": ShotsBackend,
+    "auto": AutoBackend,
+}
+"""The built-in backends: always there, even when the package's entry points are not installed
+(run from a source tree); plug-ins come from `ENTRY_POINT_GROUP` (see `available_backends`)."""
+
+ENTRY_POINT_GROUP = "hyqut.backends"
+
+
+class PluginError(ImportError):
+    """A registered backend plug-in could not be loaded: the message names it and its entry point."""
+
+
+def get_backend(name: str | Backend, **options) -> Backend:
+    """A backend by name (built in: `local`, `qulacs`, `shots`, `auto`; or a plug-in of the
+    `hyqut.backends` entry point group, e.g. `qiskit`), built with its options; an instance passes.
+    (`qworker.get_backend` also takes `grpc://host:port` and `ray`: the client's backends.)"""
+    if isinstance(name, Backend):
+        return name
+    return backend_class(name)(**options)
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The Backend class registered as `name`: a built-in first, then a plug-in (imported now).
+    ValueError listing every available name if none is; PluginError if the plug-in fails to load."""
+    if name in BACKENDS:
+        return BACKENDS[name]
+    plugins = _plugins()
+    if name not in plugins:
+        names = [*BACKENDS, *sorted(n for n in plugins if n not in BACKENDS)]
+        raise ValueError(
+            f"unknown backend {name!r}; choose one of {', '.join(names)} (or ray, or grpc://host:port for a qworker "
+            f"server); plug-ins register in the {ENTRY_POINT_GROUP!r} entry point group"
+        )
+    return _load(plugins[name])
+
+
+def available_backends() -> dict[str, type[Backend]]:
+    """Every backend by name: the built-ins, then the plug-ins (each imported; PluginError names
+    one that fails). A plug-in cannot replace a built-in name."""
+    plugins = _plugins()
+    return {**BACKENDS, **{n: _load(plugins[n]) for n in sorted(plugins) if n not in BACKENDS}}
+
+
+def _plugins() -> dict[str, metadata.EntryPoint]:
+    """The group's entry points by name, read from installed metadata now (a few ms), so a plug-in
+    installed after import is found; the first registration of a name wins."""
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def _load(ep: metadata.EntryPoint) -> type[Backend]:
+    try:
+        cls = ep.load()
+    except Exception as e:
+        raise PluginError(
+            f"backend plug-in {ep.name!r} ({ep.value}, entry point group {ENTRY_POINT_GROUP!r}) failed to import: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise PluginError(
+            f"backend plug-in {ep.name!r} ({ep.value}) is {cls!r}, not a subclass of qworker.backends.Backend"
+        )
+    return cls

@@ -1,0 +1,117 @@
+"""A channel to one qworker server: the token, TLS, a deadline on every call, and retries of
+UNAVAILABLE; the errors a call ends in, as exceptions.
+
+    connection = Connection("127.0.0.1:50051", token="...", deadline_s=60)
+    info = connection.call("Info", pb.InfoRequest())
+    admin_call("grpc://127.0.0.1:50051", "Scale", pb.ScaleRequest(replicas=4))
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import grpc
+
+from qworker.protocol.metadata import bearer
+from qworker.protocol.wire import qworker_pb2_grpc as pb_grpc
+
+
+class RemoteError(RuntimeError):
+    """A qworker call that failed; `code` is its grpc.StatusCode."""
+
+    def __init__(self, message: str, code: grpc.StatusCode):
+        super().__init__(message)
+        self.code = code
+
+
+class RemoteInvalidArgument(RemoteError, ValueError):
+    """The server refused the request's contents (INVALID_ARGUMENT): a ValueError, as locally."""
+
+
+class Connection:
+    """A channel to one qworker server: the token, TLS, a deadline for every call, and retries
+    of UNAVAILABLE. Picklable: a copy reconnects on first use."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str | None = None,
+        root_cert: str | Path | bytes | None = None,
+        deadline_s: float = 60.0,
+        connect_timeout_s: float = 10.0,
+    ):
+        self.target, self.name = target, f"grpc://{target}"
+        self.deadline_s, self.connect_timeout_s = deadline_s, connect_timeout_s
+        token = token or os.environ.get("HYQUT_TOKEN")
+        self._metadata = bearer(token) if token else None
+        self._root_cert = root_cert if isinstance(root_cert, bytes | None) else Path(root_cert).read_bytes()
+        self._channel = self._stub = None
+
+    def call(self, rpc: str, request):
+        """`rpc` with the token, within the deadline; UNAVAILABLE (the server restarting, or no
+        replica live yet) is retried with jittered backoff until the deadline has passed."""
+        method = getattr(self._connect(), rpc)
+        delay, deadline = 0.1, time.monotonic() + self.deadline_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return method(request, timeout=max(left, 0.001), metadata=self._metadata, wait_for_ready=True)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE and deadline - time.monotonic() > delay:
+                    time.sleep(delay * random.uniform(0.5, 1.5))
+                    delay = min(2 * delay, 2.0)
+                    continue
+                raise self._error(rpc, e) from None
+
+    def _error(self, rpc: str, e: grpc.RpcError) -> RemoteError:
+        code, details = e.code(), e.details()
+        message = f"{self.name} {rpc} failed: {code.name}: {details}"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            message += f" (deadline {self.deadline_s:g} s: raise it with ?deadline= or send smaller batches)"
+        cls = RemoteInvalidArgument if code == grpc.StatusCode.INVALID_ARGUMENT else RemoteError
+        return cls(message, code)
+
+    def _connect(self) -> pb_grpc.QWorkerStub:
+        """The stub, connecting first if needed; a clear error when nothing answers in time."""
+        if self._stub is not None:
+            return self._stub
+        options = [("grpc.max_receive_message_length", 2**31 - 1), ("grpc.max_send_message_length", 2**31 - 1)]
+        if self._root_cert is not None:
+            channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(self._root_cert), options)
+        else:
+            channel = grpc.insecure_channel(self.target, options)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=self.connect_timeout_s)
+        except grpc.FutureTimeoutError:
+            channel.close()
+            tls = "with TLS" if self._root_cert is not None else "without TLS"
+            raise ConnectionError(
+                f"no qworker answered at {self.name} within {self.connect_timeout_s:g} s (connecting {tls}); "
+                f"is `python -m qworker serve --port {self.target.rsplit(':', 1)[-1]}` running there?"
+            ) from None
+        self._channel, self._stub = channel, pb_grpc.QWorkerStub(channel)
+        return self._stub
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = self._stub = None
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__, _channel=None, _stub=None)
+
+
+def admin_call(address: str, rpc: str, request, tls_root_cert: Path | None = None):
+    """One Info or Scale call to the server at grpc://host:port (token from $HYQUT_TOKEN)."""
+    parts = urlsplit(address)
+    if parts.scheme != "grpc" or not parts.hostname or not parts.port:
+        raise ValueError(f"bad qworker address {address!r}: expected grpc://host:port")
+    connection = Connection(parts.netloc, root_cert=tls_root_cert)
+    try:
+        return connection.call(rpc, request)
+    finally:
+        connection.close()

@@ -1,0 +1,305 @@
+"""The Ray pool: N replica actors, each a process holding a Replica, behind the same methods as
+the in-process pool, so the service does not know which one it talks to.
+
+    pool = RayPool(replicas=2)                      # connects to $RAY_ADDRESS or starts a local Ray
+    await pool.start()                              # returns once every replica has warmed up
+    data = await pool.evaluate(request, header, timeout=30)   # on the least-busy live replica
+    pool.scale(4)                                   # while requests keep flowing
+    pool.close()
+
+What Ray gives and we use: actors (a replica is a process; Ray schedules it on a node with the
+CPUs, GPUs and custom resource it asks for), restarts (`max_restarts=-1`: a replica that dies is
+restarted by Ray), `ray.cancel` (a queued request never runs; a running one is cancelled in the
+replica, which stops its simulators at their next check), and the object store for the request
+and response bytes. What is ours: the least-busy live replica for each request, a retry on
+another replica when one dies mid-request (an evaluation is a pure function of its request, so
+the retry returns exactly what the lost call would have), and draining a replica before removal.
+
+The pool lives on the server's event loop: no locks, and no thread waits on a replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError, TaskCancelledError
+
+from qworker.backends import Capabilities
+from qworker.protocol.convert import Header
+from qworker.protocol.errors import PoolNotReady, ReplicasDied
+from qworker.server.replica import SIMULATORS, Replica, ReplicaStats
+
+log = logging.getLogger("qworker.ray_pool")
+
+WARMUP_TIMEOUT_S = 180.0  # a replica that has not warmed up by then is replaced
+MAX_ATTEMPTS = 3  # replicas a request may see die before it fails
+
+
+class ReplicaActor:
+    """One replica process: a Replica, its torch threads set to its CPUs, on the GPU if Ray gave it
+    one. Evaluations run one at a time (the `compute` concurrency group) on a thread; pings and
+    cancellations are answered meanwhile."""
+
+    def __init__(self, names: tuple[str, ...], threads: int):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        self.replica = Replica(names, device)
+        self.replica.start()
+
+    @ray.method(concurrency_group="compute")
+    async def evaluate(self, request: bytes, until: float | None) -> tuple[bytes, float]:
+        """Stopped once the wall clock passes `until` (the caller's deadline: nodes keep their
+        clocks in sync) or when the caller cancels it (`ray.cancel`)."""
+        cancel = threading.Event()
+        timeout = None if until is None else until - time.time()
+        work = asyncio.ensure_future(asyncio.to_thread(self.replica.evaluate, request, timeout, cancel))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            with contextlib.suppress(BaseException):
+                await work  # the simulators stop at their next check; free the group only then
+            raise
+
+    async def node(self) -> str:
+        return ray.util.get_node_ip_address()
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+
+@dataclass(eq=False)
+class _Member:
+    """A replica as the pool sees it."""
+
+    actor: ray.actor.ActorHandle
+    name: str
+    state: str = "warming"  # warming -> live <-> failed; draining -> gone
+    in_flight: int = 0
+    served: int = 0  # requests sent to it
+    node: str = ""  # IP of its Ray node, once warm
+    evaluations: int = 0  # results it returned
+    busy_s: float = 0.0  # seconds it spent on them, measured in the replica
+    deaths: int = 0
+
+
+class RayPool:
+    """`replicas` ReplicaActors on the Ray cluster at `address` (None: $RAY_ADDRESS, or a new
+    local Ray). Each asks Ray for `cpus` CPUs (its torch threads), `gpus` GPUs and, when
+    `resource` is set, one unit of that custom resource (so it lands only on simulator nodes).
+    A request waits up to its timeout for a live replica, then fails UNAVAILABLE (PoolNotReady).
+
+    Construct it in the main thread (it may start a local Ray, whose processes die with the thread
+    that started them); use it from one event loop."""
+
+    def __init__(
+        self,
+        names: tuple[str, ...] = SIMULATORS,
+        replicas: int = 1,
+        address: str | None = None,
+        cpus: float = 1.0,
+        gpus: float = 0.0,
+        resource: str | None = None,
+    ):
+        if replicas < 0 or cpus < 0 or gpus < 0:
+            raise ValueError(f"replicas, cpus and gpus must be >= 0 (got {replicas}, {cpus}, {gpus})")
+        self._capabilities = Replica(names).capabilities()  # validates the names here, in the server
+        self.names, self.target = tuple(names), replicas
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        self._actor_class = ray.remote(concurrency_groups={"compute": 1})(ReplicaActor).options(
+            num_cpus=cpus, num_gpus=gpus, resources={resource: 1} if resource else None, max_restarts=-1
+        )
+        self._threads = max(1, int(cpus))
+        self._members: list[_Member] = []
+        self._ids = itertools.count()
+        self._waiting = 0
+        self._changed: asyncio.Event | None = None  # set whenever a replica's state changes
+        self.live = False
+        self._closed = False
+
+    # -- what the service uses --------------------------------------------------------------
+
+    @property
+    def replicas(self) -> int:
+        """Live replicas (warmed up, not draining, not restarting)."""
+        return sum(m.state == "live" for m in list(self._members))
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a replica or running on one."""
+        return self._waiting + sum(m.in_flight for m in list(self._members))
+
+    def backends(self) -> dict[str, Capabilities]:
+        return self._capabilities
+
+    async def start(self, timeout: float = WARMUP_TIMEOUT_S) -> None:
+        """Start the replicas; returns when all are live (raises if none is)."""
+        self._changed = asyncio.Event()
+        self.scale(self.target)
+        until = time.monotonic() + timeout
+        while self.target and self.replicas < self.target and time.monotonic() < until:
+            await self._wait_change(until)
+        if self.target and not self.replicas:
+            raise RuntimeError(f"no qworker replica warmed up within {timeout:g} s (does the Ray cluster have room?)")
+        self.live = True
+
+    async def evaluate(self, request: bytes, header: Header, timeout: float | None) -> bytes:
+        """The encoded response of `request` from the least-busy live replica; a replica that dies
+        mid-request costs a retry on another. Raises PoolNotReady when no replica is live within
+        `timeout` seconds, TimeoutError past it."""
+        until = None if timeout is None else time.monotonic() + timeout
+        for attempt in itertools.count(1):
+            member = await self._acquire(until)
+            left = None if until is None else max(0.0, until - time.monotonic())
+            ref = member.actor.evaluate.remote(request, None if left is None else time.time() + left)
+            try:
+                data, seconds = await asyncio.wait_for(_awaitable(ref), left)
+                member.evaluations += 1
+                member.busy_s += seconds  # measured in the replica
+                return data
+            except RayTaskError as e:  # the evaluation itself raised: the same error as in-process
+                raise e.cause if isinstance(e.cause, Exception) else e from None
+            except (asyncio.TimeoutError, asyncio.CancelledError) as e:
+                ray.cancel(ref)  # a queued call never runs; a running one stops at its next check
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                raise TimeoutError(f"the evaluation did not finish within {timeout:g} s (deadline)") from None
+            except (RayActorError, TaskCancelledError) as e:  # died (or restarting) mid-request
+                self._failed(member)
+                if attempt == MAX_ATTEMPTS:  # the request itself kills replicas (out of memory?)
+                    raise ReplicasDied(
+                        f"{MAX_ATTEMPTS} replicas died running this request (out of memory?); send smaller batches"
+                    ) from e
+                log.warning("replica %s died mid-request (%s); retrying on another", member.name, type(e).__name__)
+            finally:
+                self._release(member)
+
+    def scale(self, replicas: int) -> tuple[int, int]:
+        """Aim for `replicas` replicas: start new ones (they join once warm) or drain the least busy
+        (removed once their in-flight requests finish). Returns (live now, target)."""
+        if replicas < 0:
+            raise ValueError(f"replicas must be >= 0, got {replicas}")
+        self.target = replicas
+        active = [m for m in self._members if m.state in ("warming", "live", "failed")]
+        for _ in range(replicas - len(active)):
+            member = _Member(self._actor_class.remote(self.names, self._threads), f"r{next(self._ids)}")
+            self._members.append(member)
+            asyncio.get_running_loop().create_task(self._warm_up(member))
+        order = {"warming": 0, "failed": 1, "live": 2}
+        for member in sorted(active, key=lambda m: (order[m.state], m.in_flight))[: max(0, len(active) - replicas)]:
+            member.state = "draining"
+            self._reap(member)
+        self._notify()
+        return self.replicas, replicas
+
+    def replica_stats(self) -> list[ReplicaStats]:
+        return [
+            ReplicaStats(m.name, m.node, m.state == "live", m.in_flight, m.evaluations, m.busy_s, m.deaths)
+            for m in list(self._members)
+        ]
+
+    async def pids(self) -> list[int]:
+        """Process ids of the live replicas, in the order of `replica_stats` (tests, operators)."""
+        actors = [m.actor for m in self._members if m.state == "live"]
+        return list(await asyncio.gather(*(_awaitable(a.pid.remote()) for a in actors)))
+
+    def close(self) -> None:
+        self.live = False
+        self._closed = True
+        for member in self._members:
+            ray.kill(member.actor, no_restart=True)
+        self._members.clear()
+        self._notify()
+
+    # -- routing and health -----------------------------------------------------------------
+
+    async def _acquire(self, until: float | None) -> _Member:
+        self._waiting += 1
+        try:
+            while True:
+                live = [m for m in self._members if m.state == "live"]
+                if live:
+                    member = min(live, key=lambda m: (m.in_flight, m.served))
+                    member.in_flight += 1
+                    member.served += 1
+                    return member
+                if self._closed or (until is not None and time.monotonic() >= until):
+                    raise PoolNotReady(
+                        f"no live qworker replica (target {self.target}); scale the pool up "
+                        "(python -m qworker scale) or check the Ray cluster"
+                    )
+                await self._wait_change(until)
+        finally:
+            self._waiting -= 1
+
+    def _release(self, member: _Member) -> None:
+        member.in_flight -= 1
+        if member.state == "draining":
+            self._reap(member)
+        self._notify()
+
+    def _reap(self, member: _Member) -> None:
+        """Kill a draining replica once it is idle."""
+        if member.in_flight == 0 and member in self._members:
+            self._members.remove(member)
+            ray.kill(member.actor, no_restart=True)
+
+    def _failed(self, member: _Member) -> None:
+        """A replica died: route around it until Ray has restarted it and it answers again."""
+        if member.state != "live" or self._closed:
+            return
+        member.state = "failed"
+        member.deaths += 1
+        asyncio.get_running_loop().create_task(self._warm_up(member))
+
+    async def _warm_up(self, member: _Member) -> None:
+        """Wait until the replica answers (its constructor has run), then route to it."""
+        until = time.monotonic() + WARMUP_TIMEOUT_S
+        while True:
+            try:
+                member.node = await asyncio.wait_for(_awaitable(member.actor.node.remote()), until - time.monotonic())
+                state = "live"
+            except ActorUnavailableError:  # Ray is restarting it: ask again
+                if time.monotonic() < until and member.state in ("warming", "failed"):
+                    await asyncio.sleep(0.2)
+                    continue
+                state = "gone"
+            except Exception as e:  # noqa: BLE001 - any other failure: replace it
+                log.warning("replica %s did not warm up (%s); replacing it", member.name, e)
+                state = "gone"
+            break
+        if member.state in ("warming", "failed") and member in self._members:  # not drained or closed
+            member.state = state
+            if state == "gone":
+                self._members.remove(member)
+                ray.kill(member.actor, no_restart=True)
+                if not self._closed:
+                    self.scale(self.target)  # a fresh replica in its place
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _wait_change(self, until: float | None) -> None:
+        """Until some replica changes state (or `until`)."""
+        self._changed.clear()
+        left = None if until is None else max(0.0, until - time.monotonic())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), left)
+
+
+async def _awaitable(ref: ray.ObjectRef):
+    """An ObjectRef's value as a coroutine (what asyncio.wait_for and gather take)."""
+    return await ref

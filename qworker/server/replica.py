@@ -1,0 +1,96 @@
+"""One replica: the simulators of a process, turning request bytes into response bytes.
+
+The server checks a request from its headers and hands its bytes over unchanged; the replica
+decodes them (`qworker.protocol.convert.to_evaluation`), runs them on the backend they name and
+encodes the answer, which the server returns as it is: one decode and one encode per request.
+The in-process pool holds one Replica; a Ray pool runs one in each of its actor processes.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+
+import torch
+
+from qworker import deadline
+from qworker.backends import Backend, Capabilities, backend_class, get_backend
+from qworker.circuit import CircuitSpec
+from qworker.protocol.convert import to_evaluation, to_response
+from qworker.protocol.evaluation import Evaluation, run
+from qworker.protocol.wire import qworker_pb2 as pb
+
+SIMULATORS = ("auto", "qulacs", "local", "shots")
+STATEFUL = ("shots", "qiskit")  # may hold a random generator: built per request, never shared by threads
+
+
+@dataclass(frozen=True)
+class ReplicaStats:
+    """What one replica has done, for the metrics: evaluations answered and the seconds the
+    replica spent on them (measured where they ran), deaths seen, requests on it now."""
+
+    name: str
+    node: str
+    live: bool
+    in_flight: int
+    evaluations: int
+    busy_s: float
+    deaths: int = 0
+
+
+class Replica:
+    """One Backend per served name, built by `get_backend` and shared by this process's threads
+    (local and qulacs keep no per-call state). A request with backend options (shots, seed, noise)
+    or for a backend with a random generator gets a fresh backend, so a seeded request always
+    returns the same result (what makes retries safe) and no generator is shared by threads.
+    `device` "cuda" runs the `local` simulator on the GPU."""
+
+    def __init__(self, names: tuple[str, ...] = SIMULATORS, device: str = "cpu"):
+        for name in names:  # ValueError naming the available ones, or PluginError naming a broken plug-in
+            backend_class(name)
+        self.names, self.device = tuple(names), device
+        self._backends: dict[str, Backend] = {}
+
+    def capabilities(self) -> dict[str, Capabilities]:
+        """Served name -> what it can do (known before the replica has started)."""
+        return {name: get_backend(name).capabilities() for name in self.names}
+
+    def start(self) -> None:
+        """Build every backend and run a one-token circuit on each: fail here, not on a request."""
+        spec = CircuitSpec(1, 1)
+        theta, angles = torch.zeros(spec.n_params), torch.zeros(1, spec.n_angles)
+        for name in self.names:
+            backend = get_backend(name)
+            backend.expectations(spec, theta, angles)
+            self._backends[name] = backend
+
+    def evaluate(
+        self, request: bytes, timeout: float | None = None, cancel: threading.Event | None = None
+    ) -> tuple[bytes, float]:
+        """The encoded EvaluateResponse of an encoded EvaluateRequest, and the compute seconds.
+        Past `timeout` seconds, or once `cancel` is set, the simulators stop at their next check
+        (DeadlineExceeded, Cancelled); bad requests raise the errors `to_evaluation` names."""
+        ev = to_evaluation(pb.EvaluateRequest.FromString(request))
+        with deadline.within(timeout, cancel):
+            result = run(self.backend_for(ev), self._on_device(ev))
+        return to_response(result).SerializeToString(), result.compute_seconds
+
+    def backend_for(self, ev: Evaluation) -> Backend:
+        """The backend `ev` names, built with its options; ValueError if not served or bad options."""
+        if ev.backend not in self.names:
+            raise ValueError(f"backend.name: {ev.backend!r} is not served here; choose one of {', '.join(self.names)}")
+        if not ev.options and ev.backend not in STATEFUL:
+            return self._backends[ev.backend] if ev.backend in self._backends else get_backend(ev.backend)
+        try:
+            return get_backend(ev.backend, **ev.options)
+        except TypeError:
+            raise ValueError(f"backend: {ev.backend!r} takes no options (got {', '.join(ev.options)})") from None
+        except ValueError as e:
+            raise ValueError(f"backend: {e}") from None
+
+    def _on_device(self, ev: Evaluation) -> Evaluation:
+        if self.device == "cpu" or ev.backend != "local":
+            return ev
+        move = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+        return replace(ev, theta=move(ev.theta), angles=move(ev.angles), grad_out=move(ev.grad_out))
+

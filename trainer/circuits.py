@@ -1,0 +1,82 @@
+"""Where a model's circuits run and how they are differentiated: a run setting, not the model.
+
+    circuits = Circuits(backend="grpc://10.0.0.5:50051", grad="fd")   # --qbackend, --grad
+    model = Transformer(cfg, circuits)                                # the same weights anywhere
+
+A checkpoint's weights do not depend on where its circuits ran, so a run can be resumed, or a
+checkpoint sampled, with another backend (`trainer.generate --qbackend`). The gradient method
+shapes the training (fd's error, spsa's noise), so it is a training setting that a resumed run
+must keep; the backend is not.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import qworker
+from qworker import Backend, Gradient
+from qworker.backends import backend_class
+from qworker.gradients import METHODS
+
+RAY = "ray"  # --qbackend ray: a qworker service started in this process on a local Ray pool
+
+
+@dataclass(frozen=True)
+class Circuits:
+    """`backend`: a qworker backend in this process (local, qulacs, auto, shots, a plug-in such as
+    qiskit), `ray` (a service on a local Ray pool of `replicas` replicas) or `grpc://host:port` (a
+    running service; its token from $HYQUT_TOKEN). `grad`: adjoint, shift, fd or spsa, with step
+    `fd_delta` (fd's, and spsa's perturbation)."""
+
+    backend: str = "local"
+    replicas: int = 1
+    grad: str = "adjoint"
+    fd_delta: float = 1e-2
+
+    def problems(self) -> list[str]:
+        """Every problem, each naming the flag to change; [] when valid. A remote service's methods
+        are checked when the model is built (they need a connection)."""
+        p = []
+        if not (isinstance(self.replicas, int) and self.replicas >= 1):
+            p.append(f"--q-replicas must be an integer >= 1, got {self.replicas!r}")
+        if not (isinstance(self.fd_delta, (int, float)) and math.isfinite(self.fd_delta) and self.fd_delta > 0):
+            p.append(f"--fd-delta must be a finite number > 0, got {self.fd_delta!r}")
+        methods = None
+        if not self.remote:
+            try:
+                methods = backend_class(self.backend).methods
+            except (ValueError, ImportError) as e:
+                p.append(f"--qbackend: {e}")
+        if self.grad not in METHODS:
+            p.append(f"--grad: unknown gradient method {self.grad!r}; choose one of {', '.join(METHODS)}")
+        elif methods is not None and self.grad not in methods:
+            p.append(
+                f"gradient method {self.grad!r} is not supported by qbackend {self.backend!r}; choose one of "
+                f"{', '.join(methods)} (change --grad or --qbackend)"
+            )
+        return p
+
+    @property
+    def remote(self) -> bool:
+        """Whether circuits run in a qworker service (ray, grpc://) rather than in this process."""
+        return self.backend == RAY or self.backend.startswith("grpc://")
+
+    def gradient(self) -> Gradient:
+        return Gradient(self.grad, delta=self.fd_delta)
+
+    def backend_for(self, seed: int) -> Backend | str:
+        """The backend of one quantum projection: a remote client is shared by every projection (one
+        channel, one thread pool); a sampling backend gets its own fixed `seed`, so runs reproduce."""
+        if self.remote:
+            return _client(self.backend, self.replicas)
+        if self.backend == "shots":
+            return qworker.get_backend("shots", seed=seed)
+        return self.backend
+
+
+@functools.cache
+def _client(backend: str, replicas: int) -> Backend:
+    """The client of the service `backend` names (ray: one started in this process)."""
+    return qworker.get_backend(backend, replicas=replicas) if backend == RAY else qworker.get_backend(backend)
