@@ -13,6 +13,7 @@ batch as one broadcast input of shape (N, 20)), checked against `qworker.expecta
     python bench/vqc.py --json            # one JSON object per row on stdout, nothing else
     python bench/vqc.py --quick --json    # N = 512, 1 repeat, 3 s budget: a smoke run (~40 s)
     python bench/vqc.py --plot vqc.png    # also a bar chart of circuits/s per N
+    python bench/vqc.py --contended       # each cell also beside a busy competing process
 
 How: every cell runs in a fresh process, its memory capped at half of what is available. It warms
 up on a few tokens, then times probes of growing size from `--probe-tokens` tokens; their time,
@@ -21,10 +22,19 @@ estimate). Repeats stop early when the next would overrun the budget or one took
 `seconds` is the median over the repeats; `peak_mb` is the rise of the process's peak RSS over its
 RSS just before the measured calls (Linux, glibc: malloc_trim returns freed memory first, and
 /proc/self/clear_refs resets the peak); a cell that outgrows the memory cap is `skipped` too.
-`forward_passes` is a gradient cell's time over that of the same backend's forward on the same
-tokens, timed right after it in the same process (processes differ by up to 2x on a shared VM);
-docs/design.md ("Gradients") bounds it by 1 + 2·(|Θ| + 2·n_q) = 121 for `shift` and `fd` (and 1 + 2·samples = 17
-for `spsa`): the `forward_pass_bound` field.
+A gradient cell's work is what a training step asks of a quantum layer: `backend.start` (the
+forward, and with shift, fd or spsa the whole Jacobian batch in the same call) then
+`Pending.vjp`. `forward_passes` is that time over the same backend's forward on the same tokens,
+timed right after it in the same process (processes differ by up to 2x on a shared VM): the cost
+of a full Jacobian in forward-pass equivalents. Evaluating every shifted circuit costs
+1 + 2·(|Θ| + 2·n_q) = 121 for `shift` and `fd` (and 1 + 2·samples = 17 for `spsa`): the
+`forward_pass_bound` field; `local` evaluates a shifted batch by its structure, for less.
+
+`--contended` measures every cell a second time beside a competing process that keeps all cores
+busy with torch matrix products (what a replica meets beside a trainer's other ranks):
+`contended_circuits_per_s` and `contended_vs_quiet` (a fair share on 2 cores is 0.5). Cells run
+with OpenMP's passive waiting and all cores as threads, as trainers and replicas do
+(trainer/threads.py); set OMP_WAIT_POLICY=ACTIVE to see the spinning default.
 """
 
 from __future__ import annotations
@@ -35,16 +45,22 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing import get_context
 from multiprocessing.context import BaseContext
 from resource import RLIMIT_DATA, getrlimit, setrlimit
 from typing import TextIO
+
+from trainer.threads import share_cores
+
+share_cores()  # before torch loads OpenMP: every cell's process inherits it
 
 import psutil
 import torch
@@ -78,9 +94,18 @@ FIELDS = (
     "ratio_vs_peer",
     "forward_passes",
     "forward_pass_bound",
+    "contended_circuits_per_s",
+    "contended_vs_quiet",
     "estimated_s",
     "note",
 )
+COMPETITOR = """
+import torch
+torch.set_num_threads({threads})
+a = torch.randn(384, 384)
+while True:
+    a = torch.tanh(a @ a)
+"""
 
 
 @dataclass(frozen=True)
@@ -103,10 +128,10 @@ def make_backend(name: str) -> Backend:
     return get_backend(name, **SHOTS) if name == "shots" else get_backend(name)
 
 
-def cells(n_tokens: int) -> list[Cell]:
+def cells(n_tokens: int, backends: tuple[str, ...] = BACKENDS) -> list[Cell]:
     """The peer first (every ratio needs it), then each backend's forward and its gradients."""
     out = [Cell(PEER, None, n_tokens), Cell(PEER, "backprop", n_tokens)]
-    for name in BACKENDS:
+    for name in backends:
         out.append(Cell(name, None, n_tokens))
         out += [Cell(name, method, n_tokens) for method in make_backend(name).methods]
     return out
@@ -182,7 +207,7 @@ def make_call(cell: Cell, n_tokens: int) -> Callable[[], object]:
     if cell.method is None:
         return torch.no_grad()(lambda: backend.expectations(spec, theta, angles))
     grad = Gradient(cell.method, seed=0)
-    return lambda: (backend.expectations(spec, theta, angles), backend.vjp(spec, theta, angles, g, grad))
+    return lambda: backend.start(spec, theta, angles, grad).vjp(g)
 
 
 def _status_kb(field: str) -> int:
@@ -266,6 +291,33 @@ def run_cell(ctx: BaseContext, cell: Cell, args: argparse.Namespace) -> dict:
         return {**cell.describe(), "status": "error", "note": f"{type(exc).__name__}: {exc}"}
 
 
+@contextmanager
+def competing():
+    """A process keeping every core busy with torch matrix products, for the block's duration."""
+    code = COMPETITOR.format(threads=os.cpu_count() or 1)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # its threads are up and busy
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def with_contended(ctx: BaseContext, cell: Cell, row: dict, args: argparse.Namespace) -> dict:
+    """`row` (the quiet measurement) with the same cell measured beside a competing process."""
+    if row["status"] != "ok":
+        return row
+    with competing():
+        busy = run_cell(ctx, cell, args)
+    if busy.get("status") == "ok":
+        row["contended_circuits_per_s"] = round(busy["n_tokens"] / busy["seconds"], 1)
+        row["contended_vs_quiet"] = round(row["seconds"] / busy["seconds"], 3)
+    else:
+        row["note"] = f"contended: {busy.get('status')}: {busy.get('note')}"
+    return row
+
+
 def cell_budget(cell: Cell, args: argparse.Namespace) -> tuple[float, bool]:
     """(budget, must_run): the peer is the reference, so it always runs at the smallest N."""
     if cell.backend != PEER:
@@ -300,6 +352,7 @@ TABLE = (
     ("peak MB", 8),
     ("vs peer", 9),
     ("fwd passes", 14),
+    ("contended", 18),
 )
 
 
@@ -311,8 +364,10 @@ def table_line(row: dict) -> str:
     if row["forward_pass_bound"] is not None:
         passes += f" (<= {row['forward_pass_bound']})"
     ratio = "" if row["ratio_vs_peer"] is None else f"{row['ratio_vs_peer']:.3g}x"
+    busy = row["contended_circuits_per_s"]
+    busy = "" if busy is None else f"{busy:,.0f} ({row['contended_vs_quiet']:.2f}x)"
     cells += [f"{row['circuits_per_s']:,.0f}", f"{row['seconds']:.4f}", str(row["repeats"]), f"{row['peak_mb']:.0f}"]
-    return _join(cells + [ratio, passes])
+    return _join(cells + [ratio, passes, busy])
 
 
 def _join(cells: list[str]) -> str:
@@ -372,6 +427,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="one JSON object per row on stdout, the header on stderr")
     p.add_argument("--quick", action="store_true", help="N=512, 1 repeat, 3 s budget, 64-token probe: a smoke run")
     p.add_argument("--plot", metavar="PATH", help="also write a PNG bar chart of circuits/s")
+    p.add_argument("--contended", action="store_true", help="each cell also beside a busy competing process")
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="(default: all)")
     args = p.parse_args(argv)
     if args.quick:
         vars(args).update(QUICK)
@@ -388,8 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx, rows, start = worker_context(), [], time.perf_counter()
     for n in args.n:
         peer_rate: dict = {}
-        for cell in cells(n):
-            row = complete(run_cell(ctx, cell, args), peer_rate, spec)
+        for cell in cells(n, tuple(args.backends)):
+            row = run_cell(ctx, cell, args)
+            if args.contended and cell.backend != PEER:
+                row = with_contended(ctx, cell, row, args)
+            row = complete(row, peer_rate, spec)
             print(json.dumps(row) if args.json else table_line(row), flush=True)
             rows.append(row)
     print(f"# {time.perf_counter() - start:.0f} s in all; load now {os.getloadavg()[0]:.1f}", file=info)

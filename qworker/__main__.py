@@ -54,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if name == "scale":
             c.add_argument("--replicas", type=int, required=True, help="replicas wanted (>= 0)")
     s.add_argument("--workers", type=int, default=d.workers, help="--in-process: evaluations running at once")
+    s.add_argument(
+        "--inline-work",
+        type=int,
+        default=d.inline_work,
+        help="requests of at most this many amplitude-circuits run in the server, not on a replica (0: none)",
+    )
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     s.add_argument("--grace", type=float, default=d.grace_s, help="seconds in-flight calls get on SIGTERM")
     return parser.parse_args(argv)
@@ -82,6 +88,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         replica_gpus=args.replica_gpus,
         replica_resource=args.replica_resource,
         workers=args.workers,
+        inline_work=args.inline_work,
         metrics_port=args.metrics_port,
         grace_s=args.grace,
     )

@@ -1,18 +1,21 @@
 """Gradient methods (docs/design.md, "Gradients") and the estimators that need only forward evaluations.
 
-`shift`, `fd` and `spsa` work on any backend, hardware included: they call the backend's
-`expectations` on shifted inputs. Each returns Jacobians with respect to theta and the input
-angles; a VJP is their contraction with the upstream gradient. `adjoint` is the backend's own.
+`shift`, `fd` and `spsa` work on any backend, hardware included: each builds ONE batch of shifted
+evaluations and hands it to the backend in one call (on hardware, one job). `shift` and `fd`
+send a `Shifts` batch, which a simulator may evaluate by its structure (`local` does: a suffix of
+the circuit per component, not a whole circuit per row); `spsa` sends plain rows. `adjoint` is
+each simulator's own.
 
-Costs, in forward evaluations of the whole batch (the forward itself not counted):
-shift and fd, 2·(|Θ| + 2·n_q); spsa, 2·samples.
+Shapes, whatever the backend: J_theta (N, n_q, |Θ|), J_angles (N, n_q, 2n_q); a VJP's theta part
+is (|Θ|,) for a shared theta and (N, |Θ|) for a per-token theta.
+
+Evaluations per token, the forward included: shift and fd, 1 + 2·(|Θ| + 2·n_q); spsa, 1 + 2·samples.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +24,6 @@ from torch import Tensor
 from qworker.circuit import CircuitSpec
 
 METHODS = ("adjoint", "shift", "fd", "spsa")
-
-Expectations = Callable[[CircuitSpec, Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -58,48 +59,86 @@ class Gradient:
         return 1
 
 
-def shifted_jacobians(f: Expectations, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient):
+@dataclass(frozen=True)
+class Shifts:
+    """The shifted evaluations of `shift` and `fd` as one batch of rows, in this order: the N
+    tokens unshifted (if `base`), then for each parameter component k of `components` the N
+    tokens with k shifted by +step, then by -step. Components run over theta (k < |Θ|), then the
+    input angles (|Θ| + j for angle j). theta is (|Θ|,) shared or (N, |Θ|) per token."""
+
+    theta: Tensor
+    angles: Tensor
+    step: float
+    components: range
+    base: bool = False
+
+    @property
+    def n_rows(self) -> int:
+        return self.angles.shape[0] * (int(self.base) + 2 * len(self.components))
+
+    def rows(self) -> tuple[Tensor, Tensor]:
+        """Every row: theta (R, |Θ|) and angles (R, 2n_q), for a backend that evaluates rows as given."""
+        n_tok, n_params = self.angles.shape[0], self.theta.shape[-1]
+        theta = self.theta.expand(n_tok, n_params)
+        thetas, angles = ([theta], [self.angles]) if self.base else ([], [])
+        for k in self.components:
+            for sign in (1.0, -1.0):
+                t, a = theta.clone(), self.angles.clone()
+                if k < n_params:
+                    t[:, k] += sign * self.step
+                else:
+                    a[:, k - n_params] += sign * self.step
+                thetas.append(t)
+                angles.append(a)
+        if not thetas:
+            return theta[:0], self.angles[:0]
+        return torch.cat(thetas), torch.cat(angles)
+
+
+def shifted_jacobians(backend, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient, base: bool = False):
     """`shift` (parameter shift, ±π/2, exact: every angle drives exactly one rotation gate) or
-    `fd` (central differences with step delta). Returns J_theta (N, n_q, |Θ|), J_angles
-    (N, n_q, 2n_q)."""
+    `fd` (central differences with step delta), from one `backend.evaluate_shifts` call. Returns
+    (J_theta (N, n_q, |Θ|), J_angles (N, n_q, 2n_q), the expectations (N, n_q) if `base` else None)."""
     s, scale = (math.pi / 2, 0.5) if grad.method == "shift" else (grad.delta, 0.5 / grad.delta)
-    n_tok, n_ang = angles.shape
-    j_theta = []
-    for k in range(spec.n_params):  # theta is shared by the batch: one evaluation per shift
-        e = torch.zeros_like(theta)
-        e[k] = s
-        j_theta.append((f(spec, theta + e, angles) - f(spec, theta - e, angles)) * scale)
-    # angle shifts: all 2·2n_q shifted copies of the batch go to the backend as one batch
-    eye = torch.eye(n_ang, dtype=angles.dtype, device=angles.device) * s
-    shifted = torch.cat([angles + eye[:, None, :], angles - eye[:, None, :]])  # (2·2n_q, N, 2n_q)
-    out = f(spec, theta, shifted.reshape(-1, n_ang)).reshape(2, n_ang, n_tok, -1)
-    j_angles = ((out[0] - out[1]) * scale).permute(1, 2, 0)  # (N, n_q, 2n_q)
-    j_theta = torch.stack(j_theta, -1) if j_theta else angles.new_zeros(n_tok, spec.n_qubits, 0)
-    return j_theta, j_angles
+    n_tok, n_params, n_q = angles.shape[0], spec.n_params, spec.n_qubits
+    shifts = Shifts(theta, angles, s, range(n_params + spec.n_angles), base)
+    out = backend.evaluate_shifts(spec, shifts).reshape(-1, n_tok, n_q)
+    pairs = out[int(base) :].reshape(-1, 2, n_tok, n_q)  # (|Θ| + 2n_q, ±, N, n_q)
+    j = ((pairs[:, 0] - pairs[:, 1]) * scale).permute(1, 2, 0)  # (N, n_q, |Θ| + 2n_q)
+    return j[..., :n_params], j[..., n_params:], out[0] if base else None
 
 
-def spsa_jacobians(f: Expectations, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient):
+def spsa_jacobians(backend, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient, base: bool = False):
     """Simultaneous perturbation: every theta and every angle of every token moved at once along
-    a random ±1 direction; unbiased up to O(delta^2), averaged over `samples` directions."""
+    a random ±1 direction; unbiased up to O(delta^2), averaged over `samples` directions. All
+    2·samples shifted copies of the batch (and, with `base`, the batch itself) go to the backend
+    in one `expectations` call. Returns (J_theta, J_angles, expectations or None)."""
     gen = torch.Generator(device="cpu")
     gen.manual_seed(grad.seed if grad.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
-    c = grad.delta
-    j_theta = angles.new_zeros(angles.shape[0], spec.n_qubits, spec.n_params)
-    j_angles = angles.new_zeros(angles.shape[0], spec.n_qubits, spec.n_angles)
-    for _ in range(grad.samples):
-        d_theta = _rademacher(theta.shape, gen).to(theta)
-        d_angles = _rademacher(angles.shape, gen).to(angles)
-        diff = f(spec, theta + c * d_theta, angles + c * d_angles) - f(spec, theta - c * d_theta, angles - c * d_angles)
-        diff = diff / (2 * c)  # (N, n_q); 1/Δ = Δ for ±1 directions
-        j_theta += diff[:, :, None] * d_theta
-        j_angles += diff[:, :, None] * d_angles[:, None, :]
-    return j_theta / grad.samples, j_angles / grad.samples
+    c, n_tok, k = grad.delta, angles.shape[0], grad.samples
+    per_token = theta.dim() == 2
+    d_theta = _rademacher((k, *theta.shape), gen).to(theta)  # (k, |Θ|) or (k, N, |Θ|)
+    d_angles = _rademacher((k, *angles.shape), gen).to(angles)  # (k, N, 2n_q)
+    rows_theta = theta.expand(n_tok, -1) + c * torch.stack((d_theta, -d_theta), 1).reshape(2 * k, -1, theta.shape[-1])
+    rows_angles = angles + c * torch.stack((d_angles, -d_angles), 1).reshape(2 * k, n_tok, -1)
+    rows_theta, rows_angles = rows_theta.reshape(-1, theta.shape[-1]), rows_angles.reshape(-1, angles.shape[1])
+    if base:
+        rows_theta = torch.cat((theta.expand(n_tok, -1), rows_theta))
+        rows_angles = torch.cat((angles, rows_angles))
+    out = backend.expectations(spec, rows_theta, rows_angles).reshape(-1, n_tok, spec.n_qubits)
+    pairs = out[int(base) :].reshape(k, 2, n_tok, -1)
+    diff = (pairs[:, 0] - pairs[:, 1]) / (2 * c)  # (k, N, n_q); 1/Δ = Δ for ±1 directions
+    d_t = d_theta[:, :, None, :] if per_token else d_theta[:, None, None, :]  # (k, N or 1, 1, |Θ|)
+    j_theta = (diff[..., None] * d_t).mean(0)
+    j_angles = (diff[..., None] * d_angles[:, :, None, :]).mean(0)
+    return j_theta, j_angles, out[0] if base else None
 
 
 def _rademacher(shape, gen: torch.Generator) -> Tensor:
     return torch.randint(0, 2, shape, generator=gen).mul_(2).sub_(1).to(torch.float64)
 
 
-def contract(j_theta: Tensor, j_angles: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
-    """VJP from Jacobians: grad_out (N, n_q) -> (|Θ|,), (N, 2n_q)."""
-    return torch.einsum("ni,nip->p", grad_out, j_theta), torch.einsum("ni,nia->na", grad_out, j_angles)
+def contract(j_theta: Tensor, j_angles: Tensor, grad_out: Tensor, per_token: bool = False) -> tuple[Tensor, Tensor]:
+    """VJP from Jacobians: grad_out (N, n_q) -> theta's ((|Θ|,), or (N, |Θ|) per token), (N, 2n_q)."""
+    g_theta = torch.einsum("ni,nip->np" if per_token else "ni,nip->p", grad_out, j_theta)
+    return g_theta, torch.einsum("ni,nia->na", grad_out, j_angles)

@@ -225,15 +225,15 @@ def test_capabilities_of_builtins():
 
 
 def test_shots_queue_latency_delays_every_job():
-    spec, latency = CircuitSpec(1, 1), 0.05
+    spec, latency = CircuitSpec(1, 1), 0.3
     theta, angles = batch(spec, 3)
     backend = get_backend("shots", shots=64, seed=0, queue_latency_s=latency)
     start = time.perf_counter()
     backend.expectations(spec, theta, angles)
     assert time.perf_counter() - start >= latency
     start = time.perf_counter()
-    backend.jacobians(spec, theta, angles, Gradient("shift"))  # 2·|Θ| theta jobs + 1 batched angle job
-    assert time.perf_counter() - start >= (2 * spec.n_params + 1) * latency
+    backend.jacobians(spec, theta, angles, Gradient("shift"))  # every shift in one job: one wait, not 2·(2 + 2)
+    assert latency <= time.perf_counter() - start < 2 * latency
 
 
 @pytest.mark.parametrize("latency", [-0.1, float("nan"), float("inf"), "1"])

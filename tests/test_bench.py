@@ -25,18 +25,23 @@ def rows(proc) -> list[dict]:
 
 @pytest.mark.slow
 def test_vqc_rows_measure_or_say_why_not():
-    out = rows(bench("bench/vqc.py", "--quick", "--json"))
-    peer = {r["mode"]: r["circuits_per_s"] for r in out if r["backend"] == "pennylane"}
-    assert set(peer) == {"forward", "forward+grad"} and all(v > 0 for v in peer.values())
-    assert {r["backend"] for r in out} >= {"local", "qulacs", "shots"}
+    out = rows(bench("bench/vqc.py", "--quick", "--json"))  # the bench itself checks the peer computes our circuit
+    assert {r["backend"] for r in out} == {"pennylane", "local", "qulacs", "shots"}
     for r in out:
-        if r["status"] == "ok":
-            assert r["circuits_per_s"] > 0 and r["ratio_vs_peer"] == pytest.approx(
-                r["circuits_per_s"] / peer[r["mode"]], rel=0.01
-            ), r
-        else:
-            assert r["status"] == "skipped" and "budget" in r["note"], r
-    assert any(r["backend"] == "local" and r["method"] == "adjoint" and r["status"] == "ok" for r in out)
+        assert r["status"] == "ok" or (r["status"] == "skipped" and "budget" in r["note"]), r
+    local = {r["method"]: r for r in out if r["backend"] == "local" and r["status"] == "ok"}
+    assert {"adjoint", "shift", "fd", "spsa"} <= set(local)
+    for method in ("shift", "fd"):  # the batch evaluated by its structure: fewer than its 121 circuits
+        assert local[method]["forward_pass_bound"] == 121
+        assert 1 < local[method]["forward_passes"] < 121, local[method]
+
+
+@pytest.mark.slow
+def test_vqc_contended_measures_each_cell_twice():
+    out = rows(bench("bench/vqc.py", "--quick", "--json", "--backends", "local", "--contended"))
+    measured = [r for r in out if r["backend"] == "local" and r["status"] == "ok"]
+    assert len(measured) == 5  # forward, adjoint, shift, fd, spsa
+    assert all(r["contended_circuits_per_s"] > 0 and r["contended_vs_quiet"] > 0 for r in measured)
 
 
 @pytest.mark.slow

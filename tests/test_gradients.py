@@ -7,7 +7,7 @@ import torch
 
 import qworker
 from qworker import CircuitSpec, Gradient, get_backend
-from qworker.backends.local import LocalBackend
+from qworker.backends import ShotsBackend
 
 
 def rand(*shape, seed=0):
@@ -90,8 +90,11 @@ def test_spsa_is_unbiased_on_average():
     torch.testing.assert_close(estimate(3, seed=7), estimate(3, seed=7))  # seeded
 
 
-class CountingBackend(LocalBackend):
+class CountingBackend(ShotsBackend):
+    """Hardware-like: evaluates the rows it is given (no structure to exploit); counts them."""
+
     def __init__(self):
+        super().__init__(shots=8, seed=0)
         self.tokens = 0
 
     def expectations(self, spec, theta, angles):

@@ -15,17 +15,21 @@ evaluate (every --eval-every) -> log -> checkpoint (every --save-every).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file by the deepspeed launcher: import as the package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from trainer.threads import share_cores  # before torch loads OpenMP
+
+share_cores(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # each rank its share of the cores
+
 import argparse
 import gc
 import json
 import math
-import os
 import shutil
 import signal
 import socket
@@ -129,9 +133,6 @@ def init_distributed() -> None:
             port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if not torch.cuda.is_available():  # share the cores between the ranks of this node
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     import deepspeed
 
     deepspeed.init_distributed(verbose=False)

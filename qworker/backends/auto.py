@@ -22,11 +22,16 @@ class AutoBackend(Backend):
     def __init__(self):
         self.local, self.qulacs = LocalBackend(), QulacsBackend()
 
-    def _pick(self, angles: Tensor) -> Backend:
-        return self.qulacs if angles.shape[0] < self.QULACS_BELOW and angles.device.type == "cpu" else self.local
+    def _pick(self, angles: Tensor, rows: int | None = None) -> Backend:
+        """Qulacs for fewer than QULACS_BELOW rows to evaluate (on the CPU), else local."""
+        rows = angles.shape[0] if rows is None else rows
+        return self.qulacs if rows < self.QULACS_BELOW and angles.device.type == "cpu" else self.local
 
     def expectations(self, spec, theta, angles):
         return self._pick(angles).expectations(spec, theta, angles)
+
+    def evaluate_shifts(self, spec, shifts):
+        return self._pick(shifts.angles, shifts.n_rows).evaluate_shifts(spec, shifts)
 
     def _adjoint_vjp(self, spec, theta, angles, grad_out):
         return self._pick(angles)._adjoint_vjp(spec, theta, angles, grad_out)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from qworker import gradients
@@ -59,28 +60,70 @@ class Backend:
 
     def start(self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient) -> Pending:
         """The forward evaluation, and the gradients to come: `Pending.expectations` now,
-        `Pending.vjp(grad_out)` in backward. Here the VJP is computed when asked; a remote backend
-        sends the gradient evaluations with the forward call, so they overlap the classical work."""
+        `Pending.vjp(grad_out)` in backward. With shift, fd or spsa the forward rides in the
+        gradient's batch (one call, one job on hardware); with adjoint the VJP is computed when
+        asked. A remote backend sends the gradient evaluations with the forward call instead, so
+        they overlap the classical work."""
         self.check_method(grad)
-        return Pending(self.expectations(spec, theta, angles), lambda g: self.vjp(spec, theta, angles, g, grad))
+        if grad.method == "adjoint":
+            return Pending(self.expectations(spec, theta, angles), lambda g: self.vjp(spec, theta, angles, g, grad))
+        z, j_theta, j_angles = self.forward_and_jacobians(spec, theta, angles, grad)
+        return Pending(z, lambda g: gradients.contract(j_theta, j_angles, g.to(z), theta.dim() == 2))
 
     def expectations(self, spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
+        """<Z_i> of every token, (N, n_q) in the angles' dtype; theta (|Θ|,) or (N, |Θ|) per token."""
         raise NotImplementedError
 
+    def evaluate_shifts(self, spec: CircuitSpec, shifts: gradients.Shifts) -> Tensor:
+        """The expectations of every row of a shifted batch, ((base + 2K)·N, n_q): one call (one job
+        on hardware). Here the rows are built and evaluated as given; a simulator may use their
+        structure instead."""
+        return self.expectations(spec, *shifts.rows())
+
     def vjp(self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad_out: Tensor, grad: Gradient):
-        """(d<L>/dtheta (|Θ|,), d<L>/dangles (N, 2n_q)) for L = sum(grad_out * expectations)."""
+        """(d<L>/dtheta, d<L>/dangles (N, 2n_q)) for L = sum(grad_out * expectations), in the
+        angles' dtype; the theta part is (|Θ|,) for a shared theta, (N, |Θ|) for a per-token one."""
         self.check_method(grad)
+        per_token, out = theta.dim() == 2, angles.dtype
+        theta, angles = promoted(theta, angles)
+        grad_out = grad_out.to(angles.dtype)
+        if angles.shape[0] == 0:
+            return theta.new_zeros(theta.shape).to(out), angles.new_zeros(angles.shape).to(out)
         if grad.method == "adjoint":
-            return self._adjoint_vjp(spec, theta, angles, grad_out)
-        return gradients.contract(*self.jacobians(spec, theta, angles, grad), grad_out)
+            g_theta, g_angles = self._adjoint_vjp(spec, theta, angles, grad_out)
+        else:
+            _, j_theta, j_angles = self.forward_and_jacobians(spec, theta, angles, grad, expectations=False)
+            g_theta, g_angles = gradients.contract(j_theta, j_angles, grad_out, per_token)
+        return g_theta.to(out), g_angles.to(out)
 
     def jacobians(self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient):
-        """(J_theta (N, n_q, |Θ|), J_angles (N, n_q, 2n_q)), by the named method."""
+        """(J_theta (N, n_q, |Θ|), J_angles (N, n_q, 2n_q)) by the named method, in the angles' dtype."""
+        return self.forward_and_jacobians(spec, theta, angles, grad, expectations=False)[1:]
+
+    def forward_and_jacobians(
+        self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient, expectations: bool = True
+    ) -> tuple[Tensor | None, Tensor, Tensor]:
+        """(the expectations (N, n_q), or None without `expectations`; J_theta; J_angles), computed
+        in the wider of the two dtypes, returned in the angles'. shift, fd and spsa evaluate the
+        forward in the same batch as the shifts: one backend call."""
         self.check_method(grad)
+        out = angles.dtype
+        theta, angles = promoted(theta, angles)
+        n_tok, n_q = angles.shape[0], spec.n_qubits
+        if n_tok == 0:
+            empty = angles.new_zeros((0, n_q)).to(out)
+            return (
+                (empty if expectations else None),
+                empty.new_zeros(0, n_q, spec.n_params),
+                empty.new_zeros(0, n_q, spec.n_angles),
+            )
         if grad.method == "adjoint":
-            return self._adjoint_jacobians(spec, theta, angles)
-        estimate = gradients.spsa_jacobians if grad.method == "spsa" else gradients.shifted_jacobians
-        return estimate(self.expectations, spec, theta, angles, grad)
+            z = self.expectations(spec, theta, angles) if expectations else None
+            j_theta, j_angles = self._adjoint_jacobians(spec, theta, angles)
+        else:
+            estimate = gradients.spsa_jacobians if grad.method == "spsa" else gradients.shifted_jacobians
+            j_theta, j_angles, z = estimate(self, spec, theta, angles, grad, base=expectations)
+        return (None if z is None else z.to(out)), j_theta.to(out), j_angles.to(out)
 
     def check_method(self, grad: Gradient) -> None:
         if grad.method not in self.methods:
@@ -95,6 +138,12 @@ class Backend:
 
     def _adjoint_jacobians(self, spec, theta, angles):
         raise NotImplementedError
+
+
+def promoted(theta: Tensor, angles: Tensor) -> tuple[Tensor, Tensor]:
+    """theta and angles in the wider of their two dtypes (float32 with float64 computes in float64)."""
+    wide = torch.promote_types(theta.dtype, angles.dtype)
+    return theta.to(wide), angles.to(wide)
 
 
 HARDWARE_METHODS = ("shift", "fd", "spsa")  # what needs only forward evaluations (no state vector)

@@ -20,6 +20,7 @@ hand-written backward (`_Register`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 
 from qworker import deadline
-from qworker.backends.base import Backend
+from qworker.backends.base import Backend, promoted
 from qworker.circuit import CircuitSpec, Op, check_memory
 
 CHUNK_AMPLITUDES = 2**18  # tokens x 2^n per chunk: measured best on a 2-core CPU (bench/vqc.py)
@@ -48,6 +49,9 @@ class _Program:
     prefix: list[tuple[str, Tensor | None, Tensor | None]]  # (gate, qubits (None: all), angle index)
     steps: list[_Step] = field(default_factory=list)
     zsign: Tensor | None = None  # (2^n, n): +1 where bit i is 0, -1 where it is 1
+    slots: list[int] = field(default_factory=list)  # per step, its first entry in _step_params' list
+    encoding: list[Op] = field(default_factory=list)  # the prefix's gates, in order
+    flips: list[Tensor] = field(default_factory=list)  # per qubit q, b -> b ^ 2^q
 
 
 def expectations(spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
@@ -69,6 +73,115 @@ def probabilities(spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
         x = _evolve(_outer(*halves), prog, params)
         out[start : start + x.shape[-1]] = _norms(x).T
     return out
+
+
+@torch.no_grad()
+def shifted(spec: CircuitSpec, theta: Tensor, angles: Tensor, step: float, components: range, base: bool) -> Tensor:
+    """The rows of a shifted batch (`qworker.gradients.Shifts`), exactly: ((base + 2K)·N, n_q), the
+    unshifted tokens first if `base`, then for each component k the tokens with k shifted by
+    +step, then by -step. Components run over theta, then the input angles.
+
+    No row is run from the start. Every component drives one Pauli rotation G(a) = exp(-i a P/2),
+    and G(a + s) = (cos(s/2) - i sin(s/2) P) G(a): the shifted final state is cos(s/2) φ0 -
+    i sin(s/2) φ1, with φ0 the unshifted final state and φ1 the rest of the circuit applied to P
+    times the state just after that gate (kept from the unshifted run). So one evolution of the
+    circuit's suffix per component gives both of its rows:
+        <Z_i>(±s) = cos²(s/2) <φ0|Z_i|φ0> + sin²(s/2) <φ1|Z_i|φ1> ± sin(s) Im <φ0|Z_i|φ1>."""
+    prog = _program(spec, angles)
+    n, n_params, n_tok = spec.n_qubits, spec.n_params, angles.shape[0]
+    out = angles.new_empty(int(base) + 2 * len(components), n_tok, n)
+    even_z0, even_z1, odd = math.cos(step / 2) ** 2, math.sin(step / 2) ** 2, math.sin(step)
+    sites = _theta_sites(prog)
+    chunk = max(1, CHUNK_AMPLITUDES >> n)
+    shared = _step_params(prog, theta) if theta.dim() == 1 else None
+    for start in range(0, n_tok, chunk):
+        deadline.check()
+        rows = slice(start, start + chunk)
+        params = shared if shared is not None else _step_params(prog, theta[rows])
+        qubits = _qubit_states(prog, angles[rows]).flip(0)  # (n, 2, C) complex, qubit n-1 first
+        kept: list[Tensor] = []
+        phi0 = _evolve(_outer(*_halves(qubits)), prog, params, kept)
+        z0 = _readout(prog, phi0)
+        if base:
+            out[0, rows] = z0
+        for i, k in enumerate(components):
+            if k < n_params:  # theta: the suffix after its step, from the kept state
+                j, m, q, pauli = sites[k]
+                phi1 = _evolve(_pauli(prog, kept[m], q, pauli), prog, params, first=j + 1)
+            else:  # an input angle: its qubit's encoded vector changes, then the whole circuit
+                q, mat = _encoding_pauli(prog, angles[rows], k - n_params)
+                changed = qubits.clone()
+                changed[n - 1 - q] = torch.einsum("cij,jc->ic", mat, qubits[n - 1 - q])
+                phi1 = _evolve(_outer(*_halves(changed)), prog, params)
+            even, im = even_z0 * z0 + even_z1 * _readout(prog, phi1), odd * _cross(prog, phi0, phi1)
+            out[int(base) + 2 * i, rows] = even + im
+            out[int(base) + 2 * i + 1, rows] = even - im
+    return out.reshape(-1, n)
+
+
+def _theta_sites(prog: _Program) -> dict[int, tuple[int, int, int, str]]:
+    """theta index -> (its step, that step's index among the kept states, its qubit, its Pauli)."""
+    sites, m = {}, 0
+    for j, step in enumerate(prog.steps):
+        if step.kind == "perm":
+            continue
+        for k, q in zip(step.theta, step.wires):
+            sites[k] = (j, m, q, "Z" if step.kind == "phase" else "Y")
+        m += 1
+    return sites
+
+
+def _pauli(prog: _Program, x: Tensor, q: int, pauli: str) -> Tensor:
+    """Z_q or Y_q applied to planes x (2^n, 2, C)."""
+    z = prog.zsign[:, q].view(-1, 1)  # +1 where bit q is 0
+    if pauli == "Z":
+        return x * z.unsqueeze(1)
+    flipped = _permute(x, prog.flips[q])  # x[b ^ 2^q]
+    # (Y x)[b] = i t(b) x[b ^ 2^q], t = -1 where bit q is 0, +1 where it is 1
+    return torch.stack((z * flipped[:, 1], -z * flipped[:, 0]), 1)
+
+
+def _encoding_pauli(prog: _Program, angles: Tensor, a: int) -> tuple[int, Tensor]:
+    """(qubit q, M) for input angle `a`: M (C, 2, 2) complex takes q's encoded vector to the one
+    with the Pauli of a's gate applied just after that gate, A P A^† for A the gates after it."""
+    position = next(i for i, op in enumerate(prog.encoding) if op.param == ("angle", a))
+    op = prog.encoding[position]
+    q = op.wires[0]
+    after = [g for g in prog.encoding[position + 1 :] if g.wires == (q,)]
+    m = torch.tensor(_PAULI[op.gate], dtype=_complex(angles), device=angles.device).expand(angles.shape[0], 2, 2)
+    for g in after:
+        u = _gate(g.gate, None if g.param is None else angles[:, g.param[1]], angles)
+        m = u @ m @ u.conj().transpose(-1, -2)
+    return q, m
+
+
+_PAULI = {"RY": [[0, -1j], [1j, 0]], "RZ": [[1, 0], [0, -1]]}
+
+
+def _gate(gate: str, a: Tensor | None, like: Tensor) -> Tensor:
+    """The (C, 2, 2) complex matrix of a single-qubit encoding gate (a: its angle per token)."""
+    cdtype = _complex(like)
+    if a is None:
+        return torch.tensor([[1, 1], [1, -1]], dtype=cdtype, device=like.device) / math.sqrt(2)
+    c, s = torch.cos(a / 2).to(cdtype), torch.sin(a / 2).to(cdtype)
+    zero = torch.zeros_like(c)
+    if gate == "RY":
+        return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+    return torch.stack([torch.stack([c - 1j * s, zero], -1), torch.stack([zero, c + 1j * s], -1)], -2)
+
+
+def _complex(like: Tensor) -> torch.dtype:
+    return torch.complex128 if like.dtype == torch.float64 else torch.complex64
+
+
+def _readout(prog: _Program, x: Tensor) -> Tensor:
+    """<Z_i> of planes x (2^n, 2, C): (C, n)."""
+    return (prog.zsign.T @ _norms(x)).T
+
+
+def _cross(prog: _Program, a: Tensor, b: Tensor) -> Tensor:
+    """Im <a|Z_i|b> of planes a, b (2^n, 2, C): (C, n)."""
+    return (prog.zsign.T @ torch.mul(a[:, 0], b[:, 1]).addcmul_(a[:, 1], b[:, 0], value=-1)).T
 
 
 def _program(spec: CircuitSpec, angles: Tensor) -> _Program:
@@ -151,11 +264,11 @@ class _Register(torch.autograd.Function):
         return (g_hi, g_lo, None, *grads)
 
 
-def _evolve(x: Tensor, prog: _Program, params, kept: list | None = None) -> Tensor:
-    """Apply every step after the encoding to planes x (2^n, 2, C); append to `kept` what the
-    backward needs: each phase step's and each rotation's output."""
-    it = iter(params)
-    for step in prog.steps:
+def _evolve(x: Tensor, prog: _Program, params, kept: list | None = None, first: int = 0) -> Tensor:
+    """Apply every step after the encoding (from step `first` on) to planes x (2^n, 2, C); append
+    to `kept` what the backward needs: each phase step's and each rotation's output."""
+    it = iter(params[prog.slots[first] :] if first < len(prog.steps) else ())
+    for step in prog.steps[first:]:
         if step.kind == "perm":
             x = _permute(x, step.table)
         elif step.kind == "phase":
@@ -243,8 +356,13 @@ def _encoded_halves(prog: _Program, angles: Tensor) -> tuple[Tensor, Tensor]:
     of the low qubits' 2-vectors, (2^hi, 2, C) and (2^(n - hi), 2, C) planes, hi = n//2 as in
     the rotation steps. Built by autograd: they are small; their product, register-sized, is
     `_Register`'s first step, with a hand-written backward."""
-    phi = _qubit_states(prog, angles).flip(0)  # (n, 2, C) complex, qubit n-1 first
-    hi = prog.spec.n_qubits // 2
+    return _halves(_qubit_states(prog, angles).flip(0))
+
+
+def _halves(phi: Tensor) -> tuple[Tensor, Tensor]:
+    """The product state of qubit vectors phi (n, 2, C) complex, qubit n-1 first, as its two
+    factors' planes: the high n//2 qubits, the low ones."""
+    hi = phi.shape[0] // 2
     return _kron_planes(phi[:hi]), _kron_planes(phi[hi:])
 
 
@@ -351,7 +469,7 @@ def _compile(spec: CircuitSpec, device: torch.device, dtype: torch.dtype) -> _Pr
     split = next((i for i, op in enumerate(ops) if op.gate == "CNOT" or _is_theta(op)), len(ops))
     if any(op.param and op.param[0] == "angle" for op in ops[split:]):
         raise ValueError("the local simulator needs all input encoding before the first entangling or trainable gate")
-    prog = _Program(spec, _compile_prefix(ops[:split], n, device))
+    prog = _Program(spec, _compile_prefix(ops[:split], n, device), encoding=ops[:split])
     basis = torch.arange(2**n, device=device)
     bits = (basis.unsqueeze(-1) >> torch.arange(n, device=device)) & 1  # (2^n, n)
     signs = (1 - 2 * bits).to(dtype)
@@ -380,6 +498,11 @@ def _compile(spec: CircuitSpec, device: torch.device, dtype: torch.dtype) -> _Pr
         elif step.kind == "perm":
             step.inverse = torch.argsort(step.table)
     prog.zsign = signs
+    prog.flips = [basis ^ (1 << q) for q in range(n)]  # basis index with bit q flipped
+    slot = 0
+    for step in prog.steps:
+        prog.slots.append(slot)
+        slot += {"perm": 0, "phase": 1, "rot": 2}[step.kind]
     return prog
 
 
@@ -406,23 +529,48 @@ def _is_theta(op: Op) -> bool:
 
 
 class LocalBackend(Backend):
-    """Batched torch statevector simulation (this module), adjoint by autograd."""
+    """Batched torch statevector simulation (this module): adjoint by autograd; a shifted batch by
+    its structure (`shifted`); rows that share theta (spsa's) with shared rotation matrices."""
 
     name = "local"
 
     def expectations(self, spec, theta, angles):
-        return expectations(spec, theta, angles)
+        out = angles.dtype
+        theta, angles = promoted(theta, angles)
+        if theta.dim() == 2 and not (theta.requires_grad or angles.requires_grad):
+            return _by_blocks(spec, theta, angles).to(out)
+        return expectations(spec, theta, angles).to(out)
+
+    def evaluate_shifts(self, spec, shifts):
+        return shifted(spec, shifts.theta, shifts.angles, shifts.step, shifts.components, shifts.base)
 
     def _adjoint_vjp(self, spec, theta, angles, grad_out):
         with torch.enable_grad():
             t = theta.detach().requires_grad_()
             a = angles.detach().requires_grad_()
-            return torch.autograd.grad(expectations(spec, t, a), (t, a), grad_out)
+            z = expectations(spec, t, a)
+            return torch.autograd.grad(z, (t, a), grad_out, allow_unused=True, materialize_grads=True)
 
     def _adjoint_jacobians(self, spec, theta, angles):
         with torch.enable_grad():
             t = theta.detach().expand(angles.shape[0], -1).contiguous().requires_grad_()  # per token
             a = angles.detach().requires_grad_()
             out = expectations(spec, t, a)
-            rows = [torch.autograd.grad(out[:, i].sum(), (t, a), retain_graph=True) for i in range(spec.n_qubits)]
+            rows = [
+                torch.autograd.grad(
+                    out[:, i].sum(), (t, a), retain_graph=True, allow_unused=True, materialize_grads=True
+                )
+                for i in range(spec.n_qubits)
+            ]
         return torch.stack([r[0] for r in rows], 1), torch.stack([r[1] for r in rows], 1)
+
+
+@torch.no_grad()
+def _by_blocks(spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
+    """Rows with per-row theta, run block by block where consecutive rows share theta (as a
+    batch of spsa's shifts does): a block's rotations are shared matrices (GEMMs), not per row."""
+    blocks, counts = torch.unique_consecutive(theta, dim=0, return_counts=True)
+    if len(blocks) * 16 > len(theta):  # mostly distinct rows: per row it is
+        return expectations(spec, theta, angles)
+    parts = [expectations(spec, t, a) for t, a in zip(blocks, angles.split(counts.tolist()))]
+    return torch.cat(parts) if parts else angles.new_zeros(0, spec.n_qubits)

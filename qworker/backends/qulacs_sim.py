@@ -46,9 +46,9 @@ class _Circuit:
 
     def load(self, theta: np.ndarray, angles: np.ndarray) -> None:
         """Set every gate's parameter for one token (negated: Qulacs's sign convention)."""
-        values = np.where(
-            self.is_angle, angles[self.index % max(1, angles.size)], theta[self.index % max(1, theta.size)]
-        )
+        values = np.empty(len(self.index))
+        values[self.is_angle] = angles[self.index[self.is_angle]]
+        values[~self.is_angle] = theta[self.index[~self.is_angle]]
         for j, v in enumerate(values):
             self.circuit.set_parameter(j, -float(v))
 
@@ -92,12 +92,13 @@ def expectations(spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
 
 
 def adjoint_vjp(spec: CircuitSpec, theta: Tensor, angles: Tensor, grad_out: Tensor):
+    """theta's part summed over tokens for a shared theta (|Θ|,), per token (N, |Θ|) otherwise."""
     g = grad_out.detach().cpu().double().numpy()
-    g_theta = np.zeros(spec.n_params)
+    g_theta = np.zeros((angles.shape[0], spec.n_params))
     g_angles = np.zeros((angles.shape[0], spec.n_angles))
     for n, circ in _tokens(spec, theta, angles):
-        gt, g_angles[n] = circ.split(circ.backprop(g[n]), spec.n_params, spec.n_angles)
-        g_theta += gt
+        g_theta[n], g_angles[n] = circ.split(circ.backprop(g[n]), spec.n_params, spec.n_angles)
+    g_theta = g_theta if theta.dim() == 2 else g_theta.sum(0)
     return torch.from_numpy(g_theta).to(angles), torch.from_numpy(g_angles).to(angles)
 
 

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from qworker.backends.base import HARDWARE_METHODS, MAX_SHOTS, Backend, Capabilities
+from qworker.backends.base import HARDWARE_METHODS, MAX_SHOTS, Backend, Capabilities, promoted
 from qworker.backends.local import probabilities
 
 
@@ -57,7 +57,7 @@ class ShotsBackend(Backend):
         if self.queue_latency_s:
             time.sleep(self.queue_latency_s)  # the job waits in the device's queue
         with torch.no_grad():
-            probs = probabilities(spec, theta.detach(), angles.detach()).cpu().double()
+            probs = probabilities(spec, *promoted(theta.detach(), angles.detach())).cpu().double()
         n = spec.n_qubits
         out = torch.empty(probs.shape[0], n, dtype=torch.float64)
         qubits = torch.arange(n)

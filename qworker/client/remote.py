@@ -127,17 +127,23 @@ class RemoteBackend(Backend):
     # -- the wire --------------------------------------------------------------------------
 
     def _evaluate(self, spec, theta, angles, want, grad=None, grad_out=None) -> Result:
-        return self._submit(spec, theta, angles, want, grad, grad_out).result()
+        requests = self._requests(spec, theta, angles, want, grad, grad_out)
+        if len(requests) == 1:  # one shard: no thread to hand it to
+            return _merge([to_result(self.connection.call("Evaluate", requests[0]))], like=angles)
+        return self._gather(requests, angles).result()
 
     def _submit(self, spec, theta, angles, want, grad=None, grad_out=None) -> Future:
-        """Send the batch as concurrent shards (one per live replica, each within the server's
-        limits); a future of the merged Result, on angles' device."""
+        """Send the batch as concurrent shards; a future of the merged Result, on angles' device."""
+        return self._gather(self._requests(spec, theta, angles, want, grad, grad_out), angles)
+
+    def _requests(self, spec, theta, angles, want, grad=None, grad_out=None) -> list[pb.EvaluateRequest]:
+        """The batch as shards: one per live replica, each within the server's limits."""
         whole = Evaluation(spec, self.simulator, theta, angles, want, grad, grad_out, options=self.options)
         n = max(1, angles.shape[0])
         shards = max(1, min(self._replicas(), n // MIN_SHARD_TOKENS))
         fit = max_tokens(spec, want, False, angles.element_size(), whole.circuits_per_token, self.limits)
         step = min(fit, math.ceil(n / shards))
-        calls = []
+        requests = []
         for s in range(0, n, step):
             rows = slice(s, s + step)
             ev = replace(
@@ -147,13 +153,17 @@ class RemoteBackend(Backend):
                 grad_out=None if grad_out is None else grad_out[rows],
                 options=self._call_options(),
             )
-            calls.append(self._pool().submit(self.connection.call, "Evaluate", to_request(ev)))
+            requests.append(to_request(ev))
+        return requests
+
+    def _gather(self, requests: list[pb.EvaluateRequest], like: Tensor) -> Future:
+        calls = [self._pool().submit(self.connection.call, "Evaluate", r) for r in requests]
         merged: Future = Future()
 
         def gather(_done) -> None:
             if all(c.done() for c in calls) and not merged.done():
                 try:
-                    merged.set_result(_merge([to_result(c.result()) for c in calls], like=angles))
+                    merged.set_result(_merge([to_result(c.result()) for c in calls], like=like))
                 except BaseException as e:  # noqa: BLE001 - handed to whoever waits
                     merged.set_exception(e)
 

@@ -62,6 +62,11 @@ class Header:
     def token_circuits(self) -> int:
         return self.n_tokens * self.circuits_per_token
 
+    @property
+    def work(self) -> int:
+        """Amplitude-circuits: one-token circuits x 2^n_qubits, what a simulator's time scales with."""
+        return self.token_circuits << self.spec.n_qubits
+
 
 def encode_tensor(t: Tensor) -> pb.Tensor:
     """A float32/float64 tensor (any device) -> its wire message: shape, dtype, little-endian bytes."""
@@ -139,7 +144,7 @@ def to_evaluation(req: pb.EvaluateRequest) -> Evaluation:
     """Decode and check a whole request (its structure, shapes and values); the replica's side."""
     header = read_header(req)
     angles = decode_tensor(req.angles, "angles")
-    theta = decode_tensor(req.theta, "theta").to(angles.dtype)
+    theta = decode_tensor(req.theta, "theta")  # its own dtype: the backend computes in the wider
     grad_out = decode_tensor(req.grad_out, "grad_out").to(angles.dtype) if header.want == "vjp" else None
     check_batch(header.spec, theta, angles, grad_out)  # values: NaN, inf
     return Evaluation(
@@ -206,7 +211,7 @@ def to_request(ev: Evaluation) -> pb.EvaluateRequest:
     req = pb.EvaluateRequest(
         circuit=pb.Circuit(n_qubits=s.n_qubits, n_layers=s.n_layers, entangler=s.entangler, version=s.version),
         backend=pb.Backend(name=ev.backend, **ev.options),
-        theta=encode_tensor(ev.theta.to(ev.angles.dtype)),
+        theta=encode_tensor(ev.theta),
         angles=encode_tensor(ev.angles),
         want=WANT_WIRE[ev.want],
         include_expectations=ev.include_expectations,

@@ -54,9 +54,11 @@ class Evaluation:
 
 
 def circuits_per_token(spec: CircuitSpec, want: str, grad: Gradient | None, include_expectations: bool) -> int:
-    """Circuit evaluations each token of a request costs (an adjoint pass counted as one)."""
-    gradient = grad.evaluations(spec) if want != "expectations" else 0
-    return gradient + int(want == "expectations" or include_expectations)
+    """Circuit evaluations each token of a request costs (an adjoint pass counted as one; the
+    forward rides in the batch of shift, fd and spsa)."""
+    if want == "expectations":
+        return 1
+    return grad.evaluations(spec) + int(include_expectations and grad.method == "adjoint")
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,11 @@ def run(backend: Backend, ev: Evaluation) -> Result:
         backend.check_method(ev.grad)
     start = time.perf_counter()
     exp = jac = vjp = None
-    if ev.want == "expectations" or ev.include_expectations:
+    if ev.want == "jacobians":  # shift, fd, spsa: the expectations ride in the same batch
+        exp, *jac = backend.forward_and_jacobians(ev.spec, ev.theta, ev.angles, ev.grad, ev.include_expectations)
+        jac = tuple(jac)
+    elif ev.want == "expectations" or ev.include_expectations:
         exp = backend.expectations(ev.spec, ev.theta, ev.angles)
-    if ev.want == "jacobians":
-        jac = tuple(backend.jacobians(ev.spec, ev.theta, ev.angles, ev.grad))
-    elif ev.want == "vjp":
+    if ev.want == "vjp":
         vjp = tuple(backend.vjp(ev.spec, ev.theta, ev.angles, ev.grad_out, ev.grad))
     return Result(exp, jac, vjp, time.perf_counter() - start)

@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError, TaskCancelledError
@@ -35,6 +35,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError, T
 from qworker.backends import Capabilities
 from qworker.protocol.convert import Header
 from qworker.protocol.errors import PoolNotReady, ReplicasDied
+from qworker.server.in_process import InProcessPool
 from qworker.server.replica import SIMULATORS, Replica, ReplicaStats
 
 log = logging.getLogger("qworker.ray_pool")
@@ -45,8 +46,8 @@ MAX_ATTEMPTS = 3  # replicas a request may see die before it fails
 
 class ReplicaActor:
     """One replica process: a Replica, its torch threads set to its CPUs, on the GPU if Ray gave it
-    one. Evaluations run one at a time (the `compute` concurrency group) on a thread; pings and
-    cancellations are answered meanwhile."""
+    one. Evaluations run one at a time on the `compute` concurrency group's thread; pings and
+    cancellations are answered on the default group's meanwhile."""
 
     def __init__(self, names: tuple[str, ...], threads: int):
         import torch
@@ -55,26 +56,30 @@ class ReplicaActor:
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         self.replica = Replica(names, device)
         self.replica.start()
+        self._running: tuple[int, threading.Event] | None = None
 
     @ray.method(concurrency_group="compute")
-    async def evaluate(self, request: bytes, until: float | None) -> tuple[bytes, float]:
+    def evaluate(self, request: bytes, until: float | None, key: int) -> tuple[bytes, float]:
         """Stopped once the wall clock passes `until` (the caller's deadline: nodes keep their
-        clocks in sync) or when the caller cancels it (`ray.cancel`)."""
+        clocks in sync) or when the caller cancels `key`."""
         cancel = threading.Event()
-        timeout = None if until is None else until - time.time()
-        work = asyncio.ensure_future(asyncio.to_thread(self.replica.evaluate, request, timeout, cancel))
+        self._running = (key, cancel)
         try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            cancel.set()
-            with contextlib.suppress(BaseException):
-                await work  # the simulators stop at their next check; free the group only then
-            raise
+            return self.replica.evaluate(request, None if until is None else until - time.time(), cancel)
+        finally:
+            self._running = None
 
-    async def node(self) -> str:
+    def cancel(self, key: int) -> None:
+        """Stop evaluation `key` at its next check, if it is the one running (a queued one is
+        dropped by `ray.cancel`)."""
+        running = self._running
+        if running is not None and running[0] == key:
+            running[1].set()
+
+    def node(self) -> str:
         return ray.util.get_node_ip_address()
 
-    async def pid(self) -> int:
+    def pid(self) -> int:
         return os.getpid()
 
 
@@ -110,19 +115,31 @@ class RayPool:
         cpus: float = 1.0,
         gpus: float = 0.0,
         resource: str | None = None,
+        inline_work: int = 0,
     ):
         if replicas < 0 or cpus < 0 or gpus < 0:
             raise ValueError(f"replicas, cpus and gpus must be >= 0 (got {replicas}, {cpus}, {gpus})")
-        self._capabilities = Replica(names).capabilities()  # validates the names here, in the server
+        # the server's own replica: it validates the names here, and answers requests too small to
+        # be worth a hop to a replica (`inline_work`)
+        self.inline = InProcessPool(names)
+        self._capabilities = self.inline.backends()
+        self.inline_work = inline_work
         self.names, self.target = tuple(names), replicas
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        self._actor_class = ray.remote(concurrency_groups={"compute": 1})(ReplicaActor).options(
-            num_cpus=cpus, num_gpus=gpus, resources={resource: 1} if resource else None, max_restarts=-1
-        )
         self._threads = max(1, int(cpus))
+        # OpenMP set before the replica imports torch: its CPUs as threads, and idle threads that
+        # sleep instead of spinning against whatever shares the node (trainer/threads.py)
+        openmp = {"OMP_NUM_THREADS": str(self._threads), "OMP_WAIT_POLICY": "PASSIVE"}
+        self._actor_class = ray.remote(concurrency_groups={"compute": 1})(ReplicaActor).options(
+            num_cpus=cpus,
+            num_gpus=gpus,
+            resources={resource: 1} if resource else None,
+            max_restarts=-1,
+            runtime_env={"env_vars": openmp},
+        )
         self._members: list[_Member] = []
-        self._ids = itertools.count()
+        self._ids, self._keys = itertools.count(), itertools.count()
         self._waiting = 0
         self._changed: asyncio.Event | None = None  # set whenever a replica's state changes
         self.live = False
@@ -137,8 +154,8 @@ class RayPool:
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting for a replica or running on one."""
-        return self._waiting + sum(m.in_flight for m in list(self._members))
+        """Requests waiting for a replica or running on one (or on the server's own)."""
+        return self._waiting + sum(m.in_flight for m in list(self._members)) + self.inline.queue_depth
 
     def backends(self) -> dict[str, Capabilities]:
         return self._capabilities
@@ -146,6 +163,7 @@ class RayPool:
     async def start(self, timeout: float = WARMUP_TIMEOUT_S) -> None:
         """Start the replicas; returns when all are live (raises if none is)."""
         self._changed = asyncio.Event()
+        await self.inline.start()
         self.scale(self.target)
         until = time.monotonic() + timeout
         while self.target and self.replicas < self.target and time.monotonic() < until:
@@ -157,12 +175,18 @@ class RayPool:
     async def evaluate(self, request: bytes, header: Header, timeout: float | None) -> bytes:
         """The encoded response of `request` from the least-busy live replica; a replica that dies
         mid-request costs a retry on another. Raises PoolNotReady when no replica is live within
-        `timeout` seconds, TimeoutError past it."""
+        `timeout` seconds, TimeoutError past it. A request of at most `inline_work` amplitude-circuits
+        on an exact simulator is answered here: its hop to a replica would cost more than it does."""
+        served = self._capabilities.get(header.backend)  # None: the replica names the error
+        small = header.work <= self.inline_work and not (served and served.hardware)
+        if small and self.live:
+            return await self.inline.evaluate(request, header, timeout)
         until = None if timeout is None else time.monotonic() + timeout
         for attempt in itertools.count(1):
             member = await self._acquire(until)
             left = None if until is None else max(0.0, until - time.monotonic())
-            ref = member.actor.evaluate.remote(request, None if left is None else time.time() + left)
+            key = next(self._keys)
+            ref = member.actor.evaluate.remote(request, None if left is None else time.time() + left, key)
             try:
                 data, seconds = await asyncio.wait_for(_awaitable(ref), left)
                 member.evaluations += 1
@@ -171,7 +195,8 @@ class RayPool:
             except RayTaskError as e:  # the evaluation itself raised: the same error as in-process
                 raise e.cause if isinstance(e.cause, Exception) else e from None
             except (asyncio.TimeoutError, asyncio.CancelledError) as e:
-                ray.cancel(ref)  # a queued call never runs; a running one stops at its next check
+                ray.cancel(ref)  # a queued call never runs
+                member.actor.cancel.remote(key)  # a running one stops at its next check
                 if isinstance(e, asyncio.CancelledError):
                     raise
                 raise TimeoutError(f"the evaluation did not finish within {timeout:g} s (deadline)") from None
@@ -204,10 +229,12 @@ class RayPool:
         return self.replicas, replicas
 
     def replica_stats(self) -> list[ReplicaStats]:
+        """Every replica's, then the server's own (named "server")."""
+        (own,) = self.inline.replica_stats()
         return [
             ReplicaStats(m.name, m.node, m.state == "live", m.in_flight, m.evaluations, m.busy_s, m.deaths)
             for m in list(self._members)
-        ]
+        ] + [replace(own, name="server")]
 
     async def pids(self) -> list[int]:
         """Process ids of the live replicas, in the order of `replica_stats` (tests, operators)."""
@@ -217,6 +244,7 @@ class RayPool:
     def close(self) -> None:
         self.live = False
         self._closed = True
+        self.inline.close()
         for member in self._members:
             ray.kill(member.actor, no_restart=True)
         self._members.clear()

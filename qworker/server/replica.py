@@ -93,4 +93,3 @@ class Replica:
             return ev
         move = lambda t: None if t is None else t.to(self.device)  # noqa: E731
         return replace(ev, theta=move(ev.theta), angles=move(ev.angles), grad_out=move(ev.grad_out))
-

@@ -71,6 +71,8 @@ class ServerConfig:
     replica_gpus: float = 0.0  # GPUs each replica asks Ray for
     replica_resource: str | None = None  # a custom Ray resource each replica needs one unit of
     workers: int = 4  # in-process pool: evaluations running at once
+    inline_work: int = 2**15  # Ray pool: requests of at most this many amplitude-circuits (token-circuits
+    # x 2^n_qubits; 32 one-token circuits of 10 qubits) run in the server: a hop to a replica costs more
     metrics_port: int | None = None  # Prometheus metrics over HTTP on this port (0: any free one)
     grace_s: float = 10.0  # on stop/SIGTERM, in-flight calls get this long to finish
 
@@ -276,7 +278,13 @@ def create_server(cfg: ServerConfig) -> tuple[QWorkerServer, int]:
         from qworker.server.ray_pool import RayPool  # here: Ray is a heavy import the in-process pool does not need
 
         pool = RayPool(
-            cfg.simulators, cfg.replicas, cfg.ray_address, cfg.replica_cpus, cfg.replica_gpus, cfg.replica_resource
+            cfg.simulators,
+            cfg.replicas,
+            cfg.ray_address,
+            cfg.replica_cpus,
+            cfg.replica_gpus,
+            cfg.replica_resource,
+            cfg.inline_work,
         )
     metrics = ServiceMetrics(cfg.metrics_port, cfg.host)
     metrics.watch(pool)
