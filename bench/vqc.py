@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib
+import importlib.util
 import json
 import math
 import os
@@ -69,6 +71,7 @@ from torch import Tensor, nn
 import qworker
 from qworker import Backend, CircuitSpec, Gradient, get_backend
 from qworker.backends import local
+from qworker.gradients import METHODS
 
 PEER = "pennylane"
 BACKENDS = ("local", "qulacs", "shots")
@@ -115,6 +118,7 @@ class Cell:
     backend: str
     method: str | None
     n_tokens: int
+    device: str = "cpu"
 
     @property
     def mode(self) -> str:
@@ -128,21 +132,23 @@ def make_backend(name: str) -> Backend:
     return get_backend(name, **SHOTS) if name == "shots" else get_backend(name)
 
 
-def cells(n_tokens: int, backends: tuple[str, ...] = BACKENDS) -> list[Cell]:
-    """The peer first (every ratio needs it), then each backend's forward and its gradients."""
-    out = [Cell(PEER, None, n_tokens), Cell(PEER, "backprop", n_tokens)]
-    for name in backends:
-        out.append(Cell(name, None, n_tokens))
-        out += [Cell(name, method, n_tokens) for method in make_backend(name).methods]
+def cells(n_tokens: int, args: argparse.Namespace, peer: bool) -> list[Cell]:
+    """The peer first (every ratio needs it; if installed), then each backend's forward and its
+    gradients (those of `args.methods`)."""
+    out = [Cell(PEER, None, n_tokens), Cell(PEER, "backprop", n_tokens)] if peer and args.device == "cpu" else []
+    for name in args.backends:
+        methods = [None, *make_backend(name).methods]
+        out += [Cell(name, m, n_tokens, args.device) for m in methods if (m or "forward") in args.methods]
     return out
 
 
-def inputs(spec: CircuitSpec, n_tokens: int) -> tuple[Tensor, Tensor, Tensor]:
+def inputs(spec: CircuitSpec, n_tokens: int, device: str = "cpu") -> tuple[Tensor, Tensor, Tensor]:
     """Fixed-seed float32 theta (|Θ|,) and angles (N, 2n_q), uniform in (-π, π); g (N, n_q)."""
     gen = torch.Generator().manual_seed(0)
     theta = (torch.rand(spec.n_params, generator=gen) * 2 - 1) * math.pi
     angles = (torch.rand(n_tokens, spec.n_angles, generator=gen) * 2 - 1) * math.pi
-    return theta, angles, torch.randn(n_tokens, spec.n_qubits, generator=gen)
+    g = torch.randn(n_tokens, spec.n_qubits, generator=gen)
+    return theta.to(device), angles.to(device), g.to(device)
 
 
 def peer_layer(spec: CircuitSpec, theta: Tensor) -> nn.Module:
@@ -188,9 +194,17 @@ def check_peer(spec: CircuitSpec) -> float:
 
 
 def make_call(cell: Cell, n_tokens: int) -> Callable[[], object]:
-    """The measured work of `cell` on n_tokens tokens; inputs are built here, outside it."""
+    """The measured work of `cell` on n_tokens tokens (finished: on CUDA, synchronised); inputs
+    are built here, outside it."""
+    work = _work(cell, n_tokens)
+    if cell.device == "cpu":
+        return work
+    return lambda: (work(), torch.cuda.synchronize())
+
+
+def _work(cell: Cell, n_tokens: int) -> Callable[[], object]:
     spec = CircuitSpec()
-    theta, angles, g = inputs(spec, n_tokens)
+    theta, angles, g = inputs(spec, n_tokens, cell.device)
     if cell.backend == PEER:
         layer = peer_layer(spec, theta)
         if cell.method is None:
@@ -215,13 +229,20 @@ def _status_kb(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def timed(call: Callable[[], object], repeats: int, budget_s: float = math.inf) -> tuple[list[float], float]:
+def timed(
+    call: Callable[[], object], repeats: int, budget_s: float = math.inf, cuda: bool = False
+) -> tuple[list[float], float]:
     """Seconds of up to `repeats` calls (fewer when the next would overrun budget_s or one took
-    over SLOW_CELL_S), and the rise of peak RSS over the RSS before them, in MB."""
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the OS: the baseline is what is live
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-    before = _status_kb("VmRSS")
+    over SLOW_CELL_S), and the rise of peak memory over the memory before them, in MB: the
+    process's RSS on the CPU, torch's allocations on CUDA."""
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() / 2**10
+    else:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the OS: the baseline is what is live
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+        before = _status_kb("VmRSS")
     times: list[float] = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -229,7 +250,8 @@ def timed(call: Callable[[], object], repeats: int, budget_s: float = math.inf) 
         times.append(time.perf_counter() - start)
         if times[-1] > SLOW_CELL_S or sum(times) + times[-1] > budget_s:
             break
-    return times, (_status_kb("VmHWM") - before) / 1024
+    peak = torch.cuda.max_memory_allocated() / 2**10 if cuda else _status_kb("VmHWM")
+    return times, (peak - before) / 1024
 
 
 def estimate_s(cell: Cell, tokens: int) -> float:
@@ -254,19 +276,20 @@ def cap_memory() -> float:
 
 def measure(cell: Cell, repeats: int, budget_s: float, must_run: bool, probe_tokens: int) -> dict:
     """Run in a fresh process: warm up, probe, then measure `cell` or say why it is skipped."""
-    row = cell.describe()
-    headroom_gib = cap_memory()
+    row, cuda = cell.describe(), cell.device == "cuda"
+    headroom_gib = torch.cuda.mem_get_info()[0] / 2**30 if cuda else cap_memory()  # (a data cap breaks CUDA)
     try:
         make_call(cell, WARMUP_TOKENS)()  # lazy imports, compiled circuit programs, thread pools
         seconds = row["estimated_s"] = round(estimate_s(cell, probe_tokens), 2)
         if seconds > budget_s and not must_run:
             return {**row, "status": "skipped", "note": f"estimated {seconds:.3g} s > {budget_s:.3g} s budget"}
-        times, peak_mb = timed(make_call(cell, cell.n_tokens), repeats, budget_s)
+        times, peak_mb = timed(make_call(cell, cell.n_tokens), repeats, budget_s, cuda)
         if cell.method is not None:  # the forward alone, in this same process: forward_passes
-            forward, _ = timed(make_call(Cell(cell.backend, None, cell.n_tokens), cell.n_tokens), len(times))
+            forward_cell = Cell(cell.backend, None, cell.n_tokens, cell.device)
+            forward, _ = timed(make_call(forward_cell, cell.n_tokens), len(times), cuda=cuda)
             row["forward_passes"] = round(statistics.median(times) / statistics.median(forward), 2)
     except (MemoryError, RuntimeError) as exc:
-        if not (isinstance(exc, MemoryError) or "can't allocate memory" in str(exc)):
+        if not (isinstance(exc, MemoryError) or "can't allocate memory" in str(exc) or "out of memory" in str(exc)):
             raise
         return {**row, "status": "skipped", "note": f"out of memory under a {headroom_gib:.1f} GiB cap"}
     row.update(status="ok", seconds=statistics.median(times), repeats=len(times), peak_mb=round(peak_mb))
@@ -277,8 +300,12 @@ def worker_context() -> BaseContext:
     """Processes forked from a server that has imported this script, torch, PennyLane and Qulacs
     but computed nothing: every cell starts clean without paying seconds of imports again."""
     ctx = get_context("forkserver")
-    ctx.set_forkserver_preload([__name__, "pennylane", "qulacs"])
+    ctx.set_forkserver_preload([__name__, *(m for m in ("pennylane", "qulacs") if importable(m))])
     return ctx
+
+
+def importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def run_cell(ctx: BaseContext, cell: Cell, args: argparse.Namespace) -> dict:
@@ -374,19 +401,25 @@ def _join(cells: list[str]) -> str:
     return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, (_, w)) in enumerate(zip(cells, TABLE))).rstrip()
 
 
-def header(spec: CircuitSpec, parity: float, args: argparse.Namespace) -> list[str]:
-    import pennylane
-    import qulacs
-
+def header(spec: CircuitSpec, parity: float | None, args: argparse.Namespace) -> list[str]:
+    versions = "  ".join(
+        f"{m} {importlib.import_module(m).__version__}" for m in ("pennylane", "qulacs") if importable(m)
+    )
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpus={os.cpu_count()}"
+    peer = (
+        f"# peer: PennyLane TorchLayer, default.qubit, backprop; max |peer - qworker| = {parity:.1e} on "
+        f"{PARITY_TOKENS} tokens"
+        if parity is not None
+        else "# peer: none (PennyLane is not installed, or the device is not the CPU): no ratios"
+    )
     return [
-        f"# bench/vqc.py  {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}  cpus={os.cpu_count()} "
+        f"# bench/vqc.py  {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}  {device} "
         f"(load {os.getloadavg()[0]:.1f})  "
-        f"torch {torch.__version__} (threads={torch.get_num_threads()})  pennylane {pennylane.__version__}  "
-        f"qulacs {qulacs.__version__}",
+        f"torch {torch.__version__} (threads={torch.get_num_threads()}, OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY')})  {versions}",
         f"# circuit: {spec.n_qubits} qubits, {spec.n_layers} layers, {spec.entangler}, {spec.n_gates} gates, "
         f"|Θ|={spec.n_params}; float32; shots backend: {SHOTS['shots']} shots",
-        f"# peer: PennyLane TorchLayer, default.qubit, backprop; max |peer - qworker| = {parity:.1e} on "
-        f"{PARITY_TOKENS} tokens",
+        peer,
         f"# budget {args.budget_s:g} s a cell (peer: always at N={min(args.n)}, {args.peer_budget_s:g} s above), "
         f"up to {args.repeats} repeats, median reported; a fresh process a cell, its memory capped at "
         f"{MEMORY_FRACTION:.0%} of the available",
@@ -429,6 +462,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", metavar="PATH", help="also write a PNG bar chart of circuits/s")
     p.add_argument("--contended", action="store_true", help="each cell also beside a busy competing process")
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="(default: all)")
+    p.add_argument("--methods", nargs="+", default=["forward", *METHODS], help="forward and gradient methods")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where `local` runs (others: cpu)")
     args = p.parse_args(argv)
     if args.quick:
         vars(args).update(QUICK)
@@ -439,13 +474,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     spec = CircuitSpec()
     info: TextIO = sys.stderr if args.json else sys.stdout
-    print("\n".join(header(spec, check_peer(spec), args)), file=info, flush=True)
+    peer = importable("pennylane") and args.device == "cpu"
+    print("\n".join(header(spec, check_peer(spec) if peer else None, args)), file=info, flush=True)
     if not args.json:
         print(_join([name for name, _ in TABLE]), flush=True)
     ctx, rows, start = worker_context(), [], time.perf_counter()
     for n in args.n:
         peer_rate: dict = {}
-        for cell in cells(n, tuple(args.backends)):
+        for cell in cells(n, args, peer):
             row = run_cell(ctx, cell, args)
             if args.contended and cell.backend != PEER:
                 row = with_contended(ctx, cell, row, args)

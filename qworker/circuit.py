@@ -105,10 +105,11 @@ def entangler_pairs(n_qubits: int, entangler: str) -> list[tuple[int, int]]:
     return pairs
 
 
-def check_memory(spec: CircuitSpec, n_states: int, itemsize: int = 8) -> None:
-    """Raise MemoryError naming the need when `n_states` state vectors cannot fit in memory."""
+def check_memory(spec: CircuitSpec, n_states: int, itemsize: int = 8, avail: int | None = None) -> None:
+    """Raise MemoryError naming the need when `n_states` state vectors cannot fit in memory
+    (`avail` bytes; by default the machine's available memory)."""
     need = n_states * spec.statevector_bytes(itemsize)
-    avail = available_memory_bytes()
+    avail = available_memory_bytes() if avail is None else avail
     if need > avail:
         raise MemoryError(
             f"n_qubits={spec.n_qubits} needs {need / 2**30:.1f} GiB for {n_states} state vector(s) "

@@ -86,3 +86,18 @@ def test_convergence_trains_each_variant_and_plots(tmp_path, cache_dir):
     assert (tmp_path / "convergence.png").stat().st_size > 1000
     for q in ("none", "wq"):
         assert json.loads((tmp_path / f"tiny-{q}" / "summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
+def test_device_script_dry_run(tmp_path, cache_dir):
+    """bench/device.sh, the GPU machine's one prepared run, at tiny sizes on the CPU: every step
+    runs and lands in its table."""
+    env = {**os.environ, "OUT": str(tmp_path), "HYQUT_CACHE": str(cache_dir), "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run(
+        ["bash", "bench/device.sh", "--cpu-dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = (tmp_path / "table.txt").read_text()
+    for row in ("vqc local forward+grad shift", "train step wq adjoint", "trainer (DeepSpeed) wq, 3 steps"):
+        assert row in table, table
+    assert "exit" not in (tmp_path / "device.log").read_text().replace("exit_code", "")

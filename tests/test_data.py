@@ -127,6 +127,22 @@ def test_cached_tokenizer_is_reused(corpus, cache_dir):
     assert (corpus.train == corpus.tokenizer.eod_id).sum() == 7025  # one <|eod|> per dialogue
 
 
+def test_a_cached_corpus_loads_without_its_documents(corpus, cache_dir, monkeypatch):
+    """Every run starts from the cache: the documents are not loaded, `datasets` is not needed."""
+    from trainer import data
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the documents were loaded although the corpus is cached")
+
+    monkeypatch.setattr(data, "load_corpus", refuse)
+    again = prepare_data("chitchat", cache_dir=cache_dir)
+    assert again.tokenizer.fingerprint() == corpus.tokenizer.fingerprint()
+    np.testing.assert_array_equal(again.validation, corpus.validation)
+    assert again.documents == corpus.documents == {"train": 7025, "validation": 143}
+    with pytest.raises(AssertionError, match="were loaded"):  # another vocabulary: not cached
+        prepare_data("chitchat", vocab_size=4096, cache_dir=cache_dir)
+
+
 def test_tokenizer_rejects_tiny_vocab():
     with pytest.raises(ValueError, match="--vocab-size"):
         train_tokenizer(["abc"], vocab_size=len(SPECIAL_TOKENS))

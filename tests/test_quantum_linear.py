@@ -73,6 +73,22 @@ def test_low_precision_input_runs_the_circuit_in_float32():
     assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
 
 
+@pytest.mark.parametrize("grad", ["adjoint", "shift"])
+def test_bf16_autocast_runs_the_circuit_in_float32(grad):
+    """Under autocast the classical layers run in bf16; the circuit must not (its GEMMs would), and
+    its backward must get a float32 upstream gradient."""
+    torch.manual_seed(0)
+    q, x = layer(grad=grad), torch.randn(4, 12)
+    q(x).sum().backward()
+    want = q.theta.grad.clone()
+    q.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = q(x)
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and q.theta.grad.dtype == torch.float32
+    torch.testing.assert_close(q.theta.grad, want, atol=0.05 * want.abs().max().item(), rtol=0)  # bf16 around it
+
+
 def test_shots_backend_refuses_adjoint_at_construction():
     with pytest.raises(ValueError, match="'adjoint' is not supported by backend 'shots'"):
         QuantumLinear(4, 4, n_qubits=2, backend="shots")

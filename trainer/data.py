@@ -37,16 +37,20 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 
 from trainer.batches import BatchSampler
 from trainer.tokenizer import DEFAULT_VOCAB_SIZE, EOT, Tokenizer, train_tokenizer
 
+if TYPE_CHECKING:  # imported where used: a run whose corpus is cached needs no `datasets`
+    import datasets
+
 DEFAULT_DATASET = "chitchat"
 FILE_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-FORMAT_VERSION = 1  # bump when the text format or the split changes: invalidates the caches
+FORMAT_VERSION = 1
+SPLITS = ("train", "validation")  # bump when the text format or the split changes: invalidates the caches
 HUB_PROBE_TIMEOUT_S = 3.0
 
 __all__ = [
@@ -91,15 +95,26 @@ def prepare_data(
 ) -> Corpus:
     """Load, split, get the tokenizer (trained on the train split, or cached, or the one given,
     e.g. from a checkpoint) and tokenize both splits (cached too). Under data parallelism, call
-    it on rank 0 first and the other ranks after a barrier, so they find the caches."""
-    splits = load_corpus(dataset, val_fraction)
+    it on rank 0 first and the other ranks after a barrier, so they find the caches. When the
+    tokenizer and both token arrays are cached, the documents are not loaded at all."""
     root = _cache_root(dataset, val_fraction, cache_dir)
+    tokenizer_path = root / f"tokenizer-{vocab_size}.json"
+    if tokenizer is None and tokenizer_path.exists():
+        tokenizer = Tokenizer.load(tokenizer_path)
+    files = {s: root / f"tokens-{tokenizer.fingerprint()}-{s}.npy" for s in SPLITS} if tokenizer else {}
+    counts = root / f"documents-{tokenizer.fingerprint()}.json" if tokenizer else None
+    if files and counts.exists() and all(f.exists() for f in files.values()):
+        arrays = {s: np.load(f, mmap_mode="r") for s, f in files.items()}
+        return Corpus(dataset, tokenizer, arrays["train"], arrays["validation"], json.loads(counts.read_text()))
+    splits = load_corpus(dataset, val_fraction)
     if tokenizer is None:
-        tokenizer = get_tokenizer(splits["train"], root / f"tokenizer-{vocab_size}.json", vocab_size)
+        tokenizer = get_tokenizer(splits["train"], tokenizer_path, vocab_size)
     arrays = {
-        s: _cached_tokens(splits[s], tokenizer, root / f"tokens-{tokenizer.fingerprint()}-{s}.npy") for s in splits
+        s: _cached_tokens(splits[s], tokenizer, root / f"tokens-{tokenizer.fingerprint()}-{s}.npy") for s in SPLITS
     }
-    return Corpus(dataset, tokenizer, arrays["train"], arrays["validation"], {s: len(d) for s, d in splits.items()})
+    documents = {s: len(d) for s, d in splits.items()}
+    _atomic_write(root / f"documents-{tokenizer.fingerprint()}.json", json.dumps(documents))
+    return Corpus(dataset, tokenizer, arrays["train"], arrays["validation"], documents)
 
 
 def default_cache_dir() -> Path:
@@ -139,6 +154,7 @@ def chitchat_dialogues() -> datasets.Dataset:
     """The chitchat-dataset's dialogues (7,168), one row each: `id` (its key), `text`. Each
     `messages` entry of the package's dataset.json is one speaker's turn, a list of utterances."""
     import chitchat_dataset
+    import datasets
 
     path = Path(chitchat_dataset.__file__).with_name("dataset.json")
     with open(path, encoding="utf-8") as f:
@@ -152,6 +168,7 @@ def chatterbot_dialogues(language: str) -> datasets.Dataset:
     """The dialogues of chatterbot-corpus in `language` (its data/<language>/*.yml files), one row
     each: `id` (file stem/index), `text`. Each statement of a conversation is one turn."""
     import chatterbot_corpus
+    import datasets
     import yaml
 
     root = Path(chatterbot_corpus.__file__).parent / "data"
@@ -176,6 +193,8 @@ def _is_local(name: str) -> bool:
 
 
 def _load_file(path: Path) -> datasets.Dataset:
+    import datasets
+
     fmt = FILE_FORMATS.get(path.suffix.lower())
     if not path.exists():
         raise DatasetError(f"dataset file {str(path)!r} does not exist (check --dataset)")
@@ -225,6 +244,8 @@ def _clean(ds: datasets.Dataset, where: str) -> datasets.Dataset:
 
 def _load_hub(name: str) -> datasets.Dataset:
     """`name` or `name:config` from the Hub (its train split); fails fast and clearly offline."""
+    import datasets
+
     path, _, config = name.partition(":")
     fix = (
         "pass a local .txt/.jsonl/.parquet file or a built-in (chitchat, chatterbot:<language>) "
@@ -274,6 +295,7 @@ def _hub_reachable() -> bool:
 @contextlib.contextmanager
 def _offline_mode():
     """HF_HUB_OFFLINE=1 for the duration (datasets and huggingface_hub read it at import)."""
+    import datasets
     from huggingface_hub import constants
 
     saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
@@ -289,6 +311,8 @@ def _offline_mode():
 
 def split_documents(ds: datasets.Dataset, val_fraction: float = 0.02) -> datasets.DatasetDict:
     """Deterministic train/validation split by document (see the module docstring)."""
+    import datasets
+
     if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
         raise DatasetError(f"val_fraction must be in [0, 1), got {val_fraction!r} (change --val-fraction)")
     n_val = max(1, round(val_fraction * len(ds))) if val_fraction > 0 else 0
@@ -352,6 +376,13 @@ def _cached_tokens(ds: datasets.Dataset, tokenizer: Tokenizer, path: Path) -> np
     np.save(tmp, tokens)
     os.replace(tmp, path)
     return tokens
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _cache_root(dataset: str, val_fraction: float, cache_dir: str | Path | None) -> Path:

@@ -206,7 +206,7 @@ def loop(t: TrainConfig, engine, sampler, corpus, step: int, rank: int, world: i
     tokens_per_step = t.batch_size * t.grad_accum * engine.module.cfg.context * world
     bar = tqdm(total=t.steps, initial=step, disable=rank != 0, desc="train", unit="step")
     try:
-        while step < t.steps and not stopping(stop):
+        while step < t.steps and not stopping(stop, engine.device):
             start = time.perf_counter()
             circuit_clock.take()
             loss = train_step(engine, sampler, t.grad_accum)
@@ -232,20 +232,23 @@ def loop(t: TrainConfig, engine, sampler, corpus, step: int, rank: int, world: i
             bar.set_postfix(
                 loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", q=f"{record['quantum_share']:.0%}"
             )
-            if step % t.save_every == 0 or step == t.steps or stopping(stop):
+            if step % t.save_every == 0 or step == t.steps or stopping(stop, engine.device):
                 save(engine, t.out, step, sampler, rank)
     finally:
         bar.close()
         if metrics:
             metrics.close()
-    identical = replicas_identical(engine.module)
+    identical = replicas_identical(engine.module, engine.device)
     if rank == 0:
         finish(t.out, engine.module, step, stopped=stop["now"], identical=identical)
 
 
-def replicas_identical(model: torch.nn.Module) -> bool:
+# The collectives below run on the engine's device: NCCL, the GPUs' backend, takes no CPU tensor.
+
+
+def replicas_identical(model: torch.nn.Module, device: torch.device) -> bool:
     """Whether every rank holds bit-identical parameters (data parallelism must keep them so)."""
-    local = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()  # one number a tensor
+    local = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(device)  # one number a tensor
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, local)
     return all(torch.equal(g, local) for g in gathered)
@@ -253,13 +256,13 @@ def replicas_identical(model: torch.nn.Module) -> bool:
 
 def train_step(engine, sampler: BatchSampler, grad_accum: int) -> float:
     """One optimizer step: grad_accum micro-batches; returns the loss averaged over ranks."""
-    total = torch.zeros(())
+    total = torch.zeros((), device=engine.device)
     for _ in range(grad_accum):
         x, y = next(sampler)
         _, loss = engine(x.to(engine.device), y.to(engine.device))
         engine.backward(loss)
         engine.step()  # DeepSpeed clips and steps the optimizer at the accumulation boundary
-        total += loss.detach().float().cpu()
+        total += loss.detach().float()
     total /= grad_accum
     dist.all_reduce(total)
     return total.item() / dist.get_world_size()
@@ -271,11 +274,11 @@ def evaluate(engine, tokens, t: TrainConfig, rank: int, world: int) -> float:
     engine.eval()
     sampler = BatchSampler(tokens, 1, engine.module.cfg.context, shuffle=False)
     n = min(t.eval_batches * t.batch_size, sampler.n_windows)
-    total = torch.zeros(2)
+    total = torch.zeros(2, device=engine.device)
     for i, (x, y) in zip(range(n), sampler):
         if i % world == rank:
             _, loss = engine(x.to(engine.device), y.to(engine.device))
-            total += torch.tensor([loss.float().item(), 1.0])
+            total += torch.stack([loss.float(), loss.new_ones((), dtype=torch.float32)])
     dist.all_reduce(total)
     engine.train()
     return (total[0] / total[1]).item()
@@ -313,9 +316,9 @@ def install_stop_handler() -> dict:
     return stop
 
 
-def stopping(stop: dict) -> bool:
+def stopping(stop: dict, device: torch.device) -> bool:
     """Whether any rank was asked to stop: all ranks then stop after the same step."""
-    flag_ = torch.tensor([float(stop["now"])])
+    flag_ = torch.tensor([float(stop["now"])], device=device)
     dist.all_reduce(flag_, op=dist.ReduceOp.MAX)
     stop["now"] = bool(flag_.item())
     return stop["now"]

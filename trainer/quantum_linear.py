@@ -61,7 +61,8 @@ class QuantumLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         angles = math.pi * torch.tanh(self.compress(x.reshape(-1, self.in_features)))  # (B·T, 2 n_q)
-        z = self.circuit(angles.float() if angles.dtype not in (torch.float32, torch.float64) else angles)
+        with torch.autocast(angles.device.type, enabled=False):  # circuits in float32 (or 64), never bf16
+            z = self.circuit(angles.float() if angles.dtype not in (torch.float32, torch.float64) else angles)
         return self.expand(z.to(x.dtype)).reshape(*lead, self.out_features)
 
     def circuit(self, angles: Tensor) -> Tensor:

@@ -32,6 +32,13 @@ from qworker.backends.base import Backend, promoted
 from qworker.circuit import CircuitSpec, Op, check_memory
 
 CHUNK_AMPLITUDES = 2**18  # tokens x 2^n per chunk: measured best on a 2-core CPU (bench/vqc.py)
+CUDA_CHUNK_AMPLITUDES = 2**26  # on a GPU: few, large kernels (a float32 register of 512 MB)
+
+
+def _chunk(n_qubits: int, device: torch.device) -> int:
+    """Tokens per chunk: a chunk's registers stay in cache on a CPU, fill the GPU's cores on CUDA."""
+    amplitudes = CUDA_CHUNK_AMPLITUDES if device.type == "cuda" else CHUNK_AMPLITUDES
+    return max(1, amplitudes >> n_qubits)
 
 
 @dataclass
@@ -92,7 +99,7 @@ def shifted(spec: CircuitSpec, theta: Tensor, angles: Tensor, step: float, compo
     out = angles.new_empty(int(base) + 2 * len(components), n_tok, n)
     even_z0, even_z1, odd = math.cos(step / 2) ** 2, math.sin(step / 2) ** 2, math.sin(step)
     sites = _theta_sites(prog)
-    chunk = max(1, CHUNK_AMPLITUDES >> n)
+    chunk = _chunk(n, angles.device)
     shared = _step_params(prog, theta) if theta.dim() == 1 else None
     for start in range(0, n_tok, chunk):
         deadline.check()
@@ -186,9 +193,10 @@ def _cross(prog: _Program, a: Tensor, b: Tensor) -> Tensor:
 
 def _program(spec: CircuitSpec, angles: Tensor) -> _Program:
     """The compiled circuit, after checking that a chunk's registers and the basis tables (about
-    2n registers' worth) fit in memory."""
-    chunk = min(max(1, CHUNK_AMPLITUDES >> spec.n_qubits), max(1, angles.shape[0]))
-    check_memory(spec, 6 * chunk + 2 * spec.n_qubits, 2 * angles.element_size())
+    2n registers' worth) fit in memory (the GPU's, on CUDA)."""
+    chunk = min(_chunk(spec.n_qubits, angles.device), max(1, angles.shape[0]))
+    free = torch.cuda.mem_get_info(angles.device)[0] if angles.is_cuda else None
+    check_memory(spec, 6 * chunk + 2 * spec.n_qubits, 2 * angles.element_size(), free)
     return _compile(spec, angles.device, angles.dtype)
 
 
@@ -196,7 +204,7 @@ def _chunks(prog: _Program, theta: Tensor, angles: Tensor):
     """(first token, the encoded state's two factors (`_encoded_halves`), step params) for each
     chunk of tokens. The factors are built for all tokens at once: many small ops, better not
     repeated per chunk; `split` views them per chunk and gathers their gradients with one cat."""
-    chunk = max(1, CHUNK_AMPLITUDES >> prog.spec.n_qubits)
+    chunk = _chunk(prog.spec.n_qubits, angles.device)
     shared = _step_params(prog, theta) if theta.dim() == 1 else None  # once for all chunks
     halves = zip(*(h.split(chunk, -1) for h in _encoded_halves(prog, angles)))
     for start, (hi, lo) in zip(range(0, angles.shape[0], chunk), halves):
