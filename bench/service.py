@@ -30,14 +30,10 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 
-import psutil
 import torch
-from prometheus_client.parser import text_string_to_metric_families
+from servers import Server
 
 from qworker import CircuitSpec, Gradient, get_backend
 from qworker.protocol.convert import to_request, to_response
@@ -95,47 +91,6 @@ def in_process_worker(conn, n: int, threads: int) -> None:
             conn.send(seconds_of(step_work, local, theta, angles, grad_out, Gradient(what)))
 
 
-class Server:
-    """`python -m qworker serve` in a process of its own, with a private local Ray: its address,
-    and its own CPU seconds and Evaluate calls answered, read from outside."""
-
-    def __init__(self, replicas: int, cpus: int):
-        cmd = [sys.executable, "-m", "qworker", "serve", "--port", "0", "--metrics-port", "0", "--simulators"]
-        cmd += ["local", "--replicas", str(replicas), "--replica-cpus", str(cpus)]
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-        self.address = self.metrics = None
-        for line in self.proc.stdout:
-            if line.startswith("qworker listening on"):
-                self.address = line.split()[-1]
-            elif line.startswith("metrics on"):
-                self.metrics = line.split()[-1]
-                break
-        assert self.address and self.metrics, f"the server did not start (exit {self.proc.poll()})"
-        self.process = psutil.Process(self.proc.pid)
-
-    def cpu_s(self) -> float:
-        t = self.process.cpu_times()
-        return t.user + t.system
-
-    def evaluate_calls(self) -> float:
-        with urllib.request.urlopen(self.metrics, timeout=10) as page:
-            text = page.read().decode()
-        return sum(
-            s.value
-            for f in text_string_to_metric_families(text)
-            for s in f.samples
-            if s.name == "hyqut_qworker_requests_total" and s.labels.get("rpc") == "Evaluate"
-        )
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=16384)
@@ -157,7 +112,8 @@ def main() -> None:
     paths, servers = {"in-process": (in_process, None)}, []
     try:
         for replicas in (1, 2):  # one replica with every core, or one core each
-            server = Server(replicas, max(1, cores // replicas))
+            cpus = max(1, cores // replicas)
+            server = Server("--simulators", "local", "--replicas", str(replicas), "--replica-cpus", str(cpus))
             servers.append(server)
             remote = get_backend(f"{server.address}?simulator=local&deadline=600")
             name = f"service, {replicas} replica{'s' if replicas > 1 else ''}"

@@ -38,8 +38,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--max-tokens", type=int, default=d.max_tokens_per_request, help="most tokens in one request")
     s.add_argument("--max-shots", type=int, default=d.max_shots, help="most shots a request may ask for")
     s.add_argument(
-        "--max-circuits", type=int, default=d.max_circuits_per_request, help="most one-token circuits in one request"
+        "--max-request-seconds",
+        type=float,
+        default=d.max_request_seconds,
+        help="refuse a request estimated to hold a replica longer (the work limit)",
     )
+    s.add_argument(
+        "--default-deadline", type=float, default=d.default_deadline_s, help="seconds, when a client sets none"
+    )
+    s.add_argument("--max-deadline", type=float, default=d.max_deadline_s, help="longer client deadlines are cut to it")
+    s.add_argument("--max-inflight", type=int, help="requests evaluating at once (default: 2 per live replica)")
+    s.add_argument("--max-queue", type=int, help="admitted requests waiting (default: 4 x max-inflight)")
+    s.add_argument("--max-replicas", type=int, help="Scale's bound (default: what the Ray cluster can place now)")
     s.add_argument("--simulators", default=",".join(d.simulators), help=f"comma-separated, from {SIMULATORS}")
     s.add_argument("--replicas", type=int, default=1, help="replicas of the Ray pool (each a process)")
     s.add_argument("--in-process", action="store_true", help="no Ray: evaluate in the server's own process")
@@ -80,7 +90,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_layers=args.max_layers,
         max_tokens_per_request=args.max_tokens,
         max_shots=args.max_shots,
-        max_circuits_per_request=args.max_circuits,
+        max_request_seconds=args.max_request_seconds,
+        default_deadline_s=args.default_deadline,
+        max_deadline_s=args.max_deadline,
+        max_inflight=args.max_inflight,
+        max_queue=args.max_queue,
+        max_replicas=args.max_replicas,
         simulators=tuple(n for n in args.simulators.split(",") if n),
         replicas=None if args.in_process else args.replicas,
         ray_address=args.ray_address,

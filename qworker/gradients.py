@@ -24,6 +24,7 @@ from torch import Tensor
 from qworker.circuit import CircuitSpec
 
 METHODS = ("adjoint", "shift", "fd", "spsa")
+MIN_DELTA = 1e-8  # below this an fd step is lost in float64 rounding: its Jacobians would be noise
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,10 @@ class Gradient:
         problems = []
         if self.method not in METHODS:
             problems.append(f"unknown gradient method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if not (isinstance(self.delta, (int, float)) and math.isfinite(self.delta) and self.delta > 0):
-            problems.append(f"delta must be a finite number > 0, got {self.delta!r}")
+        if not (isinstance(self.delta, (int, float)) and MIN_DELTA <= self.delta <= math.pi):
+            problems.append(
+                f"delta must be a finite number > 0, at least {MIN_DELTA:g} and at most π, got {self.delta!r}"
+            )
         if not (isinstance(self.samples, int) and self.samples >= 1):
             problems.append(f"samples must be an integer >= 1, got {self.samples!r}")
         if problems:
@@ -95,17 +98,28 @@ class Shifts:
         return torch.cat(thetas), torch.cat(angles)
 
 
-def shifted_jacobians(backend, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient, base: bool = False):
+def shifted_jacobians(
+    backend,
+    spec: CircuitSpec,
+    theta: Tensor,
+    angles: Tensor,
+    grad: Gradient,
+    base: bool = False,
+    components: range | None = None,
+):
     """`shift` (parameter shift, ±π/2, exact: every angle drives exactly one rotation gate) or
     `fd` (central differences with step delta), from one `backend.evaluate_shifts` call. Returns
-    (J_theta (N, n_q, |Θ|), J_angles (N, n_q, 2n_q), the expectations (N, n_q) if `base` else None)."""
+    (J_theta (N, n_q, |Θ|), J_angles (N, n_q, 2n_q), the expectations (N, n_q) if `base` else
+    None); with `components`, only those columns of [theta | angles], split the same way."""
     s, scale = (math.pi / 2, 0.5) if grad.method == "shift" else (grad.delta, 0.5 / grad.delta)
     n_tok, n_params, n_q = angles.shape[0], spec.n_params, spec.n_qubits
-    shifts = Shifts(theta, angles, s, range(n_params + spec.n_angles), base)
-    out = backend.evaluate_shifts(spec, shifts).reshape(-1, n_tok, n_q)
-    pairs = out[int(base) :].reshape(-1, 2, n_tok, n_q)  # (|Θ| + 2n_q, ±, N, n_q)
-    j = ((pairs[:, 0] - pairs[:, 1]) * scale).permute(1, 2, 0)  # (N, n_q, |Θ| + 2n_q)
-    return j[..., :n_params], j[..., n_params:], out[0] if base else None
+    components = range(n_params + spec.n_angles) if components is None else components
+    out = backend.evaluate_shifts(spec, Shifts(theta, angles, s, components, base))
+    out = out.reshape(int(base) + 2 * len(components), n_tok, n_q)
+    pairs = out[int(base) :].reshape(len(components), 2, n_tok, n_q)  # (K, ±, N, n_q)
+    j = ((pairs[:, 0] - pairs[:, 1]) * scale).permute(1, 2, 0)  # (N, n_q, K)
+    split = len(range(components.start, min(components.stop, n_params)))  # how many are theta's
+    return j[..., :split], j[..., split:], out[0] if base else None
 
 
 def spsa_jacobians(backend, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient, base: bool = False):
@@ -119,14 +133,16 @@ def spsa_jacobians(backend, spec: CircuitSpec, theta: Tensor, angles: Tensor, gr
     per_token = theta.dim() == 2
     d_theta = _rademacher((k, *theta.shape), gen).to(theta)  # (k, |Θ|) or (k, N, |Θ|)
     d_angles = _rademacher((k, *angles.shape), gen).to(angles)  # (k, N, 2n_q)
-    rows_theta = theta.expand(n_tok, -1) + c * torch.stack((d_theta, -d_theta), 1).reshape(2 * k, -1, theta.shape[-1])
+    shifts_theta = torch.stack((d_theta, -d_theta), 1).reshape(2 * k, n_tok if per_token else 1, theta.shape[-1])
+    rows_theta = theta.expand(n_tok, -1) + c * shifts_theta
     rows_angles = angles + c * torch.stack((d_angles, -d_angles), 1).reshape(2 * k, n_tok, -1)
-    rows_theta, rows_angles = rows_theta.reshape(-1, theta.shape[-1]), rows_angles.reshape(-1, angles.shape[1])
+    rows = 2 * k * n_tok
+    rows_theta, rows_angles = rows_theta.reshape(rows, theta.shape[-1]), rows_angles.reshape(rows, angles.shape[1])
     if base:
         rows_theta = torch.cat((theta.expand(n_tok, -1), rows_theta))
         rows_angles = torch.cat((angles, rows_angles))
-    out = backend.expectations(spec, rows_theta, rows_angles).reshape(-1, n_tok, spec.n_qubits)
-    pairs = out[int(base) :].reshape(k, 2, n_tok, -1)
+    out = backend.expectations(spec, rows_theta, rows_angles).reshape(int(base) + 2 * k, n_tok, spec.n_qubits)
+    pairs = out[int(base) :].reshape(k, 2, n_tok, spec.n_qubits)
     diff = (pairs[:, 0] - pairs[:, 1]) / (2 * c)  # (k, N, n_q); 1/Δ = Δ for ±1 directions
     d_t = d_theta[:, :, None, :] if per_token else d_theta[:, None, None, :]  # (k, N or 1, 1, |Θ|)
     j_theta = (diff[..., None] * d_t).mean(0)

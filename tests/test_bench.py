@@ -77,15 +77,42 @@ def test_service_figures_match_the_wire_format():
 
 
 @pytest.mark.slow
-def test_convergence_trains_each_variant_and_plots(tmp_path, cache_dir):
+def test_study_runs_a_grid_resumes_and_reports(tmp_path, cache_dir):
     env = {**os.environ, "HYQUT_CACHE": str(cache_dir)}
-    argv = ["--model", "tiny", "--variants", "none", "wq", "--steps", "2", "--eval-every", "2", "--batch-size", "2"]
-    proc = bench("bench/convergence.py", *argv, "--out", str(tmp_path), "--", "--context", "32", env=env)
-    table = proc.stdout[proc.stdout.index("quantum  train loss") :].splitlines()
-    assert [line.split()[0] for line in table[1:3]] == ["none", "wq"]
-    assert (tmp_path / "convergence.png").stat().st_size > 1000
-    for q in ("none", "wq"):
-        assert json.loads((tmp_path / f"tiny-{q}" / "summary.json").read_text())["steps"] == 2
+    variants = ["none", "wq", "wq-control", "none-like-wq"]
+    argv = ["bench/study.py", "--model", "tiny", "--variants", *variants, "--seeds", "0", "1", "--steps", "3"]
+    argv += [
+        "--eval-every",
+        "3",
+        "--batch-size",
+        "2",
+        "--out",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "s"),
+    ]
+    argv += ["--", "--context", "32", "--eval-batches", "1"]
+    bench(*argv, env=env, timeout=900)
+    study = json.loads((tmp_path / "s.json").read_text())
+    assert sorted((r["variant"], r["seed"]) for r in study["runs"]) == sorted((v, s) for v in variants for s in (0, 1))
+    assert all(r["steps"] == 3 and r["final_val_loss"] > 0 for r in study["runs"])
+    params = {r["variant"]: r["params"] for r in study["summary"]}
+    # narrowed to within one FFN unit (3 x d_model x n_layers = 3 x 64 x 2 weights) of the hybrid's count
+    assert abs(params["none-like-wq"] - params["wq"]) <= 3 * 64 * 2 // 2 < abs(params["none"] - params["wq"])
+    evals = {r["variant"]: r["circuit_evaluations"] for r in study["summary"]}
+    # tiny: 2 layers with W_q through a circuit, ~3 evaluations a token with adjoint, 3 steps of 2 x 32 tokens
+    assert evals["wq"] == 2 * 3 * (2 * 3 * 2 * 32) and evals["wq-control"] == evals["none"] == 0
+    for row in study["summary"][1:]:  # paired with `none` over the same two seeds
+        lo, hi = row["diff_ci95"]
+        assert lo <= row["diff_vs_none"] <= hi
+    assert "| wq-control |" in (tmp_path / "s.md").read_text() and (tmp_path / "s.png").stat().st_size > 10_000
+    # a second invocation reads the finished runs; a run cut short is finished, the others untouched
+    logs = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/log.jsonl")}
+    (tmp_path / "runs" / "wq-s1" / "summary.json").unlink()
+    bench(*argv, env=env, timeout=900)
+    changed = {p for p, t in logs.items() if p.stat().st_mtime_ns != t}
+    assert changed <= {tmp_path / "runs" / "wq-s1" / "log.jsonl"}
+    assert (tmp_path / "runs" / "wq-s1" / "summary.json").exists()
 
 
 @pytest.mark.slow

@@ -124,8 +124,9 @@ def test_adjoint_is_refused_where_there_is_no_state_vector():
     "settings,words",
     [
         ({"method": "newton"}, "unknown gradient method 'newton'; choose one of adjoint, shift, fd, spsa"),
-        ({"method": "fd", "delta": 0.0}, "delta must be a finite number > 0"),
+        ({"method": "fd", "delta": 0.0}, "delta must be a finite number > 0, at least 1e-08"),
         ({"method": "fd", "delta": float("nan")}, "delta must be a finite number > 0"),
+        ({"method": "fd", "delta": 5e-324}, "at least 1e-08 and at most π, got 5e-324"),  # subnormal
         ({"method": "spsa", "samples": 0}, "samples must be an integer >= 1"),
     ],
 )

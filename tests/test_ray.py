@@ -95,6 +95,39 @@ def test_sharded_results_equal_the_in_process_simulator_and_use_every_replica(se
         assert r["hyqut_qworker_replica_busy_seconds_total"] > was.get("hyqut_qworker_replica_busy_seconds_total", 0)
 
 
+def test_results_are_the_same_bits_with_1_2_and_3_replicas(ray_address):
+    """The pool cuts a request into units by the request alone and sums in unit order: a rescale
+    (or a restart) changes no bit of any answer."""
+    theta, angles = batch(512, seed=9)
+    grad_out = torch.randn(512, SPEC.n_qubits, generator=torch.Generator().manual_seed(9))
+    requests = [
+        to_request(Evaluation(SPEC, "local", theta, angles, "jacobians", Gradient("fd"), include_expectations=True)),
+        to_request(
+            Evaluation(SPEC, "local", theta, angles.repeat(20, 1), "vjp", Gradient("adjoint"), grad_out.repeat(20, 1))
+        ),
+    ]
+    answers = {}
+    with (
+        serving(1) as (server, port),
+        grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 2**26)]) as channel,
+    ):
+        stub = pb_grpc.QWorkerStub(channel)
+        for n in (1, 2, 3):
+            server.call(server.pool.scale, n)
+            deadline = time.monotonic() + 60
+            while server.pool.replicas != n:
+                assert time.monotonic() < deadline, f"never reached {n} replicas"
+                time.sleep(0.1)
+            answers[n] = [stub.Evaluate(r, timeout=120) for r in requests]
+    for n in (2, 3):
+        for a, b in zip(answers[1], answers[n]):
+            for field in ("expectations", "jacobian_theta", "jacobian_angles", "vjp_theta", "vjp_angles"):
+                assert getattr(a, field).data == getattr(b, field).data, (n, field)
+    j = to_result(answers[1][0]).jacobians
+    want = get_backend("local").jacobians(SPEC, theta, angles, Gradient("fd"))
+    torch.testing.assert_close(j, want, atol=1e-4, rtol=1e-4)  # float32 fd: rounding over delta
+
+
 def test_gradients_started_in_forward_equal_the_vjp_of_backward(service):
     remote = get_backend(service[1])
     theta, angles = batch(300, seed=1, dtype=torch.float64)
@@ -113,14 +146,14 @@ def test_a_replica_killed_mid_request_costs_a_retry_not_a_result(service):
     victim = {}
 
     def kill_the_busy_one():
-        (i,) = [i for i, m in enumerate(members) if m.in_flight]
+        i = next(i for i, m in enumerate(members) if m.in_flight)
         victim.update(name=members[i].name, pid=pids[i])
         os.kill(pids[i], signal.SIGKILL)
 
     killer = threading.Timer(0.3, kill_the_busy_one)
     killer.start()
     target, big = address[len("grpc://") :].split("?")[0], [("grpc.max_receive_message_length", 2**26)]
-    with grpc.insecure_channel(target, options=big) as channel:  # one request: one replica
+    with grpc.insecure_channel(target, options=big) as channel:  # one request, its units on both replicas
         result = to_result(pb_grpc.QWorkerStub(channel).Evaluate(request, timeout=120))
     killer.join()
     deaths = {name: r["hyqut_qworker_replica_deaths_total"] for name, r in replica_metrics(server).items()}
@@ -219,6 +252,51 @@ def test_a_running_request_past_its_deadline_frees_its_replica(ray_address):
         got = RemoteBackend(address, deadline_s=60).expectations(SPEC, theta, angles[:64])
         assert time.monotonic() - start < 3
         torch.testing.assert_close(got, get_backend("local").expectations(SPEC, theta, angles[:64]))
+
+
+def test_scale_is_bounded_and_what_ray_cannot_place_is_reported_pending(ray_address):
+    import ray
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    with serving(1) as (server, port):  # the bound: what the cluster's CPUs place, one each
+        address = f"grpc://127.0.0.1:{port}"
+        assert admin_call(address, "Info", pb.InfoRequest()).limits.max_replicas == cpus
+        with pytest.raises(RemoteError, match=rf"FAILED_PRECONDITION: {cpus + 1} replicas do not fit: at most {cpus}"):
+            admin_call(address, "Scale", pb.ScaleRequest(replicas=cpus + 1))
+    with serving(1, max_replicas=cpus + 4) as (server, port):  # as if an autoscaler could add nodes
+        address = f"grpc://127.0.0.1:{port}"
+        admin_call(address, "Scale", pb.ScaleRequest(replicas=cpus + 2))
+        deadline = time.monotonic() + 60
+        while (info := admin_call(address, "Info", pb.InfoRequest())).pending_replicas < 2:
+            assert time.monotonic() < deadline, info
+            time.sleep(0.5)
+        assert "each needs 1 CPU" in info.pending_reason and info.replicas + info.pending_replicas <= cpus + 2
+        admin_call(address, "Scale", pb.ScaleRequest(replicas=1))
+        deadline = time.monotonic() + 60
+        while (info := admin_call(address, "Info", pb.InfoRequest())).pending_replicas or info.replicas != 1:
+            assert time.monotonic() < deadline, info
+            time.sleep(0.5)
+
+
+def test_a_removed_replica_keeps_its_totals_in_the_metrics(ray_address):
+    with serving(2, metrics_port=0) as (server, port):
+        theta, angles = batch(1024, seed=12)
+        get_backend(f"grpc://127.0.0.1:{port}?simulator=local").jacobians(SPEC, theta, angles, Gradient("fd"))
+        before = replica_metrics(server)
+        assert len(before) == 2 and all(r["hyqut_qworker_replica_evaluations_total"] > 0 for r in before.values())
+        server.call(server.pool.scale, 1)
+        deadline = time.monotonic() + 30
+        while server.pool.replicas != 1 or len(server.pool._members) != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        after = replica_metrics(server)
+        assert after.keys() == before.keys()  # the removed one is still there
+        gone = [name for name, r in after.items() if r["hyqut_qworker_replica_up"] == 0]
+        assert len(gone) == 1
+        assert (
+            after[gone[0]]["hyqut_qworker_replica_evaluations_total"]
+            == before[gone[0]]["hyqut_qworker_replica_evaluations_total"]
+        )
 
 
 def test_the_in_process_server_refuses_to_scale():

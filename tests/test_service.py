@@ -188,7 +188,10 @@ def test_info(channel):
     assert methods == {"auto": exact, "qulacs": exact, "local": exact, "shots": ["shift", "fd", "spsa"]}
     assert [b.hardware for b in info.backends] == [False, False, False, True]
     assert info.limits.max_qubits == 30 and info.limits.max_message_bytes == 64 * 2**20
-    assert info.limits.max_tokens_per_request > 0 and info.limits.max_circuits_per_request > 0
+    assert info.limits.max_tokens_per_request > 0 and info.limits.max_work_per_request > 0
+    assert info.limits.max_request_seconds == 600 and info.limits.default_deadline_s == 600
+    assert info.limits.max_inflight == 4 and info.limits.max_queue == 16  # workers, and 4 x that
+    assert info.limits.max_replicas == 0 and info.queue_depth == 0  # an in-process pool does not scale
 
 
 def test_standard_health(channel):
@@ -326,7 +329,7 @@ def test_limits_are_resource_exhausted(limited):
             (request(n=17), "angles: 17 tokens exceed max_tokens_per_request=16"),
             (
                 request(n=2, want=pb.WANT_JACOBIANS, method="spsa", gradient=pb.Gradient(method="spsa", samples=2**31)),
-                "max_circuits_per_request",
+                "over this server's max_request_seconds=600",
             ),  # fmt: skip
             (request(angles=encode_tensor(torch.zeros(2**18, 8))), "Received message larger than max"),  # 8 MiB
             (shots("shots", shots=2**21), "backend.shots: 2097152 is over this server's max_shots=1048576"),

@@ -17,6 +17,14 @@ from qworker.gradients import Shifts
 qml = pytest.importorskip("pennylane")
 
 EXACT = ("local", "qulacs", "auto", "qiskit")  # qiskit: its exact StatevectorEstimator
+# every backend with every method it serves: adjoint needs the state vector, so hardware-like backends
+# refuse it by name (tests/test_gradients.py)
+SERVED = [
+    (b, m)
+    for b in EXACT + ("shots",)
+    for m in ("adjoint", "shift", "fd", "spsa")
+    if (b, m) not in {("shots", "adjoint"), ("qiskit", "adjoint")}
+]
 SHAPES = [CircuitSpec(3, 5, "chain"), CircuitSpec(10, 2), CircuitSpec(4, 0), CircuitSpec(1, 1)]
 
 
@@ -169,11 +177,8 @@ def test_adjoint_jacobians_and_vjp_shapes_equal_the_reference(backend, per_token
         assert g_theta.shape == theta.shape and g_angles.shape == angles.shape  # (|Θ|,) or (N, |Θ|)
 
 
-@pytest.mark.parametrize("backend", EXACT + ("shots",))
-@pytest.mark.parametrize("method", ["adjoint", "shift", "fd", "spsa"])
+@pytest.mark.parametrize("backend, method", SERVED)
 def test_vjp_theta_has_theta_s_shape_whatever_the_backend(backend, method):
-    if backend in ("shots", "qiskit") and method == "adjoint":
-        pytest.skip("adjoint needs the state vector: refused by name on hardware (tests/test_gradients.py)")
     spec = CircuitSpec(3, 1)
     for per_token in (False, True):
         theta, angles = batch(spec, 4, per_token, seed=7)
@@ -191,11 +196,8 @@ def test_spsa_per_token_theta_averages_to_the_exact_jacobian():
         assert (g - w).abs().max() < 0.15, (g - w).abs().max()  # SPSA's noise: ~sqrt(components / samples)
 
 
-@pytest.mark.parametrize("backend", EXACT + ("shots",))
-@pytest.mark.parametrize("method", ["adjoint", "shift", "fd", "spsa"])
+@pytest.mark.parametrize("backend, method", SERVED)
 def test_an_empty_batch_gives_empty_results(backend, method):
-    if backend in ("shots", "qiskit") and method == "adjoint":
-        pytest.skip("adjoint is refused on hardware")
     spec = CircuitSpec(10, 2)
     theta, angles = batch(spec, 0, dtype=torch.float32)
     assert qworker.expectations(spec, theta, angles, backend).shape == (0, 10)
@@ -206,12 +208,9 @@ def test_an_empty_batch_gives_empty_results(backend, method):
     assert torch.count_nonzero(g_theta) == 0  # no token: no gradient
 
 
-@pytest.mark.parametrize("backend", EXACT)
-@pytest.mark.parametrize("method", ["adjoint", "shift", "fd"])
+@pytest.mark.parametrize("backend, method", [(b, m) for b, m in SERVED if b != "shots" and m != "spsa"])
 def test_a_circuit_without_layers_is_the_encoding_alone(backend, method):
     """n_layers = 0: the encoding alone, no theta; its expectations and angle Jacobians."""
-    if backend == "qiskit" and method == "adjoint":
-        pytest.skip("adjoint is refused on hardware")
     spec = CircuitSpec(5, 0)
     theta, angles = batch(spec, 6, seed=2)
     torch.testing.assert_close(qworker.expectations(spec, theta, angles, backend), reference(spec, theta, angles))
@@ -225,11 +224,8 @@ DTYPES = [(torch.float64, torch.float32), (torch.float32, torch.float64)]
 
 
 @pytest.mark.parametrize("theta_dtype, angles_dtype", DTYPES)
-@pytest.mark.parametrize("backend", EXACT + ("shots",))
-@pytest.mark.parametrize("method", ["adjoint", "shift", "fd", "spsa"])
+@pytest.mark.parametrize("backend, method", SERVED)
 def test_mixed_dtypes_compute_in_the_wider_and_answer_in_the_angles(theta_dtype, angles_dtype, backend, method):
-    if backend in ("shots", "qiskit") and method == "adjoint":
-        pytest.skip("adjoint is refused on hardware")
     spec = CircuitSpec(4, 2)
     theta64, angles64 = batch(spec, 9, seed=5)
     theta, angles = theta64.to(theta_dtype), angles64.to(angles_dtype)

@@ -123,20 +123,20 @@ def test_request_round_trip(want, dtype):
 
 def test_max_tokens_fits_the_limits():
     ev = evaluation(want="jacobians", n=1000)
-    limits = Limits(max_message_bytes=2**20, max_tokens_per_request=500, max_circuits_per_request=10**6)
+    limits = Limits(max_message_bytes=2**20, max_tokens_per_request=500, max_work_per_request=10**6)
     fit = lambda limits: max_tokens(ev.spec, ev.want, True, 4, ev.circuits_per_token, limits)  # noqa: E731
     n = fit(limits)
-    assert 1 <= n <= 500 and n * ev.circuits_per_token <= 10**6
+    assert 1 <= n <= 500 and n * ev.circuits_per_token * 2**ev.spec.n_qubits <= 10**6
     jac_bytes = n * ev.spec.n_qubits * (ev.spec.n_params + ev.spec.n_angles) * 4
     assert jac_bytes < 2**20
-    assert fit(Limits(max_circuits_per_request=1)) == 1  # never 0: one token always goes
+    assert fit(Limits(max_work_per_request=1)) == 1  # never 0: one token always goes
 
 
 # -- fuzzing: bad bytes and bad values only ever raise the mapped errors ------------------------
 
 MAPPED = (DecodeError, ValueError, OverLimitError)  # INVALID_ARGUMENT, INVALID_ARGUMENT, RESOURCE_EXHAUSTED
 SMALL = Limits(
-    max_qubits=6, max_layers=4, max_message_bytes=2**16, max_tokens_per_request=64, max_circuits_per_request=10**4
+    max_qubits=6, max_layers=4, max_message_bytes=2**16, max_tokens_per_request=64, max_work_per_request=10**6
 )
 
 

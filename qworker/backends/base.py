@@ -101,28 +101,42 @@ class Backend:
         return self.forward_and_jacobians(spec, theta, angles, grad, expectations=False)[1:]
 
     def forward_and_jacobians(
-        self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient, expectations: bool = True
+        self,
+        spec: CircuitSpec,
+        theta: Tensor,
+        angles: Tensor,
+        grad: Gradient,
+        expectations: bool = True,
+        components: range | None = None,
     ) -> tuple[Tensor | None, Tensor, Tensor]:
         """(the expectations (N, n_q), or None without `expectations`; J_theta; J_angles), computed
         in the wider of the two dtypes, returned in the angles'. shift, fd and spsa evaluate the
-        forward in the same batch as the shifts: one backend call."""
+        forward in the same batch as the shifts: one backend call. shift and fd take `components`,
+        a range of Jacobian columns over [theta | angles] (a server's work unit)."""
         self.check_method(grad)
+        if components is not None and grad.method not in ("shift", "fd"):
+            raise ValueError(f"components: a range of Jacobian columns is for shift and fd, not {grad.method!r}")
         out = angles.dtype
         theta, angles = promoted(theta, angles)
         n_tok, n_q = angles.shape[0], spec.n_qubits
         if n_tok == 0:
             empty = angles.new_zeros((0, n_q)).to(out)
+            cols = range(spec.n_params + spec.n_angles) if components is None else components
+            n_theta = len(range(cols.start, min(cols.stop, spec.n_params)))
             return (
                 (empty if expectations else None),
-                empty.new_zeros(0, n_q, spec.n_params),
-                empty.new_zeros(0, n_q, spec.n_angles),
+                empty.new_zeros(0, n_q, n_theta),
+                empty.new_zeros(0, n_q, len(cols) - n_theta),
             )
         if grad.method == "adjoint":
             z = self.expectations(spec, theta, angles) if expectations else None
             j_theta, j_angles = self._adjoint_jacobians(spec, theta, angles)
+        elif grad.method == "spsa":
+            j_theta, j_angles, z = gradients.spsa_jacobians(self, spec, theta, angles, grad, base=expectations)
         else:
-            estimate = gradients.spsa_jacobians if grad.method == "spsa" else gradients.shifted_jacobians
-            j_theta, j_angles, z = estimate(self, spec, theta, angles, grad, base=expectations)
+            j_theta, j_angles, z = gradients.shifted_jacobians(
+                self, spec, theta, angles, grad, base=expectations, components=components
+            )
         return (None if z is None else z.to(out)), j_theta.to(out), j_angles.to(out)
 
     def check_method(self, grad: Gradient) -> None:

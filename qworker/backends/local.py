@@ -577,6 +577,8 @@ class LocalBackend(Backend):
 def _by_blocks(spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
     """Rows with per-row theta, run block by block where consecutive rows share theta (as a
     batch of spsa's shifts does): a block's rotations are shared matrices (GEMMs), not per row."""
+    if theta.numel() == 0:  # no rows, or no theta (a circuit without layers)
+        return expectations(spec, theta, angles)
     blocks, counts = torch.unique_consecutive(theta, dim=0, return_counts=True)
     if len(blocks) * 16 > len(theta):  # mostly distinct rows: per row it is
         return expectations(spec, theta, angles)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import random
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import grpc
+from prometheus_client import REGISTRY, Counter
 
-from qworker.protocol.metadata import bearer
+from qworker.protocol.metadata import REQUEST_ID, RETRY_AFTER, bearer
 from qworker.protocol.wire import qworker_pb2_grpc as pb_grpc
 
 
@@ -32,9 +34,18 @@ class RemoteInvalidArgument(RemoteError, ValueError):
     """The server refused the request's contents (INVALID_ARGUMENT): a ValueError, as locally."""
 
 
+RETRIES = Counter(
+    "hyqut_qworker_client_retries",
+    "qworker calls retried by this process's clients, by the status that made them retry",
+    ["code"],
+    registry=REGISTRY,
+)
+
+
 class Connection:
-    """A channel to one qworker server: the token, TLS, a deadline for every call, and retries
-    of UNAVAILABLE. Picklable: a copy reconnects on first use."""
+    """A channel to one qworker server: the token, TLS, a deadline and an id for every call, and
+    retries of UNAVAILABLE and of a full server's RESOURCE_EXHAUSTED (counted in RETRIES).
+    Picklable: a copy reconnects on first use."""
 
     def __init__(
         self,
@@ -52,23 +63,42 @@ class Connection:
         self._channel = self._stub = None
 
     def call(self, rpc: str, request):
-        """`rpc` with the token, within the deadline; UNAVAILABLE (the server restarting, or no
-        replica live yet) is retried with jittered backoff until the deadline has passed."""
+        """`rpc` with the token and an id, within the deadline; UNAVAILABLE (the server restarting,
+        or no replica live yet) is retried with jittered backoff, and RESOURCE_EXHAUSTED with a
+        retry-after hint (the server full) after that hint, until the deadline has passed."""
         method = getattr(self._connect(), rpc)
+        request_id = uuid.uuid4().hex[:16]
+        metadata = ((REQUEST_ID, request_id), *(self._metadata or ()))
         delay, deadline = 0.1, time.monotonic() + self.deadline_s
         while True:
             left = deadline - time.monotonic()
             try:
-                return method(request, timeout=max(left, 0.001), metadata=self._metadata, wait_for_ready=True)
+                return method(request, timeout=max(left, 0.001), metadata=metadata, wait_for_ready=True)
             except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE and deadline - time.monotonic() > delay:
-                    time.sleep(delay * random.uniform(0.5, 1.5))
+                wait = self._retry_after(e, delay)
+                if wait is not None and deadline - time.monotonic() > wait:
+                    RETRIES.labels(e.code().name).inc()
+                    time.sleep(wait)
                     delay = min(2 * delay, 2.0)
                     continue
-                raise self._error(rpc, e) from None
+                raise self._error(rpc, e, request_id) from None
 
-    def _error(self, rpc: str, e: grpc.RpcError) -> RemoteError:
+    @staticmethod
+    def _retry_after(e: grpc.RpcError, delay: float) -> float | None:
+        """Seconds to wait before retrying `e`, or None if it is not to be retried."""
+        if e.code() == grpc.StatusCode.UNAVAILABLE:
+            return delay * random.uniform(0.5, 1.5)
+        hint = (
+            dict(e.trailing_metadata() or ()).get(RETRY_AFTER)
+            if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            else None
+        )
+        return None if hint is None else float(hint) / 1000 * random.uniform(1.0, 1.5)
+
+    def _error(self, rpc: str, e: grpc.RpcError, request_id: str) -> RemoteError:
         code, details = e.code(), e.details()
+        if request_id not in (details or ""):
+            details = f"{details} [request {request_id}]"
         message = f"{self.name} {rpc} failed: {code.name}: {details}"
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             message += f" (deadline {self.deadline_s:g} s: raise it with ?deadline= or send smaller batches)"

@@ -9,17 +9,17 @@
     g_theta, g_angles = pending.vjp(grad_out)                     # waits for them only here
 
 The token comes from `token=` or $HYQUT_TOKEN (never from the address, which ends up in logs and
-run.json). A batch is split into shards, one per live replica of the server (and small enough
-for its limits), sent concurrently. Every call has a deadline; a call that fails UNAVAILABLE (the
-server restarting, no live replica yet) is retried with backoff until that deadline (an evaluation
-is a pure function of its request, so a retry is safe); nothing else is retried.
+run.json). A batch goes as one request, or as several if the server's limits ask for it (sent
+concurrently); the server spreads each request over its replicas. Every call has a deadline and
+an id (`x-request-id`, in the server's logs and in errors). A call that fails UNAVAILABLE (the
+server restarting, no live replica yet), or RESOURCE_EXHAUSTED with a retry-after hint (the server
+full), is retried with backoff until that deadline (an evaluation is a pure function of its
+request, so a retry is safe); nothing else is retried.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields, replace
 from pathlib import Path
@@ -31,7 +31,7 @@ from torch import Tensor
 from qworker.backends import Backend, Capabilities, Pending
 from qworker.circuit import VERSION as CIRCUIT_VERSION
 from qworker.circuit import CircuitSpec
-from qworker.client.connection import Connection, RemoteError
+from qworker.client.connection import Connection
 from qworker.gradients import Gradient, contract
 from qworker.protocol.convert import to_request, to_result
 from qworker.protocol.evaluation import Evaluation, Result
@@ -39,8 +39,6 @@ from qworker.protocol.limits import Limits, max_tokens
 from qworker.protocol.wire import qworker_pb2 as pb
 
 QUERY_KEYS = ("simulator", "deadline", "tls_root_cert")
-MIN_SHARD_TOKENS = 128  # smaller shards cost more in overhead than they gain in parallelism
-INFO_TTL_S = 5.0  # how often the live replica count is refreshed (shards follow scaling)
 
 
 class RemoteBackend(Backend):
@@ -85,7 +83,6 @@ class RemoteBackend(Backend):
         b = next(b for b in self.info.backends if b.name == self.simulator)
         self._capabilities = Capabilities(self.methods, b.hardware, b.max_shots, b.max_batch, b.queue_latency_s)
         self.limits = Limits(**{f.name: getattr(self.info.limits, f.name) for f in fields(Limits)})
-        self._info_at = time.monotonic()
         self._executor = None
 
     # -- the Backend interface -------------------------------------------------------------
@@ -137,12 +134,12 @@ class RemoteBackend(Backend):
         return self._gather(self._requests(spec, theta, angles, want, grad, grad_out), angles)
 
     def _requests(self, spec, theta, angles, want, grad=None, grad_out=None) -> list[pb.EvaluateRequest]:
-        """The batch as shards: one per live replica, each within the server's limits."""
+        """The batch as requests, each within the server's limits (the server spreads a request
+        over its replicas itself): the cut depends on the batch alone, so results do too."""
         whole = Evaluation(spec, self.simulator, theta, angles, want, grad, grad_out, options=self.options)
         n = max(1, angles.shape[0])
-        shards = max(1, min(self._replicas(), n // MIN_SHARD_TOKENS))
-        fit = max_tokens(spec, want, False, angles.element_size(), whole.circuits_per_token, self.limits)
-        step = min(fit, math.ceil(n / shards))
+        size = angles.element_size()
+        step = max_tokens(spec, want, False, size, whole.circuits_per_token, self.limits, theta.dim() == 2)
         requests = []
         for s in range(0, n, step):
             rows = slice(s, s + step)
@@ -170,16 +167,6 @@ class RemoteBackend(Backend):
         for c in calls:
             c.add_done_callback(gather)
         return merged
-
-    def _replicas(self) -> int:
-        """The server's live replicas, refreshed every INFO_TTL_S seconds."""
-        if time.monotonic() - self._info_at > INFO_TTL_S:
-            self._info_at = time.monotonic()
-            try:
-                self.info = self._info()
-            except RemoteError:
-                pass  # the Evaluate calls will report it
-        return self.info.replicas
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:

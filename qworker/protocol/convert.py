@@ -53,10 +53,12 @@ class Header:
     n_tokens: int
     itemsize: int
     options: dict = field(default_factory=dict)
+    components: range | None = None
+    per_token_theta: bool = False
 
     @property
     def circuits_per_token(self) -> int:
-        return circuits_per_token(self.spec, self.want, self.grad, self.include_expectations)
+        return circuits_per_token(self.spec, self.want, self.grad, self.include_expectations, self.components)
 
     @property
     def token_circuits(self) -> int:
@@ -137,7 +139,11 @@ def read_header(req: pb.EvaluateRequest) -> Header:
         raise CircuitInputError("; ".join(problems))
     options = {k: getattr(req.backend, k) for k in BACKEND_OPTIONS if req.backend.HasField(k)}
     grad = _gradient(req) if want != "expectations" else None
-    return Header(spec, req.backend.name, want, grad, req.include_expectations, angles[0], itemsize, options)
+    components = _components(req, spec, want, grad)
+    return Header(
+        spec, req.backend.name, want, grad, req.include_expectations, angles[0], itemsize, options, components,
+        len(theta) == 2,
+    )  # fmt: skip
 
 
 def to_evaluation(req: pb.EvaluateRequest) -> Evaluation:
@@ -157,6 +163,7 @@ def to_evaluation(req: pb.EvaluateRequest) -> Evaluation:
         grad_out,
         header.include_expectations,
         header.options,
+        header.components,
     )
 
 
@@ -171,13 +178,25 @@ def _check_limits(header: Header, limits: Limits) -> None:
             "split the batch"
         )
     most = max_tokens(
-        header.spec, header.want, header.include_expectations, header.itemsize, header.circuits_per_token, limits
+        header.spec,
+        header.want,
+        header.include_expectations,
+        header.itemsize,
+        header.circuits_per_token,
+        limits,
+        header.per_token_theta,
     )
-    if header.n_tokens > most or header.token_circuits > limits.max_circuits_per_request:
+    if header.work > limits.max_work_per_request:
+        seconds = limits.max_request_seconds * header.work / limits.max_work_per_request
         raise OverLimitError(
-            f"angles: {header.n_tokens} tokens x {header.circuits_per_token} circuit(s) each is over this server's "
-            f"limits (max_message_bytes={limits.max_message_bytes}, max_circuits_per_request="
-            f"{limits.max_circuits_per_request}); send at most {most} tokens a request"
+            f"angles: {header.n_tokens} tokens x {header.circuits_per_token} circuit(s) of {header.spec.n_qubits} "
+            f"qubits is about {seconds:.3g} s of a replica's time, over this server's max_request_seconds="
+            f"{limits.max_request_seconds:g}; send at most {most} tokens a request"
+        )
+    if header.n_tokens > most:
+        raise OverLimitError(
+            f"angles: {header.n_tokens} tokens x {header.circuits_per_token} circuit(s) each do not fit "
+            f"max_message_bytes={limits.max_message_bytes}; send at most {most} tokens a request"
         )
 
 
@@ -192,6 +211,18 @@ def _spec(req: pb.EvaluateRequest) -> CircuitSpec:
     if not req.HasField("backend") or not req.backend.name:
         raise WireError("backend.name", "required: a backend from Info (e.g. qulacs)")
     return spec
+
+
+def _components(req: pb.EvaluateRequest, spec: CircuitSpec, want: str, grad: Gradient | None) -> range | None:
+    if not (req.HasField("first_component") or req.HasField("n_components")):
+        return None
+    total = spec.n_params + spec.n_angles
+    first, n = req.first_component, req.n_components if req.HasField("n_components") else total
+    if want != "jacobians" or grad.method not in ("shift", "fd"):
+        raise WireError("first_component", "a range of Jacobian columns goes with WANT_JACOBIANS by shift or fd only")
+    if not (n >= 1 and first + n <= total):
+        raise WireError("n_components", f"columns {first}..{first + n - 1} are not within the {total} parameters")
+    return range(first, first + n)
 
 
 def _gradient(req: pb.EvaluateRequest) -> Gradient:
@@ -221,6 +252,8 @@ def to_request(ev: Evaluation) -> pb.EvaluateRequest:
         req.gradient.CopyFrom(pb.Gradient(method=g.method, delta=g.delta, samples=g.samples, seed=g.seed))
     if ev.grad_out is not None:
         req.grad_out.CopyFrom(encode_tensor(ev.grad_out.to(ev.angles.dtype)))
+    if ev.components is not None:
+        req.first_component, req.n_components = ev.components.start, len(ev.components)
     return req
 
 

@@ -33,6 +33,7 @@ class Evaluation:
     grad_out: Tensor | None = None  # (N, n_q), with want == "vjp"
     include_expectations: bool = False
     options: dict = field(default_factory=dict)  # the backend's constructor options (shots, seed, ...)
+    components: range | None = None  # shift/fd Jacobians: these columns of [theta | angles] only
 
     def __post_init__(self) -> None:
         assert self.want in WANTS, f"want must be one of {WANTS}, got {self.want!r}"
@@ -45,7 +46,7 @@ class Evaluation:
 
     @property
     def circuits_per_token(self) -> int:
-        return circuits_per_token(self.spec, self.want, self.grad, self.include_expectations)
+        return circuits_per_token(self.spec, self.want, self.grad, self.include_expectations, self.components)
 
     @property
     def token_circuits(self) -> int:
@@ -53,11 +54,15 @@ class Evaluation:
         return self.n_tokens * self.circuits_per_token
 
 
-def circuits_per_token(spec: CircuitSpec, want: str, grad: Gradient | None, include_expectations: bool) -> int:
+def circuits_per_token(
+    spec: CircuitSpec, want: str, grad: Gradient | None, include_expectations: bool, components: range | None = None
+) -> int:
     """Circuit evaluations each token of a request costs (an adjoint pass counted as one; the
     forward rides in the batch of shift, fd and spsa)."""
     if want == "expectations":
         return 1
+    if components is not None:  # a shift or fd work unit
+        return 2 * len(components) + int(include_expectations)
     return grad.evaluations(spec) + int(include_expectations and grad.method == "adjoint")
 
 
@@ -78,7 +83,9 @@ def run(backend: Backend, ev: Evaluation) -> Result:
     start = time.perf_counter()
     exp = jac = vjp = None
     if ev.want == "jacobians":  # shift, fd, spsa: the expectations ride in the same batch
-        exp, *jac = backend.forward_and_jacobians(ev.spec, ev.theta, ev.angles, ev.grad, ev.include_expectations)
+        exp, *jac = backend.forward_and_jacobians(
+            ev.spec, ev.theta, ev.angles, ev.grad, ev.include_expectations, ev.components
+        )
         jac = tuple(jac)
     elif ev.want == "expectations" or ev.include_expectations:
         exp = backend.expectations(ev.spec, ev.theta, ev.angles)

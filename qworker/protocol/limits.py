@@ -9,31 +9,50 @@ from qworker.circuit import CircuitSpec
 ENVELOPE_BYTES = 4096  # headroom for everything in a message but tensor data
 
 
+REPLICA_WORK_RATE = 2**25  # amplitude-circuits a second on one CPU replica (the local simulator, ~32k
+# one-token circuits of 10 qubits a second): what turns max_request_seconds into a work limit
+
+
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask of a server (InfoResponse.limits)."""
+    """What one request may ask of a server, and how the server admits it (InfoResponse.limits)."""
 
     max_qubits: int = 20
     max_layers: int = 64
     max_message_bytes: int = 64 * 2**20
     max_tokens_per_request: int = 65536
     max_shots: int = 2**20
-    max_circuits_per_request: int = 2**24  # N x evaluations per token: bounds a request's compute
+    max_work_per_request: int = 600 * REPLICA_WORK_RATE  # one-token circuits x 2^n_qubits
+    max_request_seconds: float = 600.0
+    default_deadline_s: float = 600.0
+    max_deadline_s: float = 3600.0
+    max_inflight: int = 0  # 0: not reported (a client's own Limits)
+    max_queue: int = 0
+    max_replicas: int = 0
 
 
-def message_bytes_per_token(spec: CircuitSpec, want: str, include_expectations: bool, itemsize: int) -> int:
-    """Bytes one token adds to the larger of a request and its response: what bounds a batch."""
+def message_bytes_per_token(
+    spec: CircuitSpec, want: str, include_expectations: bool, itemsize: int, per_token_theta: bool = True
+) -> int:
+    """Bytes one token adds to the larger of a request and its response: what bounds a batch
+    (with a per-token theta, its row; or its VJP's, as large)."""
     request = spec.n_angles + (spec.n_qubits if want == "vjp" else 0)  # angles (+ grad_out)
     response = {"expectations": 0, "jacobians": spec.n_qubits * (spec.n_params + spec.n_angles), "vjp": spec.n_angles}
     response = response[want] + (spec.n_qubits if want == "expectations" or include_expectations else 0)
-    return (max(request, response) + spec.n_params) * itemsize  # + a per-token theta (or its VJP)
+    return (max(request, response) + (spec.n_params if per_token_theta else 0)) * itemsize
 
 
 def max_tokens(
-    spec: CircuitSpec, want: str, include_expectations: bool, itemsize: int, circuits_per_token: int, limits: Limits
+    spec: CircuitSpec,
+    want: str,
+    include_expectations: bool,
+    itemsize: int,
+    circuits_per_token: int,
+    limits: Limits,
+    per_token_theta: bool = True,
 ) -> int:
     """The most tokens a request like this may carry within `limits` (>= 1)."""
-    per_token = message_bytes_per_token(spec, want, include_expectations, itemsize)
+    per_token = message_bytes_per_token(spec, want, include_expectations, itemsize, per_token_theta)
     fit = (limits.max_message_bytes - ENVELOPE_BYTES - spec.n_params * itemsize) // per_token
-    circuits = limits.max_circuits_per_request // circuits_per_token
-    return max(1, min(limits.max_tokens_per_request, fit, circuits))
+    work = limits.max_work_per_request // (circuits_per_token << spec.n_qubits)
+    return max(1, min(limits.max_tokens_per_request, fit, work))

@@ -1,7 +1,7 @@
 """The in-process pool: one Replica in the server's own process, evaluations on worker threads.
 
 What the service needs of a pool (this one and `RayPool`): `start()` (async), `live`,
-`replicas`, `queue_depth`, `backends()`, `replica_stats()`, `evaluate(request, header,
+`replicas`, `backends()`, `pending()`, `replica_stats()`, `evaluate(request, header,
 timeout)` (async, cancellable) and `close()`. Only the Ray pool can `scale`.
 """
 
@@ -24,7 +24,7 @@ class InProcessPool:
 
     def __init__(self, names: tuple[str, ...] = SIMULATORS, workers: int = 4):
         self.replica = Replica(names)
-        self.names = self.replica.names
+        self.names, self.workers = self.replica.names, workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qworker-eval")
         self._capabilities = self.replica.capabilities()
         self.live = False
@@ -36,12 +36,12 @@ class InProcessPool:
         """Live replicas: 1 once started."""
         return int(self.live)
 
-    @property
-    def queue_depth(self) -> int:
-        return self._running
-
     def backends(self) -> dict[str, Capabilities]:
         return self._capabilities
+
+    def pending(self) -> dict:
+        """Replicas asked for but not placed: none here."""
+        return {}
 
     def replica_stats(self) -> list[ReplicaStats]:
         """This process as the one replica."""
@@ -53,8 +53,8 @@ class InProcessPool:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.replica.start)
         self.live = True
 
-    async def evaluate(self, request: bytes, header: Header, timeout: float | None) -> bytes:
-        """The encoded response of `request` (checked into `header` by the server)."""
+    async def evaluate(self, request: bytes, header: Header, timeout: float | None, parsed=None) -> bytes:
+        """The encoded response of `request` (checked into `header` by the server), whole."""
         if not self.live:
             raise PoolNotReady("the qworker pool is starting; retry shortly")
         cancel = threading.Event()

@@ -31,17 +31,20 @@ class ServiceMetrics:
         self.in_flight = Gauge("hyqut_qworker_in_flight", "RPCs being served now", registry=r)
         self.replicas = Gauge("hyqut_qworker_replicas", "Live replicas of the pool", registry=r)
         self.queue_depth = Gauge(
-            "hyqut_qworker_queue_depth", "Evaluations waiting for a replica or running on one", registry=r
+            "hyqut_qworker_queue_depth", "Requests admitted: evaluating, or waiting for a slot", registry=r
         )
         self.http_server = self.port = None
         if port is not None:
             self.http_server, _ = start_http_server(port, addr=host, registry=r)
             self.port = self.http_server.server_port
 
+    def requests_seen(self) -> float:
+        """RPCs answered so far, all methods and codes together."""
+        return sum(s.value for m in self.requests.collect() for s in m.samples if s.name.endswith("_total"))
+
     def watch(self, pool) -> None:
         """Read the pool's live replicas, queue depth and per-replica figures at every scrape."""
         self.replicas.set_function(lambda: pool.replicas)
-        self.queue_depth.set_function(lambda: pool.queue_depth)
         self.registry.register(_ReplicaCollector(pool))
 
     def close(self) -> None:

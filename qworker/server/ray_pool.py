@@ -27,20 +27,24 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError, TaskCancelledError
 
 from qworker.backends import Capabilities
 from qworker.protocol.convert import Header
-from qworker.protocol.errors import PoolNotReady, ReplicasDied
+from qworker.protocol.errors import PoolNotReady, ReplicasDied, ScaleRefused
+from qworker.protocol.wire import qworker_pb2 as pb
+from qworker.server import units
 from qworker.server.in_process import InProcessPool
-from qworker.server.replica import SIMULATORS, Replica, ReplicaStats
+from qworker.server.replica import SIMULATORS, Replica, ReplicaStats, give_back_large_blocks
 
 log = logging.getLogger("qworker.ray_pool")
 
-WARMUP_TIMEOUT_S = 180.0  # a replica that has not warmed up by then is replaced
+WARMUP_TIMEOUT_S = 180.0  # the pool's start waits this long for its replicas
+PENDING_S = 5.0  # a replica not started by then is reported pending (Info)
+MAX_RETIRED = 1000  # removed replicas whose totals stay in the metrics
 MAX_ATTEMPTS = 3  # replicas a request may see die before it fails
 
 
@@ -52,6 +56,7 @@ class ReplicaActor:
     def __init__(self, names: tuple[str, ...], threads: int):
         import torch
 
+        give_back_large_blocks()
         torch.set_num_threads(max(1, threads))
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         self.replica = Replica(names, device)
@@ -93,6 +98,7 @@ class _Member:
     in_flight: int = 0
     served: int = 0  # requests sent to it
     node: str = ""  # IP of its Ray node, once warm
+    since: float = field(default_factory=time.monotonic)  # when it was asked for
     evaluations: int = 0  # results it returned
     busy_s: float = 0.0  # seconds it spent on them, measured in the replica
     deaths: int = 0
@@ -116,6 +122,7 @@ class RayPool:
         gpus: float = 0.0,
         resource: str | None = None,
         inline_work: int = 0,
+        max_replicas: int | None = None,
     ):
         if replicas < 0 or cpus < 0 or gpus < 0:
             raise ValueError(f"replicas, cpus and gpus must be >= 0 (got {replicas}, {cpus}, {gpus})")
@@ -138,9 +145,11 @@ class RayPool:
             max_restarts=-1,
             runtime_env={"env_vars": openmp},
         )
+        self._asks = {"CPU": cpus, "GPU": gpus, **({resource: 1.0} if resource else {})}  # per replica
+        self._max_replicas = max_replicas
         self._members: list[_Member] = []
+        self._retired: list[ReplicaStats] = []  # removed replicas' totals: their series stay in /metrics
         self._ids, self._keys = itertools.count(), itertools.count()
-        self._waiting = 0
         self._changed: asyncio.Event | None = None  # set whenever a replica's state changes
         self.live = False
         self._closed = False
@@ -152,13 +161,31 @@ class RayPool:
         """Live replicas (warmed up, not draining, not restarting)."""
         return sum(m.state == "live" for m in list(self._members))
 
-    @property
-    def queue_depth(self) -> int:
-        """Requests waiting for a replica or running on one (or on the server's own)."""
-        return self._waiting + sum(m.in_flight for m in list(self._members)) + self.inline.queue_depth
-
     def backends(self) -> dict[str, Capabilities]:
         return self._capabilities
+
+    @property
+    def max_replicas(self) -> int:
+        """Scale's bound: as given, or as many replicas as the Ray cluster's resources hold now."""
+        if self._max_replicas is not None:
+            return self._max_replicas
+        total = ray.cluster_resources()
+        fits = [int(total.get(name, 0) // amount) for name, amount in self._asks.items() if amount > 0]
+        return min(fits) if fits else 0
+
+    def pending(self) -> dict:
+        """Replicas asked for that Ray has not placed (or started) yet, and why: for Info."""
+        waiting = [m for m in list(self._members) if m.state == "warming" and time.monotonic() - m.since > PENDING_S]
+        if not waiting:
+            return {}
+        free = ray.available_resources()
+        needs = ", ".join(f"{a:g} {name}" for name, a in self._asks.items() if a > 0)
+        has = ", ".join(f"{free.get(name, 0):g} {name}" for name, a in self._asks.items() if a > 0)
+        return {
+            "pending_replicas": len(waiting),
+            "pending_reason": f"waiting for Ray to place them: each needs {needs}; the cluster has {has} free "
+            "(an autoscaling cluster adds nodes; otherwise scale down or add nodes)",
+        }
 
     async def start(self, timeout: float = WARMUP_TIMEOUT_S) -> None:
         """Start the replicas; returns when all are live (raises if none is)."""
@@ -172,16 +199,35 @@ class RayPool:
             raise RuntimeError(f"no qworker replica warmed up within {timeout:g} s (does the Ray cluster have room?)")
         self.live = True
 
-    async def evaluate(self, request: bytes, header: Header, timeout: float | None) -> bytes:
-        """The encoded response of `request` from the least-busy live replica; a replica that dies
-        mid-request costs a retry on another. Raises PoolNotReady when no replica is live within
-        `timeout` seconds, TimeoutError past it. A request of at most `inline_work` amplitude-circuits
-        on an exact simulator is answered here: its hop to a replica would cost more than it does."""
+    async def evaluate(
+        self, request: bytes, header: Header, timeout: float | None, parsed: pb.EvaluateRequest | None = None
+    ) -> bytes:
+        """The encoded response of `request` (`parsed`, if the caller has parsed it). A request of
+        at most `inline_work` amplitude-circuits on an exact simulator is answered here: its hop to
+        a replica would cost more than it does. A larger one is cut into work units (`units.plan`)
+        that run on the least-busy live replicas side by side; a replica that dies mid-unit costs a
+        retry of that unit on another. Raises PoolNotReady when no replica is live within `timeout`
+        seconds, TimeoutError past it."""
         served = self._capabilities.get(header.backend)  # None: the replica names the error
         small = header.work <= self.inline_work and not (served and served.hardware)
         if small and self.live:
             return await self.inline.evaluate(request, header, timeout)
         until = None if timeout is None else time.monotonic() + timeout
+        plan = units.plan(header)
+        if len(plan) == 1:
+            return await self._run(request, until, timeout)
+        parsed = parsed if parsed is not None else pb.EvaluateRequest.FromString(request)
+        tasks = [asyncio.ensure_future(self._run(units.piece(parsed, header, u), until, timeout)) for u in plan]
+        try:
+            answers = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one unit failed, or the caller went away: stop the others
+                task.cancel()
+            raise
+        return units.assemble(header, plan, answers)
+
+    async def _run(self, request: bytes, until: float | None, timeout: float | None) -> bytes:
+        """One request (or unit) on the least-busy live replica, retried on another if it dies."""
         for attempt in itertools.count(1):
             member = await self._acquire(until)
             left = None if until is None else max(0.0, until - time.monotonic())
@@ -215,6 +261,17 @@ class RayPool:
         (removed once their in-flight requests finish). Returns (live now, target)."""
         if replicas < 0:
             raise ValueError(f"replicas must be >= 0, got {replicas}")
+        if replicas > self.max_replicas:
+            raise ScaleRefused(
+                f"{replicas} replicas do not fit: at most {self.max_replicas} (each asks Ray for "
+                f"{', '.join(f'{a:g} {n}' for n, a in self._asks.items() if a > 0)}; "
+                + (
+                    "--max-replicas"
+                    if self._max_replicas is not None
+                    else "the cluster's resources now, or --max-replicas"
+                )
+                + " sets the bound)"
+            )
         self.target = replicas
         active = [m for m in self._members if m.state in ("warming", "live", "failed")]
         for _ in range(replicas - len(active)):
@@ -229,12 +286,9 @@ class RayPool:
         return self.replicas, replicas
 
     def replica_stats(self) -> list[ReplicaStats]:
-        """Every replica's, then the server's own (named "server")."""
+        """Every replica's, those removed (their totals kept), then the server's own ("server")."""
         (own,) = self.inline.replica_stats()
-        return [
-            ReplicaStats(m.name, m.node, m.state == "live", m.in_flight, m.evaluations, m.busy_s, m.deaths)
-            for m in list(self._members)
-        ] + [replace(own, name="server")]
+        return [_stats(m) for m in list(self._members)] + list(self._retired) + [replace(own, name="server")]
 
     async def pids(self) -> list[int]:
         """Process ids of the live replicas, in the order of `replica_stats` (tests, operators)."""
@@ -253,23 +307,19 @@ class RayPool:
     # -- routing and health -----------------------------------------------------------------
 
     async def _acquire(self, until: float | None) -> _Member:
-        self._waiting += 1
-        try:
-            while True:
-                live = [m for m in self._members if m.state == "live"]
-                if live:
-                    member = min(live, key=lambda m: (m.in_flight, m.served))
-                    member.in_flight += 1
-                    member.served += 1
-                    return member
-                if self._closed or (until is not None and time.monotonic() >= until):
-                    raise PoolNotReady(
-                        f"no live qworker replica (target {self.target}); scale the pool up "
-                        "(python -m qworker scale) or check the Ray cluster"
-                    )
-                await self._wait_change(until)
-        finally:
-            self._waiting -= 1
+        while True:
+            live = [m for m in self._members if m.state == "live"]
+            if live:
+                member = min(live, key=lambda m: (m.in_flight, m.served))
+                member.in_flight += 1
+                member.served += 1
+                return member
+            if self._closed or (until is not None and time.monotonic() >= until):
+                raise PoolNotReady(
+                    f"no live qworker replica (target {self.target}); scale the pool up "
+                    "(python -m qworker scale) or check the Ray cluster"
+                )
+            await self._wait_change(until)
 
     def _release(self, member: _Member) -> None:
         member.in_flight -= 1
@@ -280,8 +330,12 @@ class RayPool:
     def _reap(self, member: _Member) -> None:
         """Kill a draining replica once it is idle."""
         if member.in_flight == 0 and member in self._members:
-            self._members.remove(member)
-            ray.kill(member.actor, no_restart=True)
+            self._remove(member)
+
+    def _remove(self, member: _Member) -> None:
+        self._members.remove(member)
+        self._retired = [*self._retired[-(MAX_RETIRED - 1) :], replace(_stats(member), live=False)]
+        ray.kill(member.actor, no_restart=True)
 
     def _failed(self, member: _Member) -> None:
         """A replica died: route around it until Ray has restarted it and it answers again."""
@@ -292,26 +346,26 @@ class RayPool:
         asyncio.get_running_loop().create_task(self._warm_up(member))
 
     async def _warm_up(self, member: _Member) -> None:
-        """Wait until the replica answers (its constructor has run), then route to it."""
-        until = time.monotonic() + WARMUP_TIMEOUT_S
+        """Wait until the replica answers (its constructor has run), then route to it. One Ray
+        cannot place yet waits, reported by `pending` (an autoscaler may be adding its node); one
+        whose start fails is replaced."""
         while True:
             try:
-                member.node = await asyncio.wait_for(_awaitable(member.actor.node.remote()), until - time.monotonic())
+                member.node = await _awaitable(member.actor.node.remote())
                 state = "live"
             except ActorUnavailableError:  # Ray is restarting it: ask again
-                if time.monotonic() < until and member.state in ("warming", "failed"):
+                if member.state in ("warming", "failed"):
                     await asyncio.sleep(0.2)
                     continue
                 state = "gone"
-            except Exception as e:  # noqa: BLE001 - any other failure: replace it
-                log.warning("replica %s did not warm up (%s); replacing it", member.name, e)
+            except Exception as e:  # noqa: BLE001 - its constructor failed: replace it
+                log.warning("replica %s did not start (%s); replacing it", member.name, e)
                 state = "gone"
             break
         if member.state in ("warming", "failed") and member in self._members:  # not drained or closed
             member.state = state
             if state == "gone":
-                self._members.remove(member)
-                ray.kill(member.actor, no_restart=True)
+                self._remove(member)
                 if not self._closed:
                     self.scale(self.target)  # a fresh replica in its place
         self._notify()
@@ -326,6 +380,10 @@ class RayPool:
         left = None if until is None else max(0.0, until - time.monotonic())
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._changed.wait(), left)
+
+
+def _stats(m: _Member) -> ReplicaStats:
+    return ReplicaStats(m.name, m.node, m.state == "live", m.in_flight, m.evaluations, m.busy_s, m.deaths)
 
 
 async def _awaitable(ref: ray.ObjectRef):

@@ -8,6 +8,7 @@ The in-process pool holds one Replica; a Ray pool runs one in each of its actor 
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from dataclasses import dataclass, replace
 
@@ -17,7 +18,7 @@ from qworker import deadline
 from qworker.backends import Backend, Capabilities, backend_class, get_backend
 from qworker.circuit import CircuitSpec
 from qworker.protocol.convert import to_evaluation, to_response
-from qworker.protocol.evaluation import Evaluation, run
+from qworker.protocol.evaluation import Evaluation, Result, run
 from qworker.protocol.wire import qworker_pb2 as pb
 
 SIMULATORS = ("auto", "qulacs", "local", "shots")
@@ -36,6 +37,35 @@ class ReplicaStats:
     evaluations: int
     busy_s: float
     deaths: int = 0
+
+
+TRIM_BYTES = 64 * 2**20
+
+
+def _check_finite(ev: Evaluation, result: Result) -> None:
+    """Refuse, naming why, results that are not finite (an fd step too small for the dtype)."""
+    tensors = [result.expectations, *(result.jacobians or ()), *(result.vjp or ())]
+    if all(t is None or bool(torch.isfinite(t).all()) for t in tensors):
+        return
+    hint = f" (gradient.delta={ev.grad.delta:g} too small for {ev.angles.dtype}?)" if ev.grad else ""
+    raise ValueError(f"the results are not finite{hint}; nothing is returned")
+
+
+def malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
+def give_back_large_blocks() -> None:
+    """Make glibc serve every block of 1 MiB or more by mmap, so a freed request's memory goes
+    back to the system at once (its default threshold rises after large frees, and the heap then
+    keeps them). For the server's and the replicas' processes."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except OSError:  # not glibc
+        pass
 
 
 class Replica:
@@ -73,7 +103,11 @@ class Replica:
         ev = to_evaluation(pb.EvaluateRequest.FromString(request))
         with deadline.within(timeout, cancel):
             result = run(self.backend_for(ev), self._on_device(ev))
-        return to_response(result).SerializeToString(), result.compute_seconds
+        _check_finite(ev, result)
+        data = to_response(result).SerializeToString()
+        if len(request) + len(data) > TRIM_BYTES:  # give a large request's memory back to the system now
+            malloc_trim()
+        return data, result.compute_seconds
 
     def backend_for(self, ev: Evaluation) -> Backend:
         """The backend `ev` names, built with its options; ValueError if not served or bad options."""

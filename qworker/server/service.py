@@ -21,7 +21,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from importlib.metadata import PackageNotFoundError, version
 
 import grpc
@@ -31,12 +31,14 @@ from grpc_reflection.v1alpha import reflection
 from qworker.circuit import VERSION as CIRCUIT_VERSION
 from qworker.protocol.convert import check_request
 from qworker.protocol.errors import ScaleRefused, status_for
-from qworker.protocol.limits import Limits
+from qworker.protocol.limits import REPLICA_WORK_RATE, Limits
+from qworker.protocol.metadata import REQUEST_ID, RETRY_AFTER
 from qworker.protocol.wire import qworker_pb2 as pb
+from qworker.server.admission import Admission, Refused
 from qworker.server.auth import TokenAuthInterceptor
 from qworker.server.in_process import InProcessPool
 from qworker.server.metrics import ServiceMetrics
-from qworker.server.replica import SIMULATORS
+from qworker.server.replica import SIMULATORS, give_back_large_blocks, malloc_trim
 
 log = logging.getLogger("qworker.service")
 
@@ -45,6 +47,7 @@ PROTO_VERSION = 1
 MAX_STATUS_MESSAGE = 1000  # characters: status messages travel in trailers
 ANSWER_MARGIN_S = 0.2  # a request stops waiting for a replica this long before its deadline
 PARSE_INLINE_BYTES = 1 << 20  # larger requests are parsed on a thread, off the event loop
+TRIM_EVERY_S = 1.0
 
 
 @dataclass
@@ -61,9 +64,12 @@ class ServerConfig:
     max_layers: int = Limits.max_layers
     max_tokens_per_request: int = Limits.max_tokens_per_request
     max_shots: int = Limits.max_shots
-    max_circuits_per_request: int = Limits.max_circuits_per_request
-    default_deadline_s: float = 600.0  # for requests whose client set no deadline
-    max_deadline_s: float = 3600.0  # a client's longer deadline is cut to this
+    max_request_seconds: float = Limits.max_request_seconds  # of one replica's time: the work limit
+    default_deadline_s: float = Limits.default_deadline_s  # for requests whose client set no deadline
+    max_deadline_s: float = Limits.max_deadline_s  # a client's longer deadline is cut to this
+    max_inflight: int | None = None  # requests evaluating at once; None: 2 per live replica (in-process: workers)
+    max_queue: int | None = None  # admitted requests waiting for a slot; None: 4 x max_inflight
+    max_replicas: int | None = None  # Scale's bound; None: what the Ray cluster's resources can place now
     simulators: tuple[str, ...] = SIMULATORS
     replicas: int | None = None  # Ray pool of this many replicas; None: evaluate in the server's process
     ray_address: str | None = None  # the Ray cluster (None: $RAY_ADDRESS, else start a local Ray)
@@ -78,8 +84,11 @@ class ServerConfig:
 
     @property
     def limits(self) -> Limits:
+        """The request limits (the admission bounds, which follow the pool, are the servicer's)."""
         same = {f.name: getattr(self, f.name) for f in fields(Limits) if hasattr(self, f.name)}
-        return Limits(max_message_bytes=self.max_message_mb * 2**20, **same)
+        same = {k: v for k, v in same.items() if v is not None}
+        work = int(self.max_request_seconds * REPLICA_WORK_RATE)
+        return Limits(max_message_bytes=self.max_message_mb * 2**20, max_work_per_request=work, **same)
 
 
 class QWorkerServicer:
@@ -89,11 +98,20 @@ class QWorkerServicer:
 
     def __init__(self, pool, cfg: ServerConfig, metrics: ServiceMetrics):
         self.pool, self.cfg, self.limits, self.metrics = pool, cfg, cfg.limits, metrics
+        queue = lambda: cfg.max_queue if cfg.max_queue is not None else 4 * self._max_inflight()  # noqa: E731
+        self.admission = Admission(self._max_inflight, queue)
+        metrics.queue_depth.set_function(lambda: self.admission.depth)
+
+    def _max_inflight(self) -> int:
+        if self.cfg.max_inflight:
+            return self.cfg.max_inflight
+        return getattr(self.pool, "workers", 0) or max(2, 2 * self.pool.replicas)
 
     async def Evaluate(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         labels = {"backend": "?", "gradient": "none", "circuits": 0}
 
         async def work() -> bytes:
+            self.admission.check()  # a full server refuses before it parses anything
             req = await _parse(pb.EvaluateRequest, request)
             header = check_request(req, self.limits)
             served = header.backend in self.pool.names  # a label never takes a client's free text
@@ -101,7 +119,8 @@ class QWorkerServicer:
                 backend=header.backend if served else "?", gradient=header.grad.method if header.grad else "none"
             )
             labels["circuits"] = header.token_circuits
-            return await self.pool.evaluate(request, header, self._timeout(context))
+            async with self.admission.slot():
+                return await self.pool.evaluate(request, header, self._timeout(context), req)
 
         return await self._answer("Evaluate", context, work, labels)
 
@@ -130,9 +149,19 @@ class QWorkerServicer:
                     )
                     for name, c in self.pool.backends().items()
                 ],
-                limits=pb.Limits(**asdict(self.limits)),
+                limits=pb.Limits(
+                    **asdict(
+                        replace(
+                            self.limits,
+                            max_inflight=self._max_inflight(),
+                            max_queue=self.admission.queue(),
+                            max_replicas=getattr(self.pool, "max_replicas", 0),
+                        )
+                    )
+                ),
                 replicas=self.pool.replicas,
-                queue_depth=self.pool.queue_depth,
+                queue_depth=self.admission.depth,
+                **self.pool.pending(),
             )
 
         return await self._answer("Info", context, work)
@@ -159,15 +188,25 @@ class QWorkerServicer:
             raise
         except Exception as exc:
             code, message = status_for(exc)
+            request_id = _request_id(context)
             if code == grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", rpc)
-            await context.abort(code, message[:MAX_STATUS_MESSAGE])
+                log.exception("%s %s failed (%s)", rpc, request_id, labels or "")
+            if isinstance(exc, Refused):
+                context.set_trailing_metadata(((RETRY_AFTER, str(round(1000 * exc.retry_after_s))),))
+            suffix = f" [request {request_id}]" if request_id else ""
+            await context.abort(code, message[: MAX_STATUS_MESSAGE - len(suffix)] + suffix)
         finally:
             m.in_flight.dec()
             m.requests.labels(rpc, code.name).inc()
             m.latency.labels(rpc).observe(time.perf_counter() - start)
             if labels is not None:
                 m.token_circuits.labels(labels["backend"], labels["gradient"], code.name).inc(labels["circuits"])
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The id the client chose for this call (metadata `x-request-id`), for logs and messages."""
+    given = dict(context.invocation_metadata() or ()).get(REQUEST_ID, "")
+    return str(given)[:64]
 
 
 async def _parse(message_type, data: bytes):
@@ -216,6 +255,7 @@ class QWorkerServer:
         self._loop, self.grpc_server, self.pool = runner, grpc_server, pool
         self.health, self.metrics = health_servicer, metrics
         self._started, self._start_error = threading.Event(), None
+        self._trimmer: asyncio.Future | None = None
 
     def start(self) -> None:
         """Answer calls now (health NOT_SERVING); SERVING once the pool has started."""
@@ -251,6 +291,19 @@ class QWorkerServer:
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("qworker pool ready: %s", ", ".join(self.pool.backends()))
+        self._trimmer = asyncio.ensure_future(self._trim_when_idle())
+
+    async def _trim_when_idle(self) -> None:
+        """Give memory back to the system after a burst: gRPC holds a request's bytes in many small
+        buffers, which the allocator keeps once freed; once the server goes quiet, trim them."""
+        busy = False
+        while True:
+            await asyncio.sleep(TRIM_EVERY_S)
+            depth = self.metrics.in_flight._value.get()
+            if busy and depth == 0:
+                await asyncio.to_thread(malloc_trim)
+            busy = depth > 0 or self.metrics.requests_seen() != getattr(self, "_seen", None)
+            self._seen = self.metrics.requests_seen()
 
     def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING at once, then let in-flight calls finish within `grace` seconds."""
@@ -258,6 +311,8 @@ class QWorkerServer:
         async def stop():
             await self.health.enter_graceful_shutdown()
             await self.grpc_server.stop(grace)
+            if self._trimmer is not None:
+                self._trimmer.cancel()
             self.pool.close()
 
         try:
@@ -270,6 +325,7 @@ class QWorkerServer:
 def create_server(cfg: ServerConfig) -> tuple[QWorkerServer, int]:
     """Build the server and bind its port (not started); returns it and the bound port. The pool
     is built here, in the caller's thread (a local Ray dies with the thread that starts it)."""
+    give_back_large_blocks()
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ValueError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
     if cfg.replicas is None:
@@ -285,6 +341,7 @@ def create_server(cfg: ServerConfig) -> tuple[QWorkerServer, int]:
             cfg.replica_gpus,
             cfg.replica_resource,
             cfg.inline_work,
+            cfg.max_replicas,
         )
     metrics = ServiceMetrics(cfg.metrics_port, cfg.host)
     metrics.watch(pool)

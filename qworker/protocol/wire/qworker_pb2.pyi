@@ -72,7 +72,7 @@ class Gradient(_message.Message):
     def __init__(self, method: _Optional[str] = ..., delta: _Optional[float] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("circuit", "backend", "theta", "angles", "want", "grad_out", "gradient", "include_expectations")
+    __slots__ = ("circuit", "backend", "theta", "angles", "want", "grad_out", "gradient", "include_expectations", "first_component", "n_components")
     CIRCUIT_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     THETA_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,8 @@ class EvaluateRequest(_message.Message):
     GRAD_OUT_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_EXPECTATIONS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_COMPONENT_FIELD_NUMBER: _ClassVar[int]
+    N_COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     circuit: Circuit
     backend: Backend
     theta: Tensor
@@ -89,7 +91,9 @@ class EvaluateRequest(_message.Message):
     grad_out: Tensor
     gradient: Gradient
     include_expectations: bool
-    def __init__(self, circuit: _Optional[_Union[Circuit, _Mapping]] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., theta: _Optional[_Union[Tensor, _Mapping]] = ..., angles: _Optional[_Union[Tensor, _Mapping]] = ..., want: _Optional[_Union[Want, str]] = ..., grad_out: _Optional[_Union[Tensor, _Mapping]] = ..., gradient: _Optional[_Union[Gradient, _Mapping]] = ..., include_expectations: _Optional[bool] = ...) -> None: ...
+    first_component: int
+    n_components: int
+    def __init__(self, circuit: _Optional[_Union[Circuit, _Mapping]] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., theta: _Optional[_Union[Tensor, _Mapping]] = ..., angles: _Optional[_Union[Tensor, _Mapping]] = ..., want: _Optional[_Union[Want, str]] = ..., grad_out: _Optional[_Union[Tensor, _Mapping]] = ..., gradient: _Optional[_Union[Gradient, _Mapping]] = ..., include_expectations: _Optional[bool] = ..., first_component: _Optional[int] = ..., n_components: _Optional[int] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("expectations", "jacobian_theta", "jacobian_angles", "vjp_theta", "vjp_angles", "compute_seconds")
@@ -128,23 +132,35 @@ class BackendInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., gradient_methods: _Optional[_Iterable[str]] = ..., hardware: _Optional[bool] = ..., max_shots: _Optional[int] = ..., max_batch: _Optional[int] = ..., queue_latency_s: _Optional[float] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_qubits", "max_layers", "max_message_bytes", "max_tokens_per_request", "max_shots", "max_circuits_per_request")
+    __slots__ = ("max_qubits", "max_layers", "max_message_bytes", "max_tokens_per_request", "max_shots", "max_work_per_request", "max_request_seconds", "default_deadline_s", "max_deadline_s", "max_inflight", "max_queue", "max_replicas")
     MAX_QUBITS_FIELD_NUMBER: _ClassVar[int]
     MAX_LAYERS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_SHOTS_FIELD_NUMBER: _ClassVar[int]
-    MAX_CIRCUITS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_WORK_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     max_qubits: int
     max_layers: int
     max_message_bytes: int
     max_tokens_per_request: int
     max_shots: int
-    max_circuits_per_request: int
-    def __init__(self, max_qubits: _Optional[int] = ..., max_layers: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_tokens_per_request: _Optional[int] = ..., max_shots: _Optional[int] = ..., max_circuits_per_request: _Optional[int] = ...) -> None: ...
+    max_work_per_request: int
+    max_request_seconds: float
+    default_deadline_s: float
+    max_deadline_s: float
+    max_inflight: int
+    max_queue: int
+    max_replicas: int
+    def __init__(self, max_qubits: _Optional[int] = ..., max_layers: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_tokens_per_request: _Optional[int] = ..., max_shots: _Optional[int] = ..., max_work_per_request: _Optional[int] = ..., max_request_seconds: _Optional[float] = ..., default_deadline_s: _Optional[float] = ..., max_deadline_s: _Optional[float] = ..., max_inflight: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_replicas: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("server_version", "proto_version", "circuit_version", "backends", "limits", "replicas", "queue_depth")
+    __slots__ = ("server_version", "proto_version", "circuit_version", "backends", "limits", "replicas", "queue_depth", "pending_replicas", "pending_reason")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTO_VERSION_FIELD_NUMBER: _ClassVar[int]
     CIRCUIT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +168,8 @@ class InfoResponse(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    PENDING_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_REASON_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     proto_version: int
     circuit_version: int
@@ -159,7 +177,9 @@ class InfoResponse(_message.Message):
     limits: Limits
     replicas: int
     queue_depth: int
-    def __init__(self, server_version: _Optional[str] = ..., proto_version: _Optional[int] = ..., circuit_version: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., replicas: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+    pending_replicas: int
+    pending_reason: str
+    def __init__(self, server_version: _Optional[str] = ..., proto_version: _Optional[int] = ..., circuit_version: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., replicas: _Optional[int] = ..., queue_depth: _Optional[int] = ..., pending_replicas: _Optional[int] = ..., pending_reason: _Optional[str] = ...) -> None: ...
 
 class ScaleRequest(_message.Message):
     __slots__ = ("replicas",)

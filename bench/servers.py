@@ -1,0 +1,55 @@
+"""A qworker server in a process of its own, for the benchmarks: its address, and its own CPU
+seconds and Evaluate calls, read from outside (bench/service.py, bench/scaling.py, bench/faults.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+
+class Server:
+    """`python -m qworker serve FLAGS` with a private local Ray (unless the flags say otherwise)."""
+
+    def __init__(self, *flags: str):
+        cmd = [sys.executable, "-m", "qworker", "serve", "--port", "0", "--metrics-port", "0", *flags]
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        self.address = self.metrics = None
+        for line in self.proc.stdout:
+            if line.startswith("qworker listening on"):
+                self.address = line.split()[-1]
+            elif line.startswith("metrics on"):
+                self.metrics = line.split()[-1]
+                break
+        assert self.address and self.metrics, f"the server did not start (exit {self.proc.poll()})"
+        self.process = psutil.Process(self.proc.pid)
+
+    def cpu_s(self) -> float:
+        t = self.process.cpu_times()
+        return t.user + t.system
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of `name` (with these labels) on the server's /metrics page."""
+        with urllib.request.urlopen(self.metrics, timeout=10) as page:
+            text = page.read().decode()
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def evaluate_calls(self) -> float:
+        return self.metric("hyqut_qworker_requests_total", rpc="Evaluate")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

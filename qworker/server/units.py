@@ -1,0 +1,124 @@
+"""Work units: a request cut into pieces that replicas run side by side, and their answers put
+back together, in numpy on the request's own bytes (no tensor is rebuilt in torch).
+
+    units = plan(header)                          # [Unit(tokens=range(0, 128), components=range(0, 10)), ...]
+    pieces = [piece(req, header, u) for u in units]   # encoded EvaluateRequests
+    data = assemble(header, units, answers)       # the encoded EvaluateResponse of the whole request
+
+A unit is a block of tokens and, for a shift or fd Jacobian, a block of its columns (the
+parameters' shifts). The cut depends on the request alone, never on how many replicas there are,
+and sums over token blocks (a shared theta's VJP) run in unit order: the same request gives the
+same bits whatever the pool's size, through a rescale or a restart (docs/design.md, "The service").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from qworker.protocol.convert import DTYPES, Header
+from qworker.protocol.wire import qworker_pb2 as pb
+
+UNIT_WORK = 2**22  # amplitude-circuits a unit aims at (4,096 one-token circuits of 10 qubits, ~0.1 s)
+UNIT_COMPONENTS = 10  # columns of a shift or fd Jacobian per unit
+MIN_UNIT_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class Unit:
+    tokens: range
+    components: range | None = None  # None: all (every request but a cut shift or fd Jacobian)
+
+    @property
+    def first(self) -> bool:
+        """Whether this unit carries its token block's expectations (the first column block does)."""
+        return self.components is None or self.components.start == 0
+
+
+def plan(header: Header) -> list[Unit]:
+    """The units of a request: one when it is small; else token blocks of a power-of-two size
+    sized to UNIT_WORK, times column blocks of UNIT_COMPONENTS for a shift or fd Jacobian."""
+    n = header.n_tokens
+    shifted = header.want == "jacobians" and header.grad.method in ("shift", "fd") and header.components is None
+    columns = header.spec.n_params + header.spec.n_angles
+    blocks = [range(k, min(k + UNIT_COMPONENTS, columns)) for k in range(0, columns, UNIT_COMPONENTS)]
+    per_token = (2 * UNIT_COMPONENTS + 1 if shifted else header.circuits_per_token) << header.spec.n_qubits
+    size = max(MIN_UNIT_TOKENS, 2 ** int(math.log2(max(1, UNIT_WORK // per_token))))
+    if n <= size and not (shifted and n * header.circuits_per_token << header.spec.n_qubits > 2 * UNIT_WORK):
+        return [Unit(range(n))]
+    tokens = [range(s, min(s + size, n)) for s in range(0, n, size)]
+    if not shifted or len(blocks) == 1:
+        return [Unit(t) for t in tokens]
+    return [Unit(t, c) for t in tokens for c in blocks]
+
+
+def piece(req: pb.EvaluateRequest, header: Header, unit: Unit) -> bytes:
+    """The encoded request of one unit: its rows of angles (and of a per-token theta, of grad_out),
+    its columns, the expectations only with its token block's first columns."""
+    out = pb.EvaluateRequest()
+    out.CopyFrom(req)
+    for name in ("angles", "grad_out", "theta"):
+        if out.HasField(name) and (name != "theta" or header.per_token_theta):
+            _rows(getattr(out, name), getattr(req, name), unit.tokens)
+    if unit.components is not None:
+        out.first_component, out.n_components = unit.components.start, len(unit.components)
+        out.include_expectations = req.include_expectations and unit.first
+    return out.SerializeToString()
+
+
+def assemble(header: Header, units: list[Unit], answers: list[bytes]) -> bytes:
+    """The encoded response of the whole request from its units' answers (in unit order)."""
+    spec, n = header.spec, header.n_tokens
+    dtype = DTYPES[pb.DTYPE_FLOAT64 if header.itemsize == 8 else pb.DTYPE_FLOAT32][1]
+    parts = [pb.EvaluateResponse.FromString(a) for a in answers]
+    out = pb.EvaluateResponse(compute_seconds=sum(p.compute_seconds for p in parts))
+    if parts[0].HasField("expectations"):
+        z = np.empty((n, spec.n_qubits), dtype)
+        for u, p in zip(units, parts):
+            if u.first:
+                z[u.tokens.start : u.tokens.stop] = _array(p.expectations)
+        _put(out.expectations, z)
+    if parts[0].HasField("jacobian_theta"):
+        j_theta = np.empty((n, spec.n_qubits, spec.n_params), dtype)
+        j_angles = np.empty((n, spec.n_qubits, spec.n_angles), dtype)
+        for u, p in zip(units, parts):
+            rows = slice(u.tokens.start, u.tokens.stop)
+            cols = u.components or range(spec.n_params + spec.n_angles)
+            theta_cols = range(cols.start, min(cols.stop, spec.n_params))
+            angle_cols = range(max(cols.start, spec.n_params) - spec.n_params, cols.stop - spec.n_params)
+            if len(theta_cols):
+                j_theta[rows, :, theta_cols.start : theta_cols.stop] = _array(p.jacobian_theta)
+            if len(angle_cols):
+                j_angles[rows, :, angle_cols.start : angle_cols.stop] = _array(p.jacobian_angles)
+        _put(out.jacobian_theta, j_theta)
+        _put(out.jacobian_angles, j_angles)
+    if parts[0].HasField("vjp_theta"):
+        thetas = [_array(p.vjp_theta) for p in parts]
+        if header.per_token_theta:
+            g_theta = np.concatenate(thetas)
+        else:  # summed over token blocks in unit order: the same bits for any number of replicas
+            g_theta = thetas[0].copy()
+            for t in thetas[1:]:
+                g_theta += t
+        _put(out.vjp_theta, g_theta)
+        _put(out.vjp_angles, np.concatenate([_array(p.vjp_angles) for p in parts]))
+    return out.SerializeToString()
+
+
+def _rows(dst: pb.Tensor, src: pb.Tensor, tokens: range) -> None:
+    """dst = rows `tokens` of src, by slicing its bytes (row-major: a row is contiguous)."""
+    row = len(src.data) // src.shape[0] if src.shape[0] else 0
+    dst.data = src.data[tokens.start * row : tokens.stop * row]
+    dst.shape[0] = len(tokens)
+
+
+def _array(msg: pb.Tensor) -> np.ndarray:
+    return np.frombuffer(msg.data, dtype=DTYPES[msg.dtype][1]).reshape(tuple(msg.shape))
+
+
+def _put(dst: pb.Tensor, array: np.ndarray) -> None:
+    dst.shape[:] = array.shape
+    dst.dtype = pb.DTYPE_FLOAT64 if array.dtype.itemsize == 8 else pb.DTYPE_FLOAT32
+    dst.data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()

@@ -1,0 +1,70 @@
+"""Work units: a request cut into token x column blocks and put back together gives what the
+whole request gives; the cut depends on the request alone."""
+
+import pytest
+import torch
+
+from qworker import CircuitSpec, Gradient
+from qworker.protocol.convert import check_request, to_request, to_result
+from qworker.protocol.evaluation import Evaluation
+from qworker.protocol.limits import Limits
+from qworker.protocol.wire import qworker_pb2 as pb
+from qworker.server import units
+from qworker.server.replica import Replica
+
+SPEC = CircuitSpec(10, 2)
+REPLICA = Replica(("local",))
+
+
+def request(want, n, method=None, per_token=False, include=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, SPEC.n_params) if per_token else (SPEC.n_params,)
+    theta = torch.rand(shape, generator=g, dtype=torch.float64) * 6.28
+    angles = torch.rand(n, SPEC.n_angles, generator=g, dtype=torch.float64) * 6.28
+    grad_out = torch.randn(n, SPEC.n_qubits, generator=g, dtype=torch.float64) if want == "vjp" else None
+    grad = Gradient(method) if method else None
+    return to_request(Evaluation(SPEC, "local", theta, angles, want, grad, grad_out, include))
+
+
+def whole_and_cut(req: pb.EvaluateRequest):
+    header = check_request(req, Limits())
+    plan = units.plan(header)
+    answers = [REPLICA.evaluate(units.piece(req, header, u))[0] for u in plan]
+    whole, _ = REPLICA.evaluate(req.SerializeToString())
+    cut = units.assemble(header, plan, answers)
+    return plan, to_result(pb.EvaluateResponse.FromString(whole)), to_result(pb.EvaluateResponse.FromString(cut))
+
+
+@pytest.mark.parametrize(
+    "want, n, method, per_token, include",
+    [
+        ("jacobians", 300, "shift", False, True),  # 3 token blocks x 6 column blocks
+        ("jacobians", 200, "fd", True, False),
+        ("jacobians", 600, "spsa", False, True),  # token blocks only: its directions are per call
+        ("vjp", 9000, "adjoint", False, True),  # theta's VJP summed over token blocks
+        ("vjp", 5000, "adjoint", True, False),
+        ("expectations", 10000, None, False, False),
+    ],
+)
+def test_cut_and_assembled_equals_whole(want, n, method, per_token, include):
+    plan, whole, cut = whole_and_cut(request(want, n, method, per_token, include))
+    assert len(plan) > 1
+    covered = sorted((t, c) for u in plan for t in u.tokens for c in (u.components or [None]))
+    assert len(covered) == len(set(covered))  # no token-column twice
+    for field in ("expectations", "jacobians", "vjp"):
+        a, b = getattr(whole, field), getattr(cut, field)
+        assert (a is None) == (b is None), field
+        if a is not None:
+            if method == "spsa" and field == "jacobians":  # a unit draws its own directions: compare shapes
+                assert [t.shape for t in a] == [t.shape for t in b]
+                continue
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0, msg=field)
+
+
+def test_the_cut_depends_on_the_request_alone():
+    header = check_request(request("jacobians", 256, "fd"), Limits())
+    plan = units.plan(header)
+    assert len(plan) == 2 * 6 and all(len(u.tokens) == 128 for u in plan)  # 256 tokens x 60 columns
+    assert units.plan(header) == plan
+    small = check_request(request("jacobians", 4, "fd"), Limits())
+    assert units.plan(small) == [units.Unit(range(4))]  # not worth cutting
