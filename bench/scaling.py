@@ -12,9 +12,10 @@ Two figures per R and gradient method:
   (docs/design.md, "The service") and spreads them over its replicas;
 - tokens/s of a training step: the `--model` model (forward, backward, AdamW) with W_q of every
   layer through the circuit, by the same method, its circuits on the service.
-efficiency = speed-up over R = 1, divided by R. Each R is a server of its own (`python -m qworker
-serve`, a private Ray), measured after a warm-up, medians over --rounds. The in-process rows run
-the same work in this process (the `local` simulator, all cores as threads).
+efficiency = speed-up over R = 1, divided by R; spread = the least busy replica's busy seconds over
+the busiest one's during the Jacobian requests (1.00: the work is evenly spread). Each R is a
+server of its own (`python -m qworker serve`, a private Ray), measured after a warm-up, medians
+over --rounds. The in-process rows run the same work in this process (the `local` simulator, all cores as threads).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from trainer.model import Transformer
 from trainer.quantum_linear import circuit_clock
 
 SPEC = CircuitSpec()
+BUSY = "hyqut_qworker_replica_busy_seconds_total"
 
 
 def jacobian_rate(backend, method: str, n: int, rounds: int) -> float:
@@ -103,14 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             remote = get_backend(f"{server.address}?simulator=local&deadline=600")
             for method in args.methods:
+                before = server.by_replica(BUSY)
+                evals = jacobian_rate(remote, method, args.tokens, args.rounds)
+                busy = {k: v - before.get(k, 0.0) for k, v in server.by_replica(BUSY).items() if k != "server"}
+                circuits = Circuits(f"{server.address}?simulator=local", grad=method)
                 rows.append(
                     {
                         "method": method,
                         "replicas": r,
-                        "evaluations_per_s": jacobian_rate(remote, method, args.tokens, args.rounds),
-                        "tokens_per_s": step_rate(
-                            args.model, Circuits(server.address, grad=method), args.batch, args.rounds
-                        ),
+                        "evaluations_per_s": evals,
+                        "replica_busy_s": sorted(busy.values()),  # of the Jacobian requests: is the work spread?
+                        "tokens_per_s": step_rate(args.model, circuits, args.batch, args.rounds),
                     }
                 )
             remote.close()
@@ -132,17 +137,20 @@ def main(argv: list[str] | None = None) -> int:
         f"# bench/scaling.py  {platform.processor() or platform.machine()}, {cores} cores; Jacobian of "
         f"{args.tokens} tokens; {args.model} training step, batch {args.batch}; medians of {args.rounds}"
     )
-    print(f"{'method':<6} {'R':>3} {'evals/s':>10} {'x R=1':>6} {'eff':>5} {'vs in-proc':>10}   "
+    print(f"{'method':<6} {'R':>3} {'evals/s':>10} {'x R=1':>6} {'eff':>5} {'vs in-proc':>10} {'spread':>6}   "
           f"{'tokens/s':>9} {'x R=1':>6} {'eff':>5} {'vs in-proc':>10}")  # fmt: skip
     for row in rows:
         r = "in" if not row["replicas"] else str(row["replicas"])
         cells = []
         for key in ("evaluations_per_s", "tokens_per_s"):
-            cells.append(
-                f"{row[key]:>10,.0f} {row.get(f'{key}_speedup', 1.0):>6.2f} {row.get(f'{key}_efficiency', 1.0):>5.2f} "
-                f"{row[f'{key}_vs_in_process']:>10.2f}"
-            )
-        print(f"{row['method']:<6} {r:>3} {cells[0]}   {cells[1]}")
+            if row["replicas"]:
+                scale = f"{row[f'{key}_speedup']:>6.2f} {row[f'{key}_efficiency']:>5.2f}"
+            else:
+                scale = f"{'-':>6} {'-':>5}"
+            cells.append(f"{row[key]:>10,.0f} {scale} {row[f'{key}_vs_in_process']:>10.2f}")
+        busy = row.get("replica_busy_s")
+        spread = f"{busy[0] / busy[-1]:>6.2f}" if busy and busy[-1] > 0 else f"{'-':>6}"
+        print(f"{row['method']:<6} {r:>3} {cells[0]} {spread}   {cells[1]}")
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 
 import psutil
@@ -28,21 +29,29 @@ class Server:
                 break
         assert self.address and self.metrics, f"the server did not start (exit {self.proc.poll()})"
         self.process = psutil.Process(self.proc.pid)
+        if "--replicas" in flags:  # measure R replicas, not the first one while the others warm up
+            want, deadline = int(flags[flags.index("--replicas") + 1]), time.monotonic() + 300
+            while self.metric("hyqut_qworker_replicas") < want:
+                assert time.monotonic() < deadline, f"{want} replicas did not come up in 300 s"
+                time.sleep(0.2)
 
     def cpu_s(self) -> float:
         t = self.process.cpu_times()
         return t.user + t.system
 
-    def metric(self, name: str, **labels: str) -> float:
-        """The sum of the samples of `name` (with these labels) on the server's /metrics page."""
+    def samples(self, name: str) -> list:
+        """The samples of `name` on the server's /metrics page."""
         with urllib.request.urlopen(self.metrics, timeout=10) as page:
             text = page.read().decode()
-        return sum(
-            s.value
-            for f in text_string_to_metric_families(text)
-            for s in f.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-        )
+        return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of `name` with these labels."""
+        return sum(s.value for s in self.samples(name) if all(s.labels.get(k) == v for k, v in labels.items()))
+
+    def by_replica(self, name: str) -> dict[str, float]:
+        """A per-replica series (hyqut_qworker_replica_*), by replica name."""
+        return {s.labels["replica"]: s.value for s in self.samples(name)}
 
     def evaluate_calls(self) -> float:
         return self.metric("hyqut_qworker_requests_total", rpc="Evaluate")

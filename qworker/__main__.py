@@ -18,6 +18,7 @@ from google.protobuf.json_format import MessageToJson
 
 from qworker.client import RemoteError, admin_call
 from qworker.protocol.wire import qworker_pb2 as pb
+from qworker.server.autoscale import Policy
 from qworker.server.replica import SIMULATORS
 from qworker.server.service import ServerConfig, serve
 
@@ -53,6 +54,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--simulators", default=",".join(d.simulators), help=f"comma-separated, from {SIMULATORS}")
     s.add_argument("--replicas", type=int, default=1, help="replicas of the Ray pool (each a process)")
     s.add_argument("--in-process", action="store_true", help="no Ray: evaluate in the server's own process")
+    s.add_argument(
+        "--autoscale",
+        metavar="MIN:MAX",
+        help="replicas follow the load: the busy fraction is kept near 70%% (qworker/server/autoscale.py)",
+    )
+    s.add_argument(
+        "--autoscale-cooldown",
+        type=float,
+        default=Policy.cooldown_s,
+        help="least seconds between two changes; the load is measured every min(5, cooldown/3) s",
+    )
     s.add_argument("--ray-address", help="Ray cluster to run replicas on (default: $RAY_ADDRESS or a new local Ray)")
     s.add_argument("--replica-cpus", type=float, default=d.replica_cpus, help="CPUs (torch threads) per replica")
     s.add_argument("--replica-gpus", type=float, default=d.replica_gpus, help="GPUs per replica")
@@ -79,6 +91,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     token = args.token_file.read_text().strip() if args.token_file else os.environ.get("HYQUT_TOKEN") or None
     if args.token_file and not token:
         raise SystemExit(f"--token-file {args.token_file} is empty")
+    autoscale = None
+    if args.autoscale:
+        cooldown = args.autoscale_cooldown
+        try:
+            autoscale = Policy.parse(args.autoscale, cooldown_s=cooldown, period_s=min(5.0, cooldown / 3) or 1.0)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -96,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_inflight=args.max_inflight,
         max_queue=args.max_queue,
         max_replicas=args.max_replicas,
+        autoscale=autoscale,
         simulators=tuple(n for n in args.simulators.split(",") if n),
         replicas=None if args.in_process else args.replicas,
         ray_address=args.ray_address,

@@ -128,3 +128,25 @@ def test_device_script_dry_run(tmp_path, cache_dir):
     for row in ("vqc local forward+grad shift", "train step wq adjoint", "trainer (DeepSpeed) wq, 3 steps"):
         assert row in table, table
     assert "exit" not in (tmp_path / "device.log").read_text().replace("exit_code", "")
+
+
+@pytest.mark.slow
+def test_scaling_spreads_one_request_over_the_replicas():
+    argv = ["--replicas", "1", "2", "--tokens", "128", "--rounds", "1", "--methods", "fd", "--json"]
+    out = {r["replicas"]: r for r in rows(bench("bench/scaling.py", *argv, timeout=600))}
+    assert set(out) == {0, 1, 2}
+    # 128 tokens x 121 fd evaluations x 2^10 amplitudes is several work units (docs/design.md, "The service"):
+    # with two replicas, both computed part of the one request
+    assert len(out[2]["replica_busy_s"]) == 2 and min(out[2]["replica_busy_s"]) > 0
+    for r in (1, 2):
+        row = out[r]
+        assert row["evaluations_per_s_efficiency"] * r == pytest.approx(row["evaluations_per_s_speedup"])
+        assert row["tokens_per_s"] > 0 and row["evaluations_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_faults_under_load_answer_everything_right():
+    (row,) = rows(bench("bench/faults.py", "--seconds", "30", "--json", timeout=600))
+    assert row["sent"] > 20 and row.get("wrong", 0) == 0, row
+    assert not {k for k in row if k.startswith("failed")}, row  # every fault was absorbed by a retry
+    assert row["cancelled"] == 5 and len(row["events"]) == 5

@@ -24,6 +24,7 @@ from qworker.protocol.convert import to_request, to_result
 from qworker.protocol.evaluation import Evaluation
 from qworker.protocol.wire import qworker_pb2 as pb
 from qworker.protocol.wire import qworker_pb2_grpc as pb_grpc
+from qworker.server.autoscale import Policy
 from qworker.server.service import ServerConfig, create_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +166,55 @@ def test_a_replica_killed_mid_request_costs_a_retry_not_a_result(service):
         assert time.monotonic() < deadline, "the killed replica never came back"
         time.sleep(0.2)
     assert victim["pid"] not in server.call(server.pool.pids)
+
+
+def test_replicas_follow_the_load_up_and_down(ray_address):
+    """--autoscale 1:2: two clients keeping one replica busy bring a second; idleness takes it away."""
+    policy = Policy(1, 2, period_s=0.5, cooldown_s=2.0)
+    with serving(1, autoscale=policy, metrics_port=0) as (server, port):
+        remote = get_backend(f"grpc://127.0.0.1:{port}?simulator=local&deadline=120")
+        theta, angles = batch(512, seed=4, dtype=torch.float64)
+        want = get_backend("local").jacobians(SPEC, theta, angles, Gradient("fd"))
+        stop, errors = threading.Event(), []
+
+        def client():
+            while not stop.is_set():
+                got = remote.jacobians(SPEC, theta, angles, Gradient("fd"))
+                errors.extend(g for g, w in zip(got, want) if not torch.allclose(g, w, atol=1e-10, rtol=1e-10))
+
+        threads = [threading.Thread(target=client) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            deadline = time.monotonic() + 120
+            while server.pool.replicas < 2:
+                assert time.monotonic() < deadline, "the load never brought a second replica"
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        deadline = time.monotonic() + 60
+        while server.pool.target > 1:
+            assert time.monotonic() < deadline, "idleness never took the second replica away"
+            time.sleep(0.2)
+        assert not errors
+
+        def samples():
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics.port}/metrics", timeout=10) as page:
+                return {
+                    (s.name, s.labels.get("direction")): s.value
+                    for f in text_string_to_metric_families(page.read().decode())
+                    for s in f.samples
+                }
+
+        deadline = time.monotonic() + 30
+        while (seen := samples())[("hyqut_qworker_busy_fraction", None)] >= 0.5:  # idleness, measured
+            assert time.monotonic() < deadline, f"the busy fraction stayed at {seen}"
+            time.sleep(0.2)
+        assert seen[("hyqut_qworker_autoscale_changes_total", "up")] >= 1
+        assert seen[("hyqut_qworker_autoscale_changes_total", "down")] >= 1
+        assert seen[("hyqut_qworker_replicas_target", None)] == 1
 
 
 def test_scaling_while_requests_flow_fails_none(service):

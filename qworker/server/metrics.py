@@ -33,6 +33,15 @@ class ServiceMetrics:
         self.queue_depth = Gauge(
             "hyqut_qworker_queue_depth", "Requests admitted: evaluating, or waiting for a slot", registry=r
         )
+        self.busy_fraction = Gauge(
+            "hyqut_qworker_busy_fraction",
+            "Share of the live replicas' time spent evaluating, over the autoscaler's last period",
+            registry=r,
+        )
+        self.replicas_target = Gauge("hyqut_qworker_replicas_target", "Replicas the pool aims for", registry=r)
+        self.autoscale_changes = Counter(
+            "hyqut_qworker_autoscale_changes", "Replica count changes made by --autoscale", ["direction"], registry=r
+        )
         self.http_server = self.port = None
         if port is not None:
             self.http_server, _ = start_http_server(port, addr=host, registry=r)
@@ -55,7 +64,7 @@ class ServiceMetrics:
 
 class _ReplicaCollector:
     """One series per replica (labels: replica, node), read from the pool at scrape time; a
-    replica that is removed leaves the output with it."""
+    replica that was removed keeps its totals, with up 0."""
 
     def __init__(self, pool):
         self.pool = pool

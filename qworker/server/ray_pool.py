@@ -38,7 +38,7 @@ from qworker.protocol.errors import PoolNotReady, ReplicasDied, ScaleRefused
 from qworker.protocol.wire import qworker_pb2 as pb
 from qworker.server import units
 from qworker.server.in_process import InProcessPool
-from qworker.server.replica import SIMULATORS, Replica, ReplicaStats, give_back_large_blocks
+from qworker.server.replica import SIMULATORS, Replica, ReplicaStats
 
 log = logging.getLogger("qworker.ray_pool")
 
@@ -56,7 +56,6 @@ class ReplicaActor:
     def __init__(self, names: tuple[str, ...], threads: int):
         import torch
 
-        give_back_large_blocks()
         torch.set_num_threads(max(1, threads))
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         self.replica = Replica(names, device)
@@ -150,6 +149,8 @@ class RayPool:
         self._members: list[_Member] = []
         self._retired: list[ReplicaStats] = []  # removed replicas' totals: their series stay in /metrics
         self._ids, self._keys = itertools.count(), itertools.count()
+        self.busy_s = 0.0  # seconds all replicas spent evaluating, measured in them (the autoscaler's input)
+        self.waiting = 0  # units waiting for a live replica
         self._changed: asyncio.Event | None = None  # set whenever a replica's state changes
         self.live = False
         self._closed = False
@@ -160,6 +161,11 @@ class RayPool:
     def replicas(self) -> int:
         """Live replicas (warmed up, not draining, not restarting)."""
         return sum(m.state == "live" for m in list(self._members))
+
+    @property
+    def starting(self) -> bool:
+        """Whether a replica asked for is still starting (or waiting for Ray to place it)."""
+        return any(m.state == "warming" for m in list(self._members))
 
     def backends(self) -> dict[str, Capabilities]:
         return self._capabilities
@@ -237,6 +243,7 @@ class RayPool:
                 data, seconds = await asyncio.wait_for(_awaitable(ref), left)
                 member.evaluations += 1
                 member.busy_s += seconds  # measured in the replica
+                self.busy_s += seconds
                 return data
             except RayTaskError as e:  # the evaluation itself raised: the same error as in-process
                 raise e.cause if isinstance(e.cause, Exception) else e from None
@@ -319,7 +326,11 @@ class RayPool:
                     f"no live qworker replica (target {self.target}); scale the pool up "
                     "(python -m qworker scale) or check the Ray cluster"
                 )
-            await self._wait_change(until)
+            self.waiting += 1  # for a replica: what scales an autoscaled pool up from zero
+            try:
+                await self._wait_change(until)
+            finally:
+                self.waiting -= 1
 
     def _release(self, member: _Member) -> None:
         member.in_flight -= 1

@@ -58,16 +58,6 @@ def malloc_trim() -> None:
         pass
 
 
-def give_back_large_blocks() -> None:
-    """Make glibc serve every block of 1 MiB or more by mmap, so a freed request's memory goes
-    back to the system at once (its default threshold rises after large frees, and the heap then
-    keeps them). For the server's and the replicas' processes."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except OSError:  # not glibc
-        pass
-
-
 class Replica:
     """One Backend per served name, built by `get_backend` and shared by this process's threads
     (local and qulacs keep no per-call state). A request with backend options (shots, seed, noise)
