@@ -3,6 +3,7 @@ retry hint the client follows, health and control that answer under load, bounde
 ids, and no INTERNAL for any well-formed request (a structure-aware fuzz through a real server)."""
 
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -138,34 +139,49 @@ def test_a_full_server_refuses_at_once_with_a_retry_hint_that_the_client_follows
 
 
 def test_memory_stays_bounded_under_200_concurrent_maximum_size_requests(tmp_path):
-    """A server (its own process) allowing 4 MiB messages gets 200 requests of 4 MiB at once: it
-    admits 2 + 8, refuses the rest at once, and gives the memory back."""
-    cmd = [sys.executable, "-m", "qworker", "serve", "--in-process", "--port", "0", "--max-message-mb", "4"]
-    cmd += ["--workers", "2", "--max-queue", "8", "--simulators", "local"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """A server (its own process, its own Ray, one replica) allowing 4 MiB messages gets 200
+    requests of 4 MiB at once: it admits 2 + 8, refuses the rest at once, and it and its replica
+    give the memory back."""
+    cmd = [sys.executable, "-m", "qworker", "serve", "--port", "0", "--max-message-mb", "4", "--replicas", "1"]
+    cmd += ["--replica-cpus", "1", "--max-inflight", "2", "--max-queue", "8", "--simulators", "local"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         address = next(x for x in proc.stdout if x.startswith("qworker listening")).split()[-1]
         server = psutil.Process(proc.pid)
+
+        def rss() -> tuple[float, float]:
+            """Private MB (USS: what the process alone holds; Ray's shared object store, which holds
+            request arguments within its own fixed size, is not counted) of the server and of its
+            replica (a Ray worker process under the server's Ray)."""
+            replicas = [p for p in server.children(recursive=True) if "ReplicaActor" in " ".join(p.cmdline())]
+            uss = lambda p: p.memory_full_info().uss / 2**20  # noqa: E731
+            return uss(server), sum(uss(p) for p in replicas)
+
         theta, angles = torch.zeros(40), torch.rand(50_000, 20)  # 4.0 MB of angles
         request = to_request(Evaluation(SPEC, "local", theta, angles))
-        rss = lambda: server.memory_info().rss / 2**20  # noqa: E731
         with grpc.insecure_channel(address[len("grpc://") :]) as ch:
             stub = pb_grpc.QWorkerStub(ch)
-            stub.Evaluate(quick(), timeout=60)  # warm
-            baseline, peak, codes = rss(), 0.0, []
+            stub.Evaluate(request, timeout=180)  # warm: the replica has started and served one
+            baseline, peak, codes = rss(), (0.0, 0.0), []
             with ThreadPoolExecutor(200) as pool:
                 futures = [pool.submit(_code, stub, request) for _ in range(200)]
                 while not all(f.done() for f in futures):
-                    peak = max(peak, rss())
+                    peak = tuple(max(a, b) for a, b in zip(peak, rss()))
                     time.sleep(0.02)
                 codes = [f.result() for f in futures]
-            time.sleep(1.0)
-            after = rss()
-        print(f"server RSS: {baseline:.0f} MB before, {peak:.0f} MB at most, {after:.0f} MB after")
+            deadline, after = time.monotonic() + 15, rss()  # the server trims once it has gone quiet
+            while after[0] - baseline[0] > 100 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                after = rss()
+        for i, who in enumerate(("server", "replica")):
+            print(f"{who} USS: {baseline[i]:.0f} MB before, {peak[i]:.0f} MB at most, {after[i]:.0f} MB after")
+        assert baseline[1] > 100, "the replica's process was not found"
         assert codes.count("OK") >= 10 and codes.count("RESOURCE_EXHAUSTED") >= 100, codes
         assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
-        assert peak - baseline < 1200, (baseline, peak)  # the bytes in flight, parsed only for the 10 admitted
-        assert after - baseline < 150, (baseline, after)
+        assert peak[0] - baseline[0] < 1200, (baseline, peak)  # the bytes in flight, parsed only for the 10 admitted
+        assert peak[1] - baseline[1] < 300, (baseline, peak)  # the replica sees 4096-token units, one at a time
+        assert after[0] - baseline[0] < 150 and after[1] - baseline[1] < 150, (baseline, after)
     finally:
         proc.terminate()
         proc.wait(30)
