@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "cluster" / "config.yaml"
 REPLICA_RESOURCE = "qworker"
 QWORKER_PORT = 50051
-GPU_REPLICAS_PLANNED = 64  # cluster/README.md, "Scaling model (64 GPU replicas)"
+GPU_REPLICAS_PLANNED = 64  # cluster/README.md, "Scaling model, from measured figures"
 
 
 def load() -> dict:
@@ -184,6 +184,15 @@ def test_the_started_replicas_fit_on_the_nodes_ray_up_launches(config):
         f"the service asks for {args.replicas} replicas but the min_workers nodes hold {on_min_nodes}: "
         "it would wait on the autoscaler at every start"
     )
+
+
+def test_max_replicas_is_what_the_autoscaler_can_place(config):
+    """Without --max-replicas, Scale is bounded by the nodes up now: no scaling past them ever
+    brings a node. The bound must be what the types' max_workers hold, no more."""
+    args = serve_args(config)
+    on_max_nodes = sum(n["max_workers"] * slots(n, args) for n in workers(config).values())
+    assert args.max_replicas is not None, "set --max-replicas, or Scale can never grow the cluster"
+    assert args.replicas <= args.max_replicas <= on_max_nodes, (args.replicas, args.max_replicas, on_max_nodes)
 
 
 def test_node_resources_are_consistent(config):
