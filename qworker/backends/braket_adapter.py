@@ -16,6 +16,10 @@ computational basis, so every executable measures every qubit once and <Z_i> = 1
 comes from the same shots: one executable per row, not one per row and observable (n_q times the
 executables and shots for the same precision). Braket's rotations follow our conventions
 (RY(a) = exp(-i a Y/2)) and qubit i is our qubit i.
+
+The SDK's LocalSimulator runs program sets (amazon-braket-sdk 1.127, default simulator 1.41: its
+action map states `braket.ir.openqasm.program_set` with at most 100 executables and 200,000 total
+shots a program set), so a gradient of more rows is several tasks there; QPUs state their own.
 """
 
 from __future__ import annotations
