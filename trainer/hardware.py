@@ -36,7 +36,7 @@ class HardwarePlan:
     world: int  # data-parallel ranks; every figure counts all of them
     per_step: Usage  # one optimizer step (grad_accum micro-steps)
     per_eval: Usage  # one validation pass (at most: fewer windows on a small validation split)
-    setup: Usage  # once per run and projection (e.g. readout calibration)
+    setup: Usage  # once per session, all projections and ranks (e.g. readout calibration)
     evals: int  # validation passes in the planned steps
     steps: int  # the optimizer steps planned
     queue_s_per_job: float
@@ -66,7 +66,7 @@ def hardware_plan(cfg: ModelConfig, t: TrainConfig, world: int = 1, first_step: 
     per_window = _call(backend, cfg.context, caps.shots)  # a validation window: forward only
     steps = range(first_step + 1, t.steps + 1)
     evals = sum(1 for s in steps if s % t.eval_every == 0 or s == t.steps)
-    setup = backend.setup_usage(spec) if first_step == 0 else Usage()
+    setup = backend.setup_usage(spec)  # every session builds its backends afresh
     return HardwarePlan(
         backend=circuits.backend,
         grad=circuits.grad,
@@ -107,7 +107,7 @@ def format_plan(plan: HardwarePlan) -> str:
     ]
     rows = [("per step", plan.per_step), ("per validation pass", plan.per_eval)]
     if plan.setup.jobs:
-        rows.append(("once (calibration)", plan.setup))
+        rows.append(("once a session (calibration)", plan.setup))
     rows.append((f"whole run ({plan.steps} steps, {plan.evals} passes)", plan.run))
     for name, u in rows:
         lines.append(

@@ -4,8 +4,7 @@
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 trainer/main.py --model tiny  # two data-parallel ranks
     deepspeed trainer/main.py --model 150m --quantum wq                     # GPUs: ZeRO, bf16
     python -m trainer.main --model 150m --quantum wq --describe             # parameters and FLOPs
-    python -m trainer.main --quantum wq --qbackend shots --grad fd --qbackend-options shots=1000 \
-        --describe --shot-budget 10000000000                                # the hardware plan, checked
+    python -m trainer.main --quantum wq --qbackend shots --grad fd --qbackend-options shots=1000 --describe
 
 Every field of the model (trainer/config.py: --d-model, --n-qubits, --branch, ...) and of the
 training (trainer/train_config.py: --steps, --qbackend, --grad, ...) is a flag. A run lives in
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = model_config(args)
         train_cfg = from_flags(vars(args))
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        first_step, spent = logged_usage(train_cfg.out)
+        first_step, spent = shots_spent(train_cfg.out)
         plan = hardware_plan(cfg, train_cfg, world, first_step)
         if args.describe:
             print(format_description(describe(cfg, train_cfg.circuits)))
@@ -139,11 +138,15 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
-def logged_usage(out: Path) -> tuple[int, int]:
-    """(the last logged step, the shots spent up to it) of a run with a checkpoint to resume; (0, 0)
-    for a new one."""
-    records = ckpt.read_log(out) if (out / ckpt.CKPT_DIR / "latest").exists() else []
-    return (records[-1]["step"], records[-1].get("shots_total", 0)) if records else (0, 0)
+def shots_spent(out: Path) -> tuple[int, int]:
+    """(the step a resumed run restarts from, every shot its earlier sessions spent: the last logged
+    shots_total, steps past the checkpoint included, since they were paid for); (0, 0) for a new run.
+    Read before the log is truncated to the checkpoint."""
+    latest = out / ckpt.CKPT_DIR / "latest"
+    if not latest.exists():
+        return 0, 0
+    records = ckpt.read_log(out)
+    return int(latest.read_text().strip().removeprefix("step")), records[-1].get("shots_total", 0) if records else 0
 
 
 def init_distributed() -> None:
@@ -167,6 +170,7 @@ def train(cfg: ModelConfig, t: TrainConfig) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     run = ckpt.run_record(cfg, t, world)
     resume = ckpt.check_resumable(t.out, run)  # before anything is written
+    _, shots_before = shots_spent(t.out)  # every rank, before rank 0 truncates the log
     corpus = load_data(t, cfg, rank)
     if cfg.vocab_size < corpus.tokenizer.vocab_size:
         raise ValueError(f"--vocab-size {cfg.vocab_size} is smaller than the tokenizer's {corpus.tokenizer.vocab_size}")
@@ -189,7 +193,6 @@ def train(cfg: ModelConfig, t: TrainConfig) -> None:
             ckpt.write_run(t.out, run, corpus.tokenizer.to_json())
             ckpt.truncate_log(t.out, step)
         plan = hardware_plan(cfg, t, world, step)
-        shots_before = ckpt.read_log(t.out, step)[-1].get("shots_total", 0) if step and plan else 0
         meter = UsageMeter(engine.module, engine.device, shots_before) if plan else None
         loop(t, engine, sampler, corpus, step, rank, world, meter, plan)
     finally:
@@ -307,7 +310,7 @@ def over_budget(plan: HardwarePlan, t: TrainConfig, step: int, spent: int, last_
     """Why the next step (step + 1) would take the run past --shot-budget, or None: it is planned
     to cost its share of the plan, or what the last step cost if that was more."""
     nxt = step + 1
-    cost = plan.per_step.shots + (plan.setup.shots if step == 0 else 0)
+    cost = plan.per_step.shots + (plan.setup.shots if not last_shots else 0)  # calibration: a session's first step
     cost += plan.per_eval.shots if nxt % t.eval_every == 0 or nxt == t.steps else 0
     cost = max(cost, last_shots)
     if spent + cost <= t.shot_budget:
