@@ -120,3 +120,24 @@ def test_readme_hardware_table_is_what_the_plan_says():
             plan = hardware_plan(from_preset(preset, quantum=quantum), t)
             got = [plan.projections, plan.per_step.jobs, plan.per_step.circuits, plan.per_step.shots]
             assert [f"{v:,}" for v in got] == [projections, jobs, circuits, shots], (model, grad)
+
+
+def test_a_resumed_run_counts_every_shot_paid_for(tmp_path):
+    from trainer.main import over_budget, shots_spent
+
+    assert shots_spent(tmp_path) == (0, 0)  # a new run
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "latest").write_text("step2")
+    log = [{"step": s, "shots": 10, "shots_total": 10 * s} for s in (1, 2, 3)]  # step 3 ran, unsaved
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    assert shots_spent(tmp_path) == (2, 30)  # restarts at step 2, but step 3's shots were spent
+    cfg = from_preset("tiny", quantum="wq", quantum_layers=(0,), n_qubits=4, context=16)
+    circuits = Circuits("shots", grad="fd", options="shots=100,mitigate=readout")
+    plan = hardware_plan(cfg, TrainConfig(steps=3, batch_size=2, eval_every=2, eval_batches=2, circuits=circuits))
+    step_1 = 100 * STEP_CIRCUITS + 200  # the first step of a session also calibrates: 2 circuits
+    budget = lambda n: TrainConfig(steps=3, eval_every=2, shot_budget=n, circuits=circuits)  # noqa: E731
+    assert over_budget(plan, budget(step_1), 0, 0, 0) is None
+    assert "step 1 would take ~" in over_budget(plan, budget(step_1 - 1), 0, 0, 0)
+    step_2 = 100 * (STEP_CIRCUITS + EVAL_CIRCUITS)  # step 2 validates
+    assert over_budget(plan, budget(step_1 + step_2), 1, step_1, step_1) is None
+    assert over_budget(plan, budget(step_1 + step_2), 1, step_1, 10 * step_2) is not None  # it measured more
