@@ -141,3 +141,21 @@ def test_a_resumed_run_counts_every_shot_paid_for(tmp_path):
     step_2 = 100 * (STEP_CIRCUITS + EVAL_CIRCUITS)  # step 2 validates
     assert over_budget(plan, budget(step_1 + step_2), 1, step_1, step_1) is None
     assert over_budget(plan, budget(step_1 + step_2), 1, step_1, 10 * step_2) is not None  # it measured more
+
+
+def test_trainer_metrics_count_hardware_usage_by_backend():
+    import urllib.request
+
+    from qworker.backends import Usage
+    from trainer.metrics import TrainMetrics
+
+    m = TrainMetrics(0)
+    try:
+        m.record_usage("shots", Usage(2, 300, 30_000))
+        m.record_usage("shots", Usage(1, 100, 10_000))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{m.server.server_port}/metrics", timeout=10).read().decode()
+    finally:
+        m.close()
+    assert 'hyqut_hardware_jobs_total{backend="shots"} 3.0' in text
+    assert 'hyqut_hardware_circuits_total{backend="shots"} 400.0' in text
+    assert 'hyqut_hardware_shots_total{backend="shots"} 40000.0' in text
