@@ -24,6 +24,8 @@ from qworker.backends import (
     available_backends,
     backend_class,
 )
+from qworker.backends.braket_adapter import BraketBackend
+from qworker.backends.pennylane_adapter import PennyLaneBackend
 from qworker.backends.qiskit_adapter import QiskitBackend
 from qworker.gradients import METHODS
 
@@ -113,6 +115,16 @@ def test_qiskit_bad_settings(kwargs, words):
         get_backend("qiskit", **kwargs)
 
 
+def test_qiskit_ibm_device_names_what_it_needs():
+    try:
+        import qiskit_ibm_runtime  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="device='ibm_brisbane' needs qiskit-ibm-runtime"):
+            get_backend("qiskit", device="ibm_brisbane")
+    with pytest.raises(ValueError, match="give an estimator or a device name, not both"):
+        get_backend("qiskit", estimator=object(), device="ibm_brisbane")
+
+
 @pytest.mark.parametrize("name", ["qiskit", "shots"])
 def test_adjoint_refused_on_hardware(name):
     spec = CircuitSpec(2, 1)
@@ -124,12 +136,13 @@ def test_adjoint_refused_on_hardware(name):
 # --- the registry -----------------------------------------------------------------------------
 
 
-def test_entry_points_register_builtins_and_qiskit():
+def test_entry_points_register_builtins_and_adapters():
     eps = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    assert {"local", "qulacs", "shots", "qiskit"} <= set(eps)
+    assert {"local", "qulacs", "shots", "qiskit", "braket", "pennylane"} <= set(eps)
     assert eps["qiskit"].load() is QiskitBackend and eps["shots"].load() is ShotsBackend
     assert isinstance(get_backend("qiskit"), QiskitBackend)
-    assert available_backends() == {**BACKENDS, "qiskit": QiskitBackend}
+    adapters = {"braket": BraketBackend, "pennylane": PennyLaneBackend, "qiskit": QiskitBackend}
+    assert available_backends() == {**BACKENDS, **adapters}
 
 
 class FakeDeviceBackend(Backend):
@@ -187,7 +200,7 @@ def test_builtin_names_win_over_plugins(plugins):
 
 def test_unknown_name_lists_available(plugins):
     plugins(fakedev="hyqut_fake_plugin:FakeDeviceBackend")
-    listed = "choose one of local, qulacs, shots, auto, fakedev, qiskit"
+    listed = "choose one of local, qulacs, shots, auto, braket, fakedev, pennylane, qiskit"
     with pytest.raises(ValueError, match=rf"unknown backend 'nope'; {listed} \(or ray, or grpc://host:port"):
         get_backend("nope")
 

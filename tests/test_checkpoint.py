@@ -81,7 +81,7 @@ def test_where_circuits_run_is_recorded_but_not_matched(tmp_path, corpus):
     run = tmp_path / "run"
     ckpt.write_run(run, ckpt.run_record(cfg, here, 1), corpus.tokenizer.to_json())
     saved = json.loads((run / ckpt.RUN_FILE).read_text())
-    assert saved["circuits"] == {"backend": "local", "replicas": 1} and "qbackend" not in saved["model"]
+    assert saved["circuits"] == {"backend": "local", "replicas": 1, "options": ""} and "qbackend" not in saved["model"]
     (run / ckpt.CKPT_DIR).mkdir()
     (run / ckpt.CKPT_DIR / "latest").write_text("step4")
     assert ckpt.check_resumable(run, ckpt.run_record(cfg, there, 1)) is True

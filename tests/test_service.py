@@ -422,7 +422,7 @@ def test_an_evaluation_past_its_deadline_stops_and_says_so(simulator, want, n, g
     assert time.monotonic() - start < 1.5
     assert status_for(e.value)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
     few = Evaluation(spec, simulator, ev.theta, ev.angles[:4])
-    data, _ = replica.evaluate(to_request(few).SerializeToString(), timeout=5)
+    data, *_ = replica.evaluate(to_request(few).SerializeToString(), timeout=5)
     torch.testing.assert_close(
         to_result(pb.EvaluateResponse.FromString(data)).expectations,
         get_backend("local").expectations(spec, ev.theta, ev.angles[:4]),

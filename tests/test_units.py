@@ -30,7 +30,7 @@ def whole_and_cut(req: pb.EvaluateRequest):
     header = check_request(req, Limits())
     plan = units.plan(header)
     answers = [REPLICA.evaluate(units.piece(req, header, u))[0] for u in plan]
-    whole, _ = REPLICA.evaluate(req.SerializeToString())
+    whole, *_ = REPLICA.evaluate(req.SerializeToString())
     cut = units.assemble(header, plan, answers)
     return plan, to_result(pb.EvaluateResponse.FromString(whole)), to_result(pb.EvaluateResponse.FromString(cut))
 

@@ -39,7 +39,7 @@ def run_record(cfg: ModelConfig, train, world_size: int) -> dict:
     return {
         "model": cfg.to_dict(),
         "train": {**train.resume_key(), "world_size": world_size},
-        "circuits": {"backend": c.backend, "replicas": c.replicas},
+        "circuits": {"backend": c.backend, "replicas": c.replicas, "options": c.options},
     }
 
 

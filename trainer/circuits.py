@@ -1,6 +1,7 @@
 """Where a model's circuits run and how they are differentiated: a run setting, not the model.
 
     circuits = Circuits(backend="grpc://10.0.0.5:50051", grad="fd")   # --qbackend, --grad
+    circuits = Circuits("qiskit", grad="fd", options="simulator=aer,shots=4096")  # --qbackend-options
     model = Transformer(cfg, circuits)                                # the same weights anywhere
 
 A checkpoint's weights do not depend on where its circuits ran, so a run can be resumed, or a
@@ -28,12 +29,15 @@ class Circuits:
     """`backend`: a qworker backend in this process (local, qulacs, auto, shots, a plug-in such as
     qiskit), `ray` (a service on a local Ray pool of `replicas` replicas) or `grpc://host:port` (a
     running service; its token from $HYQUT_TOKEN). `grad`: adjoint, shift, fd or spsa, with step
-    `fd_delta` (fd's, and spsa's perturbation)."""
+    `fd_delta` (fd's, and spsa's perturbation). `options`: the in-process backend's constructor
+    options as `key=value,key=value` (shots=4096, device=lightning.qubit, mitigate=readout, ...);
+    numbers and true/false are converted, the rest stay strings."""
 
     backend: str = "local"
     replicas: int = 1
     grad: str = "adjoint"
     fd_delta: float = 1e-2
+    options: str = ""
 
     def problems(self) -> list[str]:
         """Every problem, each naming the flag to change; [] when valid. A remote service's methods
@@ -47,8 +51,14 @@ class Circuits:
         if not self.remote:
             try:
                 methods = backend_class(self.backend).methods
+                if self.options:
+                    qworker.get_backend(self.backend, **self.backend_options())
+            except TypeError as e:
+                p.append(f"--qbackend-options: {self.options!r} are not options of backend {self.backend!r} ({e})")
             except (ValueError, ImportError) as e:
-                p.append(f"--qbackend: {e}")
+                p.append(f"--qbackend{'-options' if methods is not None else ''}: {e}")
+        elif self.options:
+            p.append("--qbackend-options are for a backend in this process; a service's backends are set where it runs")
         if self.grad not in METHODS:
             p.append(f"--grad: unknown gradient method {self.grad!r}; choose one of {', '.join(METHODS)}")
         elif methods is not None and self.grad not in methods:
@@ -63,6 +73,16 @@ class Circuits:
         """Whether circuits run in a qworker service (ray, grpc://) rather than in this process."""
         return self.backend == RAY or self.backend.startswith("grpc://")
 
+    def backend_options(self) -> dict:
+        """`options` as a dict; ValueError naming a malformed item."""
+        out = {}
+        for item in filter(None, (i.strip() for i in self.options.split(","))):
+            key, eq, value = item.partition("=")
+            if not (eq and key.strip() and value.strip()):
+                raise ValueError(f"--qbackend-options takes key=value,key=value; {item!r} is not key=value")
+            out[key.strip()] = _option_value(value.strip())
+        return out
+
     def gradient(self) -> Gradient:
         return Gradient(self.grad, delta=self.fd_delta)
 
@@ -71,9 +91,20 @@ class Circuits:
         channel, one thread pool); a sampling backend gets its own fixed `seed`, so runs reproduce."""
         if self.remote:
             return _client(self.backend, self.replicas)
+        options = self.backend_options()
         if self.backend == "shots":
-            return qworker.get_backend("shots", seed=seed)
-        return self.backend
+            options.setdefault("seed", seed)
+        return qworker.get_backend(self.backend, **options) if options else self.backend
+
+
+def _option_value(text: str) -> int | float | bool | str:
+    """A --qbackend-options value: an int, a float, true/false, or the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 @functools.cache

@@ -4,13 +4,16 @@
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 trainer/main.py --model tiny  # two data-parallel ranks
     deepspeed trainer/main.py --model 150m --quantum wq                     # GPUs: ZeRO, bf16
     python -m trainer.main --model 150m --quantum wq --describe             # parameters and FLOPs
+    python -m trainer.main --quantum wq --qbackend shots --grad fd --qbackend-options shots=1000 --describe
 
 Every field of the model (trainer/config.py: --d-model, --n-qubits, --branch, ...) and of the
 training (trainer/train_config.py: --steps, --qbackend, --grad, ...) is a flag. A run lives in
 --out; the same command, run again, resumes from its last checkpoint and reproduces the losses of
 an uninterrupted run (where the circuits run may change in between: --qbackend). The loop, in
 order: micro-steps (forward, backward; DeepSpeed clips and steps at the accumulation boundary) ->
-evaluate (every --eval-every) -> log -> checkpoint (every --save-every).
+evaluate (every --eval-every) -> log -> checkpoint (every --save-every). On a hardware-like
+backend every step logs the jobs, circuits and shots it spent; with --shot-budget a run whose plan
+exceeds the budget is refused, and one that would exceed it on its next step stops there, saved.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from trainer import checkpoint as ckpt
 from trainer.batches import BatchSampler
 from trainer.config import ModelConfig, flag, from_preset
 from trainer.data import DatasetError, prepare_data
+from trainer.hardware import HardwarePlan, UsageMeter, check_budget, format_plan, hardware_plan
 from trainer.model import Transformer, count_parameters, describe, format_description
 from trainer.quantum_linear import circuit_clock
 from trainer.tokenizer import Tokenizer
@@ -69,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q.add_argument("--q-replicas", type=int, help=f"replicas of --qbackend ray's pool ({d.circuits.replicas})")
     q.add_argument("--grad", help=f"adjoint, shift, fd, spsa (default {d.circuits.grad})")
     q.add_argument("--fd-delta", type=float, help=f"step of fd, perturbation of spsa (default {d.circuits.fd_delta})")
+    q.add_argument("--qbackend-options", help="the backend's options, key=value,... (shots=4096,mitigate=readout)")
+    q.add_argument("--shot-budget", type=int, help="most shots the run may take (hardware-like backends)")
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, help=f"optimizer steps (default {d.steps})")
     t.add_argument("--batch-size", type=int, help=f"sequences per micro-batch per rank (default {d.batch_size})")
@@ -85,7 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--eval-batches", type=int, help=f"validation batches per pass (default {d.eval_batches})")
     o.add_argument("--save-every", type=int, help=f"steps between checkpoints (default {d.save_every})")
     o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on rank 0")
-    o.add_argument("--describe", action="store_true", help="print parameter counts and FLOPs, then exit")
+    o.add_argument(
+        "--describe", action="store_true", help="print parameter counts, FLOPs and the hardware plan, then exit"
+    )
     o.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)  # the launcher's
     return p.parse_args(argv)
 
@@ -106,8 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = model_config(args)
         train_cfg = from_flags(vars(args))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        first_step, spent = shots_spent(train_cfg.out)
+        plan = hardware_plan(cfg, train_cfg, world, first_step)
         if args.describe:
             print(format_description(describe(cfg, train_cfg.circuits)))
+            if plan:
+                print(format_plan(plan))
+        check_budget(plan, train_cfg.shot_budget, spent)  # before anything starts
+        if args.describe:
             return 0
         init_distributed()
         train(cfg, train_cfg)
@@ -121,6 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def shots_spent(out: Path) -> tuple[int, int]:
+    """(the step a resumed run restarts from, every shot its earlier sessions spent: the last logged
+    shots_total, steps past the checkpoint included, since they were paid for); (0, 0) for a new run.
+    Read before the log is truncated to the checkpoint."""
+    latest = out / ckpt.CKPT_DIR / "latest"
+    if not latest.exists():
+        return 0, 0
+    records = ckpt.read_log(out)
+    return int(latest.read_text().strip().removeprefix("step")), records[-1].get("shots_total", 0) if records else 0
 
 
 def init_distributed() -> None:
@@ -144,6 +170,7 @@ def train(cfg: ModelConfig, t: TrainConfig) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     run = ckpt.run_record(cfg, t, world)
     resume = ckpt.check_resumable(t.out, run)  # before anything is written
+    _, shots_before = shots_spent(t.out)  # every rank, before rank 0 truncates the log
     corpus = load_data(t, cfg, rank)
     if cfg.vocab_size < corpus.tokenizer.vocab_size:
         raise ValueError(f"--vocab-size {cfg.vocab_size} is smaller than the tokenizer's {corpus.tokenizer.vocab_size}")
@@ -165,7 +192,9 @@ def train(cfg: ModelConfig, t: TrainConfig) -> None:
         if rank == 0:
             ckpt.write_run(t.out, run, corpus.tokenizer.to_json())
             ckpt.truncate_log(t.out, step)
-        loop(t, engine, sampler, corpus, step, rank, world)
+        plan = hardware_plan(cfg, t, world, step)
+        meter = UsageMeter(engine.module, engine.device, shots_before) if plan else None
+        loop(t, engine, sampler, corpus, step, rank, world, meter, plan)
     finally:
         # DeepSpeed's teardown, then free the engine (a reference cycle) and the Gloo work it holds
         # now: left to the interpreter's finalization, a rank can abort (-6)
@@ -194,7 +223,19 @@ def param_groups(model: torch.nn.Module) -> list[dict]:
     return [{"params": decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def loop(t: TrainConfig, engine, sampler, corpus, step: int, rank: int, world: int) -> None:
+def loop(
+    t: TrainConfig,
+    engine,
+    sampler,
+    corpus,
+    step: int,
+    rank: int,
+    world: int,
+    meter: UsageMeter | None = None,
+    plan: HardwarePlan | None = None,
+) -> None:
+    """Train from `step` to t.steps. On a hardware-like backend `meter` counts the jobs, circuits and
+    shots each step spends and `plan` (trainer/hardware.py) holds what the steps left should cost."""
     from tqdm import tqdm
 
     stop = install_stop_handler()
@@ -205,8 +246,13 @@ def loop(t: TrainConfig, engine, sampler, corpus, step: int, rank: int, world: i
         metrics = TrainMetrics(t.metrics_port)
     tokens_per_step = t.batch_size * t.grad_accum * engine.module.cfg.context * world
     bar = tqdm(total=t.steps, initial=step, disable=rank != 0, desc="train", unit="step")
+    saved, last_shots, over = step, 0, None
     try:
         while step < t.steps and not stopping(stop, engine.device):
+            if meter is not None and t.shot_budget is not None:
+                over = over_budget(plan, t, step, meter.shots_total, last_shots)
+                if over:
+                    break
             start = time.perf_counter()
             circuit_clock.take()
             loss = train_step(engine, sampler, t.grad_accum)
@@ -225,22 +271,51 @@ def loop(t: TrainConfig, engine, sampler, corpus, step: int, rank: int, world: i
                 record["val_ppl"] = math.exp(min(record["val_loss"], 50.0))
                 if metrics:
                     metrics.record_eval(record["val_loss"])
+            postfix = {
+                "loss": f"{loss:.3f}",
+                "tok_s": f"{record['tokens_per_s']:.0f}",
+                "q": f"{record['quantum_share']:.0%}",
+            }
+            if meter is not None:
+                usage = meter.take()  # this step's, its validation pass included, all ranks
+                last_shots = usage.shots
+                record.update(
+                    jobs=usage.jobs, circuits=usage.circuits, shots=usage.shots, shots_total=meter.shots_total
+                )
+                postfix.update(jobs=usage.jobs, shots=f"{meter.shots_total:.3g}")
+                if metrics:
+                    metrics.record_usage(t.circuits.backend, usage)
             log(t.out, record, rank)
             if metrics:
                 metrics.record_step(step, loss, seconds, q_seconds, tokens_per_step)
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", q=f"{record['quantum_share']:.0%}"
-            )
+            bar.set_postfix(postfix)
             if step % t.save_every == 0 or step == t.steps or stopping(stop, engine.device):
                 save(engine, t.out, step, sampler, rank)
+                saved = step
+        if over and saved != step:
+            save(engine, t.out, step, sampler, rank)
     finally:
         bar.close()
         if metrics:
             metrics.close()
     identical = replicas_identical(engine.module, engine.device)
     if rank == 0:
-        finish(t.out, engine.module, step, stopped=stop["now"], identical=identical)
+        if over:
+            print(f"stopping: {over}", flush=True)
+        finish(t.out, engine.module, step, stopped=stop["now"] or bool(over), identical=identical, reason=over)
+
+
+def over_budget(plan: HardwarePlan, t: TrainConfig, step: int, spent: int, last_shots: int) -> str | None:
+    """Why the next step (step + 1) would take the run past --shot-budget, or None: it is planned
+    to cost its share of the plan, or what the last step cost if that was more."""
+    nxt = step + 1
+    cost = plan.per_step.shots + (plan.setup.shots if not last_shots else 0)  # calibration: a session's first step
+    cost += plan.per_eval.shots if nxt % t.eval_every == 0 or nxt == t.steps else 0
+    cost = max(cost, last_shots)
+    if spent + cost <= t.shot_budget:
+        return None
+    return f"shot budget: {spent:,} shots spent, step {nxt} would take ~{cost:,} more, --shot-budget {t.shot_budget:,}"
 
 
 # The collectives below run on the engine's device: NCCL, the GPUs' backend, takes no CPU tensor.
@@ -324,13 +399,15 @@ def stopping(stop: dict, device: torch.device) -> bool:
     return stop["now"]
 
 
-def finish(out: Path, model: Transformer, step: int, stopped: bool, identical: bool) -> None:
+def finish(out: Path, model: Transformer, step: int, stopped: bool, identical: bool, reason: str | None = None) -> None:
     """The loss plot (PNG) and a JSON summary of the run."""
     from trainer.report import plot_losses, summarize
 
     records = ckpt.read_log(out)
     plot_losses(records, out / "loss.png")
     summary = {**summarize(records, count_parameters(model), step, stopped), "replicas_identical": identical}
+    if reason:
+        summary["stop_reason"] = reason
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     verb = "stopped" if stopped else "finished"
     print(f"{verb} at step {step}: loss {summary['final_train_loss']:.3f}, val {summary['final_val_loss']}; {out}")

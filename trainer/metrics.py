@@ -19,6 +19,12 @@ class TrainMetrics:
         self.quantum_seconds = Histogram(
             "hyqut_quantum_wait_seconds", "Time per step waiting for quantum results (forward and backward)", registry=r
         )
+        self.hardware = {
+            kind: Counter(
+                f"hyqut_hardware_{kind}", f"Hardware {kind} spent by the run's circuits", ["backend"], registry=r
+            )
+            for kind in ("jobs", "circuits", "shots")
+        }
         self.server, self.thread = start_http_server(port, addr=host, registry=r)
 
     def record_step(self, step: int, loss: float, seconds: float, quantum_seconds: float, tokens: int) -> None:
@@ -29,6 +35,11 @@ class TrainMetrics:
         self.quantum_share.set(quantum_seconds / seconds)
         self.step_seconds.observe(seconds)
         self.quantum_seconds.observe(quantum_seconds)
+
+    def record_usage(self, backend: str, usage) -> None:
+        """A step's jobs, circuits and shots (a qworker Usage) on `backend`."""
+        for kind, counter in self.hardware.items():
+            counter.labels(backend).inc(getattr(usage, kind))
 
     def record_eval(self, val_loss: float) -> None:
         if self.val_loss is None:

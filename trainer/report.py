@@ -37,4 +37,15 @@ def summarize(records: list[dict], params: dict, step: int, stopped: bool) -> di
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed) if timed else None,
         "quantum_share": statistics.median(r["quantum_share"] for r in timed) if timed else None,
         "params": params,
+        **hardware_usage(records),
     }
+
+
+def hardware_usage(records: list[dict]) -> dict:
+    """{"hardware": jobs, circuits and shots of the logged steps, and shots_total (earlier sessions
+    included)} when the run's circuits ran on a hardware-like backend; {} otherwise."""
+    counted = [r for r in records if "jobs" in r]
+    if not counted:
+        return {}
+    totals = {k: sum(r[k] for r in counted) for k in ("jobs", "circuits", "shots")}
+    return {"hardware": {**totals, "shots_total": counted[-1]["shots_total"]}}

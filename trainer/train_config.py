@@ -43,6 +43,7 @@ class TrainConfig:
     eval_batches: int = 8  # validation batches per pass
     save_every: int = 100  # steps between checkpoints
     metrics_port: int | None = None  # Prometheus metrics on rank 0
+    shot_budget: int | None = None  # most shots a hardware run may take, all ranks, resumed sessions included
 
     def problems(self) -> list[str]:
         """Every problem, each naming its flag; [] when valid."""
@@ -68,6 +69,8 @@ class TrainConfig:
             p.append(f"--weight-decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not self.ds_config.is_file():
             p.append(f"--ds-config {self.ds_config} is not a file")
+        if self.shot_budget is not None and not (isinstance(self.shot_budget, int) and self.shot_budget >= 1):
+            p.append(f"--shot-budget must be an integer >= 1, got {self.shot_budget!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
             p.append(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
         return p + self.circuits.problems()
@@ -105,7 +108,13 @@ class TrainConfig:
 
 
 FLAGS = tuple(f.name for f in fields(TrainConfig) if f.name != "circuits")
-CIRCUIT_FLAGS = {"qbackend": "backend", "q_replicas": "replicas", "grad": "grad", "fd_delta": "fd_delta"}
+CIRCUIT_FLAGS = {
+    "qbackend": "backend",
+    "q_replicas": "replicas",
+    "grad": "grad",
+    "fd_delta": "fd_delta",
+    "qbackend_options": "options",
+}
 
 
 def flag(name: str) -> str:
@@ -114,7 +123,8 @@ def flag(name: str) -> str:
 
 def from_flags(values: dict) -> TrainConfig:
     """A validated TrainConfig from parsed flags (`argparse` dests): the TrainConfig fields, and
-    --qbackend, --q-replicas, --grad and --fd-delta for its circuits; None keeps a default."""
+    --qbackend, --q-replicas, --grad, --fd-delta and --qbackend-options for its circuits; None keeps
+    a default."""
     circuits = Circuits(**{f: values[k] for k, f in CIRCUIT_FLAGS.items() if values.get(k) is not None})
     train = {k: values[k] for k in FLAGS if values.get(k) is not None}
     return TrainConfig(**train, circuits=circuits).validate()

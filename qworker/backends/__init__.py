@@ -9,11 +9,15 @@
 | `auto.py` | `auto` | Qulacs for a few tokens, `local` above |
 | `shots.py` | `shots` | finite shots with noise: the stand-in for hardware |
 | `qiskit_adapter.py` | `qiskit` | any Qiskit Estimator V2 (a plug-in, loaded by its entry point) |
+| `braket_adapter.py` | `braket` | Amazon Braket: a program set per call, LocalSimulator or a device ARN (a plug-in) |
+| `pennylane_adapter.py` | `pennylane` | any PennyLane device by name, the batch broadcast (a plug-in) |
+| `mitigation.py` | | readout-error mitigation for any shot-based backend (`mitigate="readout"`) |
 """
 
 from qworker.backends.auto import AutoBackend
-from qworker.backends.base import HARDWARE_METHODS, MAX_SHOTS, Backend, Capabilities, Pending
+from qworker.backends.base import HARDWARE_METHODS, MAX_SHOTS, Backend, Capabilities, Pending, Usage
 from qworker.backends.local import LocalBackend
+from qworker.backends.mitigation import ReadoutMitigated
 from qworker.backends.qulacs_sim import QulacsBackend
 from qworker.backends.registry import (
     BACKENDS,
@@ -37,7 +41,9 @@ __all__ = [
     "Pending",
     "PluginError",
     "QulacsBackend",
+    "ReadoutMitigated",
     "ShotsBackend",
+    "Usage",
     "available_backends",
     "backend_class",
     "get_backend",

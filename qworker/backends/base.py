@@ -5,6 +5,7 @@
     j_theta, j_angles = backend.jacobians(spec, theta, angles, Gradient("fd", delta=1e-3))
     pending = backend.start(spec, theta, angles, grad)              # forward now, gradients later
     backend.capabilities()                   # Capabilities(methods=..., hardware=..., max_shots=...)
+    backend.usage                            # Usage(jobs=..., circuits=..., shots=...) spent so far
 
 A subclass gives `expectations` (and, for a simulator, `_adjoint_vjp` / `_adjoint_jacobians`);
 `shift`, `fd` and `spsa` come from `qworker.gradients` on top of `expectations`.
@@ -31,6 +32,26 @@ class Capabilities:
     max_shots: int = 0  # largest shots per token it accepts; 0 for exact simulators
     max_batch: int = 0  # most tokens per batch; 0 for no limit of its own
     queue_latency_s: float = 0.0  # typical wait in the device's queue before a job runs
+    shots: int = 0  # shots each circuit is sampled with; 0 for exact expectations
+
+
+@dataclass
+class Usage:
+    """What a backend has spent on a device: jobs submitted, circuits run (one parameter set of
+    one job is one circuit) and shots taken (circuits times shots each; 0 when exact)."""
+
+    jobs: int = 0
+    circuits: int = 0
+    shots: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.jobs + other.jobs, self.circuits + other.circuits, self.shots + other.shots)
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(self.jobs - other.jobs, self.circuits - other.circuits, self.shots - other.shots)
+
+    def __mul__(self, n: int) -> Usage:
+        return Usage(self.jobs * n, self.circuits * n, self.shots * n)
 
 
 class Pending:
@@ -52,6 +73,27 @@ class Backend:
 
     def capabilities(self) -> Capabilities:
         return Capabilities(self.methods)
+
+    @property
+    def usage(self) -> Usage:
+        """Jobs, circuits and shots this backend has submitted so far (a hardware-like backend
+        counts them with `account`; a simulator's stay 0)."""
+        return self.__dict__.setdefault("_usage", Usage())
+
+    def account(self, circuits: int, shots: int = 0) -> None:
+        """Count one submitted job of `circuits` circuits, each sampled `shots` times (0: exact)."""
+        u = self.usage
+        u.jobs, u.circuits, u.shots = u.jobs + 1, u.circuits + circuits, u.shots + circuits * shots
+
+    def setup_usage(self, spec: CircuitSpec) -> Usage:
+        """What the backend spends once before its first call on `spec` (a plan's figure; e.g.
+        calibration jobs); nothing by default."""
+        return Usage()
+
+    def jobs_for(self, circuits: int) -> int:
+        """Jobs a call of `circuits` circuits submits (a plan's figure): one, or none for none;
+        an adapter whose device caps a job's size overrides it."""
+        return int(circuits > 0)
 
     def reseed(self, seed: int) -> None:
         """Restart this backend's random numbers (shot sampling, noise) from `seed`; no-op for an

@@ -6,12 +6,13 @@ finds it. Hardware-like: gradients by `shift`, `fd` or `spsa` only; `adjoint` is
 
     backend = get_backend("qiskit")                                  # exact, StatevectorEstimator
     backend = get_backend("qiskit", simulator="aer", shots=4096, seed=1)
+    backend = get_backend("qiskit", device="ibm_brisbane", shots=4096)  # IBM Quantum, qiskit-ibm-runtime
     backend = QiskitBackend(estimator=EstimatorV2(mode=ibm_backend),  # qiskit-ibm-runtime
                             pass_manager=generate_preset_pass_manager(optimization_level=1, backend=ibm_backend),
                             shots=4096, max_batch=300)
     z = backend.expectations(spec, theta, angles)                    # (N, n_q), one job per call
 
-One call is one Estimator job: the circuit with symbolic parameters (built once per spec), the
+One call is one Estimator job (counted in `usage`): the circuit with symbolic parameters (built once per spec), the
 n_q observables Z_i, and every token's parameter values as one PUB (or one PUB per `max_batch`
 tokens). Qiskit's gates use our conventions (RY(a) = exp(-i a Y/2), RZ(a) = exp(-i a Z/2)) and
 its qubit order (qubit 0 the rightmost Pauli label character) is handled by building Z_i from
@@ -73,6 +74,8 @@ class QiskitBackend(Backend):
     pass_manager: transpiles the circuit to the device's ISA once per spec (e.g.
     qiskit.transpiler.generate_preset_pass_manager(optimization_level=1, backend=device)); needed
     by estimators that accept only ISA circuits, such as qiskit-ibm-runtime's.
+    device: an IBM Quantum device by name: qiskit-ibm-runtime's EstimatorV2 on it (the account saved
+    with QiskitRuntimeService.save_account) and the preset pass manager for it (level 1).
     """
 
     name = "qiskit"
@@ -86,10 +89,13 @@ class QiskitBackend(Backend):
         seed: int | None = None,
         max_batch: int | None = None,
         pass_manager=None,
+        device: str | None = None,
     ):
         problems = []
-        if estimator is not None and (simulator is not None or seed is not None):
+        if (estimator is not None or device is not None) and (simulator is not None or seed is not None):
             problems.append("simulator and seed choose the estimator built here; leave them out when giving one")
+        if estimator is not None and device is not None:
+            problems.append("give an estimator or a device name, not both")
         if simulator is not None and simulator not in SIMULATORS:
             problems.append(f"unknown simulator {simulator!r}; choose one of {', '.join(SIMULATORS)}")
         if not (shots is None or (isinstance(shots, int) and 1 <= shots <= MAX_SHOTS)):
@@ -102,6 +108,9 @@ class QiskitBackend(Backend):
         self.precision = None if shots is None else 1.0 / math.sqrt(shots)
         self._rng = np.random.default_rng(seed)
         self._aer = estimator is None and simulator == "aer"
+        if device is not None:
+            estimator, ibm_pass_manager = _ibm_estimator(device)
+            self.pass_manager = pass_manager or ibm_pass_manager
         self.estimator = estimator if estimator is not None else self._default_estimator(simulator or "statevector")
         self._compiled: dict[CircuitSpec, _Compiled] = {}
 
@@ -117,7 +126,9 @@ class QiskitBackend(Backend):
         return StatevectorEstimator(seed=self._rng)  # a Generator, not an int: fresh noise per job
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(self.methods, hardware=True, max_shots=MAX_SHOTS, max_batch=self.max_batch or 0)
+        return Capabilities(
+            self.methods, hardware=True, max_shots=MAX_SHOTS, max_batch=self.max_batch or 0, shots=self.shots or 0
+        )
 
     def compiled(self, spec: CircuitSpec) -> _Compiled:
         """The spec's circuit, built (and transpiled) on first use."""
@@ -143,6 +154,21 @@ class QiskitBackend(Backend):
         pubs = [(prog.circuit, prog.observables, values[s : s + step, None, :]) for s in range(0, n_tok, step)]
         if self._aer:  # Aer's estimator seeds its noise from run_options: a fresh seed per job
             self.estimator.options.run_options["seed_simulator"] = int(self._rng.integers(2**31))
-        result = self.estimator.run(pubs, precision=self.precision).result()
+        result = self.estimator.run(pubs, precision=self.precision).result()  # one job, however many PUBs
+        self.account(n_tok, self.shots or 0)
         evs = np.concatenate([np.asarray(r.data.evs, dtype=np.float64).reshape(-1, spec.n_qubits) for r in result])
         return torch.from_numpy(evs).to(angles)
+
+
+def _ibm_estimator(device: str):
+    """(qiskit-ibm-runtime's EstimatorV2 on the IBM Quantum device named `device`, its ISA pass manager)."""
+    try:
+        from qiskit.transpiler import generate_preset_pass_manager
+        from qiskit_ibm_runtime import EstimatorV2, QiskitRuntimeService
+    except ImportError as e:
+        raise ImportError(
+            f"the qiskit backend's device={device!r} needs qiskit-ibm-runtime: pip install 'hyqut[qiskit]' "
+            "qiskit-ibm-runtime, then QiskitRuntimeService.save_account(...) once"
+        ) from e
+    target = QiskitRuntimeService().backend(device)
+    return EstimatorV2(mode=target), generate_preset_pass_manager(optimization_level=1, backend=target)

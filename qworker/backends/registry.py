@@ -2,6 +2,7 @@
 
     backend = get_backend("local")           # or "qulacs", "auto", "shots" (shots=, seed=, noise, queue_latency_s=)
     backend = get_backend("qiskit", simulator="aer", shots=4096)   # a plug-in, found by its entry point
+    backend = get_backend("shots", readout_error=0.05, mitigate="readout")   # any shot-based one, mitigated
 
 Any installed distribution can add a backend (a `Backend` subclass); in its pyproject.toml:
 
@@ -16,6 +17,7 @@ from importlib import metadata
 from qworker.backends.auto import AutoBackend
 from qworker.backends.base import Backend
 from qworker.backends.local import LocalBackend
+from qworker.backends.mitigation import MITIGATIONS, ReadoutMitigated
 from qworker.backends.qulacs_sim import QulacsBackend
 from qworker.backends.shots import ShotsBackend
 
@@ -38,10 +40,18 @@ class PluginError(ImportError):
 def get_backend(name: str | Backend, **options) -> Backend:
     """A backend by name (built in: `local`, `qulacs`, `shots`, `auto`; or a plug-in of the
     `hyqut.backends` entry point group, e.g. `qiskit`), built with its options; an instance passes.
+    `mitigate="readout"` (with an optional `confusion`) wraps a shot-based backend in readout-error
+    mitigation (qworker/backends/mitigation.py).
     (`qworker.get_backend` also takes `grpc://host:port` and `ray`: the client's backends.)"""
     if isinstance(name, Backend):
         return name
-    return backend_class(name)(**options)
+    mitigate, confusion = options.pop("mitigate", None), options.pop("confusion", None)
+    if mitigate is not None and mitigate not in MITIGATIONS:
+        raise ValueError(f"unknown mitigation {mitigate!r}; choose one of {', '.join(MITIGATIONS)}")
+    if confusion is not None and mitigate is None:
+        raise ValueError("confusion (readout confusion matrices) goes with mitigate='readout'")
+    backend = backend_class(name)(**options)
+    return ReadoutMitigated(backend, confusion) if mitigate else backend
 
 
 def backend_class(name: str) -> type[Backend]:

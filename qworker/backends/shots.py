@@ -19,7 +19,7 @@ class ShotsBackend(Backend):
     (each measured bit flips with probability `readout_error`). In expectation
     <Z_i> -> (1 - depolarizing)(1 - 2 readout_error) <Z_i>. `queue_latency_s` imitates a cloud
     device's queue: every job (one `expectations` call, so every shifted batch of a gradient)
-    waits that long before it runs."""
+    waits that long before it runs. Every call is one job of its rows' circuits, counted in `usage`."""
 
     name = "shots"
     methods = HARDWARE_METHODS
@@ -48,12 +48,15 @@ class ShotsBackend(Backend):
         self.generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(self.methods, hardware=True, max_shots=MAX_SHOTS, queue_latency_s=self.queue_latency_s)
+        return Capabilities(
+            self.methods, hardware=True, max_shots=MAX_SHOTS, queue_latency_s=self.queue_latency_s, shots=self.shots
+        )
 
     def reseed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
 
     def expectations(self, spec, theta, angles):
+        self.account(angles.shape[0], self.shots)
         if self.queue_latency_s:
             time.sleep(self.queue_latency_s)  # the job waits in the device's queue
         with torch.no_grad():

@@ -1,8 +1,8 @@
 """The in-process pool: one Replica in the server's own process, evaluations on worker threads.
 
 What the service needs of a pool (this one and `RayPool`): `start()` (async), `live`,
-`replicas`, `backends()`, `pending()`, `replica_stats()`, `evaluate(request, header,
-timeout)` (async, cancellable) and `close()`. Only the Ray pool can `scale`.
+`replicas`, `backends()`, `pending()`, `replica_stats()`, `hardware_usage()`, `evaluate(request,
+header, timeout)` (async, cancellable) and `close()`. Only the Ray pool can `scale`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from qworker.backends import Capabilities
+from qworker.backends import Capabilities, Usage
 from qworker.protocol.convert import Header
 from qworker.protocol.errors import PoolNotReady
 from qworker.server.replica import SIMULATORS, Replica, ReplicaStats
@@ -30,6 +30,7 @@ class InProcessPool:
         self.live = False
         self._running = self._evaluations = 0
         self._busy_s = 0.0
+        self.usage: dict[str, Usage] = {}  # by backend name: jobs, circuits and shots spent
 
     @property
     def replicas(self) -> int:
@@ -42,6 +43,10 @@ class InProcessPool:
     def pending(self) -> dict:
         """Replicas asked for but not placed: none here."""
         return {}
+
+    def hardware_usage(self) -> dict[str, Usage]:
+        """Jobs, circuits and shots spent so far, by backend (those that spent any)."""
+        return dict(self.usage)
 
     def replica_stats(self) -> list[ReplicaStats]:
         """This process as the one replica."""
@@ -64,7 +69,7 @@ class InProcessPool:
                 self._executor, self.replica.evaluate, request, timeout, cancel
             )
             try:
-                data, seconds = await asyncio.shield(work)
+                data, seconds, usage = await asyncio.shield(work)
             except asyncio.CancelledError:
                 cancel.set()  # the thread stops at its next check
                 raise
@@ -72,6 +77,8 @@ class InProcessPool:
             self._running -= 1
         self._evaluations += 1
         self._busy_s += seconds
+        if usage.jobs:
+            self.usage[header.backend] = self.usage.get(header.backend, Usage()) + usage
         return data
 
     def close(self) -> None:

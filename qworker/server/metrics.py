@@ -52,9 +52,10 @@ class ServiceMetrics:
         return sum(s.value for m in self.requests.collect() for s in m.samples if s.name.endswith("_total"))
 
     def watch(self, pool) -> None:
-        """Read the pool's live replicas, queue depth and per-replica figures at every scrape."""
+        """Read the pool's live replicas, queue depth, per-replica figures and hardware usage at every scrape."""
         self.replicas.set_function(lambda: pool.replicas)
         self.registry.register(_ReplicaCollector(pool))
+        self.registry.register(_UsageCollector(pool))
 
     def close(self) -> None:
         if self.http_server is not None:
@@ -86,3 +87,23 @@ class _ReplicaCollector:
             busy.add_metric(key, r.busy_s)
             deaths.add_metric(key, r.deaths)
         yield from (up, in_flight, done, busy, deaths)
+
+
+class _UsageCollector:
+    """Jobs, circuits and shots spent on hardware-like backends (shots, qiskit, braket, pennylane),
+    by backend, read from the pool at scrape time (measured by the backends in the replicas)."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def collect(self):
+        families = {
+            kind: CounterMetricFamily(
+                f"hyqut_qworker_hardware_{kind}", f"Hardware {kind} spent, by backend", labels=["backend"]
+            )
+            for kind in ("jobs", "circuits", "shots")
+        }
+        for backend, usage in sorted(self.pool.hardware_usage().items()):
+            for kind, family in families.items():
+                family.add_metric([backend], getattr(usage, kind))
+        yield from families.values()

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError, TaskCancelledError
 
-from qworker.backends import Capabilities
+from qworker.backends import Capabilities, Usage
 from qworker.protocol.convert import Header
 from qworker.protocol.errors import PoolNotReady, ReplicasDied, ScaleRefused
 from qworker.protocol.wire import qworker_pb2 as pb
@@ -63,7 +63,7 @@ class ReplicaActor:
         self._running: tuple[int, threading.Event] | None = None
 
     @ray.method(concurrency_group="compute")
-    def evaluate(self, request: bytes, until: float | None, key: int) -> tuple[bytes, float]:
+    def evaluate(self, request: bytes, until: float | None, key: int) -> tuple[bytes, float, Usage]:
         """Stopped once the wall clock passes `until` (the caller's deadline: nodes keep their
         clocks in sync) or when the caller cancels `key`."""
         cancel = threading.Event()
@@ -150,6 +150,7 @@ class RayPool:
         self._retired: list[ReplicaStats] = []  # removed replicas' totals: their series stay in /metrics
         self._ids, self._keys = itertools.count(), itertools.count()
         self.busy_s = 0.0  # seconds all replicas spent evaluating, measured in them (the autoscaler's input)
+        self.usage: dict[str, Usage] = {}  # by backend: jobs, circuits and shots the replicas spent
         self.waiting = 0  # units waiting for a live replica
         self._changed: asyncio.Event | None = None  # set whenever a replica's state changes
         self.live = False
@@ -221,9 +222,12 @@ class RayPool:
         until = None if timeout is None else time.monotonic() + timeout
         plan = units.plan(header)
         if len(plan) == 1:
-            return await self._run(request, until, timeout)
+            return await self._run(request, until, timeout, header.backend)
         parsed = parsed if parsed is not None else pb.EvaluateRequest.FromString(request)
-        tasks = [asyncio.ensure_future(self._run(units.piece(parsed, header, u), until, timeout)) for u in plan]
+        tasks = [
+            asyncio.ensure_future(self._run(units.piece(parsed, header, u), until, timeout, header.backend))
+            for u in plan
+        ]
         try:
             answers = await asyncio.gather(*tasks)
         except BaseException:
@@ -232,7 +236,7 @@ class RayPool:
             raise
         return units.assemble(header, plan, answers)
 
-    async def _run(self, request: bytes, until: float | None, timeout: float | None) -> bytes:
+    async def _run(self, request: bytes, until: float | None, timeout: float | None, backend: str) -> bytes:
         """One request (or unit) on the least-busy live replica, retried on another if it dies."""
         for attempt in itertools.count(1):
             member = await self._acquire(until)
@@ -240,10 +244,12 @@ class RayPool:
             key = next(self._keys)
             ref = member.actor.evaluate.remote(request, None if left is None else time.time() + left, key)
             try:
-                data, seconds = await asyncio.wait_for(_awaitable(ref), left)
+                data, seconds, usage = await asyncio.wait_for(_awaitable(ref), left)
                 member.evaluations += 1
                 member.busy_s += seconds  # measured in the replica
                 self.busy_s += seconds
+                if usage.jobs:
+                    self.usage[backend] = self.usage.get(backend, Usage()) + usage
                 return data
             except RayTaskError as e:  # the evaluation itself raised: the same error as in-process
                 raise e.cause if isinstance(e.cause, Exception) else e from None
@@ -291,6 +297,13 @@ class RayPool:
             self._reap(member)
         self._notify()
         return self.replicas, replicas
+
+    def hardware_usage(self) -> dict[str, Usage]:
+        """Jobs, circuits and shots spent so far by the replicas and the server's own, by backend."""
+        total = dict(self.usage)
+        for name, usage in self.inline.hardware_usage().items():
+            total[name] = total.get(name, Usage()) + usage
+        return total
 
     def replica_stats(self) -> list[ReplicaStats]:
         """Every replica's, those removed (their totals kept), then the server's own ("server")."""

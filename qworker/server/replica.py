@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from qworker import deadline
-from qworker.backends import Backend, Capabilities, backend_class, get_backend
+from qworker.backends import Backend, Capabilities, Usage, backend_class, get_backend
 from qworker.circuit import CircuitSpec
 from qworker.protocol.convert import to_evaluation, to_response
 from qworker.protocol.evaluation import Evaluation, Result, run
@@ -86,18 +86,21 @@ class Replica:
 
     def evaluate(
         self, request: bytes, timeout: float | None = None, cancel: threading.Event | None = None
-    ) -> tuple[bytes, float]:
-        """The encoded EvaluateResponse of an encoded EvaluateRequest, and the compute seconds.
-        Past `timeout` seconds, or once `cancel` is set, the simulators stop at their next check
-        (DeadlineExceeded, Cancelled); bad requests raise the errors `to_evaluation` names."""
+    ) -> tuple[bytes, float, Usage]:
+        """The encoded EvaluateResponse of an encoded EvaluateRequest, the compute seconds and what
+        the backend spent on it (jobs, circuits, shots: zero on an exact simulator). Past `timeout`
+        seconds, or once `cancel` is set, the simulators stop at their next check (DeadlineExceeded,
+        Cancelled); bad requests raise the errors `to_evaluation` names."""
         ev = to_evaluation(pb.EvaluateRequest.FromString(request))
+        backend = self.backend_for(ev)
+        before = replace(backend.usage)  # a copy: a shared backend keeps counting
         with deadline.within(timeout, cancel):
-            result = run(self.backend_for(ev), self._on_device(ev))
+            result = run(backend, self._on_device(ev))
         _check_finite(ev, result)
         data = to_response(result).SerializeToString()
         if len(request) + len(data) > TRIM_BYTES:  # give a large request's memory back to the system now
             malloc_trim()
-        return data, result.compute_seconds
+        return data, result.compute_seconds, backend.usage - before
 
     def backend_for(self, ev: Evaluation) -> Backend:
         """The backend `ev` names, built with its options; ValueError if not served or bad options."""

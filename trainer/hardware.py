@@ -1,0 +1,145 @@
+"""What a training run costs on quantum hardware: planned before it starts, measured while it runs
+(docs/design.md, "The trainer").
+
+    plan = hardware_plan(cfg, train)          # None unless --qbackend is hardware-like
+    print(format_plan(plan))                  # --describe
+    check_budget(plan, train.shot_budget)     # --shot-budget: ValueError if the plan exceeds it
+    meter = UsageMeter(model, device)         # in the loop: meter.take() -> this step's Usage, all ranks
+
+Every quantum projection sends one batch per micro-step: with shift, fd or spsa its forward and
+every shifted evaluation of its B·T tokens in one call (one job, unless the device caps a job's
+size: `Backend.jobs_for`). A validation pass runs each of its windows forward (no gradient) through
+every projection. Shots are circuits times the backend's shots per circuit; the queue wait is the
+backend's reported latency per job, the jobs of a rank following one another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from qworker.backends import Backend, Usage, get_backend
+from trainer.config import PROJECTIONS, ModelConfig
+from trainer.quantum_linear import QuantumLinear
+from trainer.train_config import TrainConfig
+
+
+@dataclass(frozen=True)
+class HardwarePlan:
+    backend: str
+    grad: str
+    shots_per_circuit: int  # 0: exact expectations (a simulator behind a hardware interface)
+    projections: int  # quantum projections of the model: each its own batch per micro-step
+    world: int  # data-parallel ranks; every figure counts all of them
+    per_step: Usage  # one optimizer step (grad_accum micro-steps)
+    per_eval: Usage  # one validation pass (at most: fewer windows on a small validation split)
+    setup: Usage  # once per session, all projections and ranks (e.g. readout calibration)
+    evals: int  # validation passes in the planned steps
+    steps: int  # the optimizer steps planned
+    queue_s_per_job: float
+
+    @property
+    def run(self) -> Usage:
+        return self.per_step * self.steps + self.per_eval * self.evals + self.setup
+
+    def queue_s(self, usage: Usage) -> float:
+        """Seconds one rank waits in the device's queue for `usage`'s jobs, run one after another."""
+        return usage.jobs / self.world * self.queue_s_per_job
+
+
+def hardware_plan(cfg: ModelConfig, t: TrainConfig, world: int = 1, first_step: int = 0) -> HardwarePlan | None:
+    """The jobs, circuits and shots of steps first_step+1 .. t.steps on `world` ranks; None when
+    the model has no circuits or they do not run on a hardware-like backend in this process."""
+    circuits = t.circuits
+    if not cfg.has_circuits or circuits.remote:
+        return None
+    backend = get_backend(circuits.backend_for(seed=0))
+    caps = backend.capabilities()
+    if not caps.hardware:
+        return None
+    spec = cfg.circuit_spec()
+    projections = sum(cfg.replaces(i, name) for i in range(cfg.n_layers) for name in PROJECTIONS)
+    per_call = _call(backend, t.batch_size * cfg.context * circuits.gradient().evaluations(spec), caps.shots)
+    per_window = _call(backend, cfg.context, caps.shots)  # a validation window: forward only
+    steps = range(first_step + 1, t.steps + 1)
+    evals = sum(1 for s in steps if s % t.eval_every == 0 or s == t.steps)
+    setup = backend.setup_usage(spec)  # every session builds its backends afresh
+    return HardwarePlan(
+        backend=circuits.backend,
+        grad=circuits.grad,
+        shots_per_circuit=caps.shots,
+        projections=projections,
+        world=world,
+        per_step=per_call * (projections * t.grad_accum * world),
+        per_eval=per_window * (projections * t.eval_batches * t.batch_size),
+        setup=setup * (projections * world),
+        evals=evals,
+        steps=len(steps),
+        queue_s_per_job=caps.queue_latency_s,
+    )
+
+
+def check_budget(plan: HardwarePlan | None, budget: int | None, spent: int = 0) -> None:
+    """ValueError, naming the figures and the flags, when `spent` shots plus the plan exceed `budget`."""
+    if budget is None:
+        return
+    if plan is None:
+        raise ValueError("--shot-budget is for a hardware-like --qbackend in this process (shots, qiskit, ...)")
+    need = spent + plan.run.shots
+    if need > budget:
+        raise ValueError(
+            f"--shot-budget {budget:,} is too small for this run: it plans {plan.run.shots:,} shots "
+            f"({plan.per_step.shots:,} a step for {plan.steps} steps, {plan.evals} validation passes of at most "
+            f"{plan.per_eval.shots:,}){f', after {spent:,} already spent' if spent else ''}; raise --shot-budget, "
+            "or lower --steps, --batch-size, --context or the shots (--qbackend-options shots=N)"
+        )
+
+
+def format_plan(plan: HardwarePlan) -> str:
+    """The plan as --describe prints it."""
+    shots = f"{plan.shots_per_circuit:,} shots/circuit" if plan.shots_per_circuit else "exact expectations"
+    lines = [
+        f"  hardware plan: {plan.backend}, {plan.grad}, {shots}, {plan.projections} quantum projection(s), "
+        f"{plan.world} rank(s)"
+    ]
+    rows = [("per step", plan.per_step), ("per validation pass", plan.per_eval)]
+    if plan.setup.jobs:
+        rows.append(("once a session (calibration)", plan.setup))
+    rows.append((f"whole run ({plan.steps} steps, {plan.evals} passes)", plan.run))
+    for name, u in rows:
+        lines.append(
+            f"    {name:<34} jobs {u.jobs:>8,}  circuits {u.circuits:>14,}  shots {u.shots:>18,}  "
+            f"queue wait ~{plan.queue_s(u):,.0f} s"
+        )
+    return "\n".join(lines)
+
+
+def _call(backend: Backend, circuits: int, shots: int) -> Usage:
+    return Usage(backend.jobs_for(circuits), circuits, circuits * shots)
+
+
+class UsageMeter:
+    """The jobs, circuits and shots the model's quantum projections have spent, all ranks together.
+    `shots_total` starts from `shots_before` (a resumed run's earlier sessions) and grows with
+    every `take`."""
+
+    def __init__(self, model: nn.Module, device: torch.device, shots_before: int = 0):
+        backends = {id(m.backend): m.backend for m in model.modules() if isinstance(m, QuantumLinear)}
+        self.backends, self.device = list(backends.values()), device
+        self._seen, self.shots_total = self._local(), shots_before
+
+    def _local(self) -> Usage:
+        return sum((b.usage for b in self.backends), Usage())
+
+    def take(self) -> Usage:
+        """What every rank spent since the last take (a collective: every rank calls it)."""
+        now = self._local()
+        new, self._seen = now - self._seen, now
+        counts = torch.tensor([new.jobs, new.circuits, new.shots], dtype=torch.float64, device=self.device)
+        dist.all_reduce(counts)  # float64 holds integers exactly up to 2^53
+        usage = Usage(*(int(c) for c in counts.tolist()))
+        self.shots_total += usage.shots
+        return usage
