@@ -179,7 +179,9 @@ def test_memory_stays_bounded_under_200_concurrent_maximum_size_requests(tmp_pat
         assert baseline[1] > 100, "the replica's process was not found"
         assert codes.count("OK") >= 10 and codes.count("RESOURCE_EXHAUSTED") >= 100, codes
         assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
-        assert peak[0] - baseline[0] < 1200, (baseline, peak)  # the bytes in flight, parsed only for the 10 admitted
+        # gRPC has received all 200 messages (800 MB) before the handler can refuse one: at most
+        # two copies of each (gRPC's buffer and the handler's bytes), parsed only for the 10 admitted
+        assert peak[0] - baseline[0] < 2 * 200 * 4, (baseline, peak)
         assert peak[1] - baseline[1] < 300, (baseline, peak)  # the replica sees 4096-token units, one at a time
         assert after[0] - baseline[0] < 150 and after[1] - baseline[1] < 150, (baseline, after)
     finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import signal
 import threading
@@ -50,6 +51,7 @@ MAX_STATUS_MESSAGE = 1000  # characters: status messages travel in trailers
 ANSWER_MARGIN_S = 0.2  # a request stops waiting for a replica this long before its deadline
 PARSE_INLINE_BYTES = 1 << 20  # larger requests are parsed on a thread, off the event loop
 TRIM_EVERY_S = 1.0
+TRIMS_AFTER_BURST = 3  # quiet looks that collect and trim after a burst (buffers are freed late)
 
 
 @dataclass
@@ -308,15 +310,20 @@ class QWorkerServer:
 
     async def _trim_when_idle(self) -> None:
         """Give memory back to the system after a burst: gRPC holds a request's bytes in many small
-        buffers, which the allocator keeps once freed; once the server goes quiet, trim them."""
-        busy = False
+        buffers, which the allocator keeps once freed, and refused calls leave reference cycles
+        that a quiet server, allocating nothing, would never collect. At each of the first few
+        quiet looks after a burst: collect, then trim."""
+        seen, trims = None, 0
         while True:
             await asyncio.sleep(TRIM_EVERY_S)
-            depth = self.metrics.in_flight._value.get()
-            if busy and depth == 0:
+            now = self.metrics.requests_seen()
+            if self.metrics.in_flight._value.get() > 0 or now != seen:
+                trims = TRIMS_AFTER_BURST
+            elif trims:
+                trims -= 1
+                gc.collect()
                 await asyncio.to_thread(malloc_trim)
-            busy = depth > 0 or self.metrics.requests_seen() != getattr(self, "_seen", None)
-            self._seen = self.metrics.requests_seen()
+            seen = now
 
     def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING at once, then let in-flight calls finish within `grace` seconds."""
