@@ -112,6 +112,7 @@ def shifted(spec: CircuitSpec, theta: Tensor, angles: Tensor, step: float, compo
         if base:
             out[0, rows] = z0
         for i, k in enumerate(components):
+            deadline.check()  # a component's evolution: at most 1/|components| of a chunk between checks
             if k < n_params:  # theta: the suffix after its step, from the kept state
                 j, m, q, pauli = sites[k]
                 phi1 = _evolve(_pauli(prog, kept[m], q, pauli), prog, params, first=j + 1)
