@@ -167,7 +167,7 @@ def report(study: dict) -> str:
         f"seeds {', '.join(map(str, c['seeds']))}; extra flags: {' '.join(c['extra']) or 'none'}",
         "",
         "| variant | parameters | val loss (mean ± sd) | val ppl | Δ val loss vs none [95% CI] | tokens/s | "
-        "CPU hours | circuit evaluations |",
+        "wall hours (steps, 2 cores) | circuit evaluations |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in study["summary"]:
