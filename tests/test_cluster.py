@@ -51,11 +51,13 @@ def nodes(tag: str) -> int:
     return count
 
 
-def wait(what: str, ok, seconds: float) -> None:
+def wait(what: str, ok, seconds: float):
+    """Polls `ok` until it returns something true, and returns that."""
     deadline = time.monotonic() + seconds
-    while not ok():
+    while not (value := ok()):
         assert time.monotonic() < deadline, f"{what}: not within {seconds:g} s"
         time.sleep(0.5)
+    return value
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +130,8 @@ def test_scaling_past_the_head_adds_nodes_and_a_trainer_runs_through_them(cluste
         service.scale(3)
         # Info says why they are not there yet while the autoscaler brings their nodes (one snapshot:
         # by the next call the nodes may be up and nothing pending)
-        seen = [{}]
-        wait(
-            "replicas reported pending",
-            lambda: seen.append(service.info()) or seen[-1].get("pendingReplicas", 0) >= 1,
-            60,
-        )
-        assert "qworker" in seen[-1].get("pendingReason", ""), seen[-1]
+        info = wait("replicas reported pending", lambda: (i := service.info()).get("pendingReplicas", 0) >= 1 and i, 60)
+        assert "qworker" in info.get("pendingReason", ""), info
         wait("three replicas on three simulated nodes", lambda: service.info().get("replicas") == 3, 240)
         assert nodes(tag) == 4
         out = tmp_path / "run"
