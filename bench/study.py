@@ -19,7 +19,9 @@ Every run is a normal run directory OUT/VARIANT-sSEED: a run already finished is
 again; one cut short resumes from its checkpoint. The same seed gives every variant the same data
 order. The report: final validation loss and perplexity as mean ± standard deviation over seeds,
 each variant's paired difference from `none` (same seeds) with a 95% t-interval, tokens/s, wall
-time and the circuit evaluations spent.
+time and the circuit evaluations spent; for a variant that only changes the gradient method or
+the executor of another in the grid (`wq+fd@ray` beside `wq`), the largest gap between their
+training and validation curves, seed by seed and step by step.
 """
 
 from __future__ import annotations
@@ -155,7 +157,26 @@ def summarize(runs: list[dict], variants: list[str]) -> list[dict]:
                 else math.inf
             )
             row.update(diff_vs_none=mean, diff_ci95=[mean - half, mean + half])
+        base_name = name.partition("@")[0].partition("+")[0]
+        if base_name != name and base_name in variants:
+            row.update(gap_vs=base_name, **largest_gaps(rs, [r for r in runs if r["variant"] == base_name]))
         out.append(row)
+    return out
+
+
+def largest_gaps(runs: list[dict], base: list[dict]) -> dict:
+    """A variant that differs from `base` only in how its circuits' gradients are computed or where
+    they run (BASE+GRAD@ray): the largest |difference| of its training and validation loss from the
+    same seed's base run at the same step, and that step."""
+    out = {}
+    for key in ("train", "val"):
+        gaps = []
+        for r in runs:
+            ref = next((dict(b[key]) for b in base if b["seed"] == r["seed"]), {})
+            gaps += [(abs(y - ref[step]), step) for step, y in r[key] if step in ref]
+        if gaps:
+            gap, step = max(gaps)
+            out[f"max_{key}_gap"], out[f"max_{key}_gap_step"] = gap, step
     return out
 
 
@@ -180,6 +201,13 @@ def report(study: dict) -> str:
             f"{r['val_ppl_mean']:.1f} | {diff} | {r['tokens_per_s']:,.0f} | {r['wall_h']:.2f} | "
             f"{r['circuit_evaluations']:.3g} |"
         )
+    for r in study["summary"]:
+        if "max_train_gap" in r:
+            lines.append(
+                f"\n{r['variant']} vs {r['gap_vs']} (same seeds, same steps): largest gap in training loss "
+                f"{r['max_train_gap']:.4f} (step {r['max_train_gap_step']}), in validation loss "
+                f"{r.get('max_val_gap', math.nan):.4f} (step {r.get('max_val_gap_step')})"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,7 @@
 is known independently of the benchmark: the wire format's sizes, the cost of each gradient
 method, what each variant of a model computes. (The speeds themselves are for bench/, not tests.)"""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -113,6 +114,35 @@ def test_study_runs_a_grid_resumes_and_reports(tmp_path, cache_dir):
     changed = {p for p, t in logs.items() if p.stat().st_mtime_ns != t}
     assert changed <= {tmp_path / "runs" / "wq-s1" / "log.jsonl"}
     assert (tmp_path / "runs" / "wq-s1" / "summary.json").exists()
+
+
+def test_study_reports_the_largest_gap_between_gradient_methods(monkeypatch):
+    """`wq+fd@ray` against `wq` of the same seed: the largest gap over the steps both logged, and
+    where it was; a seed without a base run and a step the base did not log are not compared."""
+    spec = importlib.util.spec_from_file_location("study", ROOT / "bench" / "study.py")
+    study = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "study", study)  # dataclasses look their module up there
+    spec.loader.exec_module(study)
+
+    def run(variant, seed, train, val):
+        return {"variant": variant, "seed": seed, "params": 1, "final_val_loss": val[-1][1], "final_val_ppl": 1.0,
+                "tokens_per_s": 1.0, "wall_s": 1.0, "circuit_evaluations": 0, "train": train, "val": val}  # fmt: skip
+
+    runs = [
+        run("wq", 0, [[1, 5.0], [2, 4.0], [3, 3.0]], [[3, 3.5]]),
+        run("wq", 1, [[1, 5.0], [2, 4.0]], [[2, 4.5]]),
+        run("wq+fd@ray", 0, [[1, 5.01], [2, 4.05], [3, 2.98], [4, 0.0]], [[3, 3.52]]),
+        run("wq+fd@ray", 1, [[1, 5.03], [2, 3.99]], [[2, 4.49]]),
+        run("wq+fd@ray", 2, [[1, 9.0]], [[1, 9.0]]),  # no wq run with seed 2
+    ]
+    rows = {r["variant"]: r for r in study.summarize(runs, ["wq", "wq+fd@ray"])}
+    assert "gap_vs" not in rows["wq"]
+    fd = rows["wq+fd@ray"]
+    assert fd["gap_vs"] == "wq" and fd["max_train_gap_step"] == 2 and fd["max_val_gap_step"] == 3
+    assert fd["max_train_gap"] == pytest.approx(0.05) and fd["max_val_gap"] == pytest.approx(0.02)
+    config = {"model": "8m", "dataset": "chitchat", "seeds": [0, 1, 2], "steps": 4, "batch_size": 8, "context": 256}
+    text = study.report({"config": {**config, "extra": []}, "summary": list(rows.values())})
+    assert "wq+fd@ray vs wq (same seeds, same steps): largest gap in training loss 0.0500 (step 2)" in text
 
 
 @pytest.mark.slow
