@@ -25,6 +25,15 @@ def rows(proc) -> list[dict]:
 
 
 @pytest.mark.slow
+def load_study(monkeypatch):
+    """bench/study.py as a module."""
+    spec = importlib.util.spec_from_file_location("study", ROOT / "bench" / "study.py")
+    study = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "study", study)  # dataclasses look their module up there
+    spec.loader.exec_module(study)
+    return study
+
+
 def test_vqc_rows_measure_or_say_why_not():
     out = rows(bench("bench/vqc.py", "--quick", "--json"))  # the bench itself checks the peer computes our circuit
     assert {r["backend"] for r in out} == {"pennylane", "local", "qulacs", "shots"}
@@ -119,10 +128,7 @@ def test_study_runs_a_grid_resumes_and_reports(tmp_path, cache_dir):
 def test_study_reports_the_largest_gap_between_gradient_methods(monkeypatch):
     """`wq+fd@ray` against `wq` of the same seed: the largest gap over the steps both logged, and
     where it was; a seed without a base run and a step the base did not log are not compared."""
-    spec = importlib.util.spec_from_file_location("study", ROOT / "bench" / "study.py")
-    study = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "study", study)  # dataclasses look their module up there
-    spec.loader.exec_module(study)
+    study = load_study(monkeypatch)
 
     def run(variant, seed, train, val):
         return {"variant": variant, "seed": seed, "params": 1, "final_val_loss": val[-1][1], "final_val_ppl": 1.0,
@@ -143,6 +149,21 @@ def test_study_reports_the_largest_gap_between_gradient_methods(monkeypatch):
     config = {"model": "8m", "dataset": "chitchat", "seeds": [0, 1, 2], "steps": 4, "batch_size": 8, "context": 256}
     text = study.report({"config": {**config, "extra": []}, "summary": list(rows.values())})
     assert "wq+fd@ray vs wq (same seeds, same steps): largest gap in training loss 0.0500 (step 2)" in text
+
+
+def test_reproduction_shows_the_tables_its_results_generate(monkeypatch):
+    """Each committed study: its summary is what bench/study.py computes from its runs, its table
+    is what the report writes from them, and docs/reproduction.md shows that table unedited."""
+    study = load_study(monkeypatch)
+    doc = (ROOT / "docs" / "reproduction.md").read_text()
+    results = sorted((ROOT / "docs" / "results").glob("study-*.json"))
+    assert results
+    for path in results:
+        data = json.loads(path.read_text())
+        assert data["summary"] == study.summarize(data["runs"], data["config"]["variants"]), path.name
+        table = study.report(data)
+        assert table == path.with_suffix(".md").read_text(), path.name
+        assert "\n".join(line for line in table.splitlines() if line.startswith("|")) in doc, path.name
 
 
 @pytest.mark.slow
