@@ -18,10 +18,11 @@ Variants (`--variants`, names composed as BASE[+GRAD][@ray]):
 Every run is a normal run directory OUT/VARIANT-sSEED: a run already finished is read, not run
 again; one cut short resumes from its checkpoint. The same seed gives every variant the same data
 order. The report: final validation loss and perplexity as mean ± standard deviation over seeds,
-each variant's paired difference from `none` (same seeds) with a 95% t-interval, tokens/s, wall
-time and the circuit evaluations spent; for a variant that only changes the gradient method or
-the executor of another in the grid (`wq+fd@ray` beside `wq`), the largest gap between their
-training and validation curves, seed by seed and step by step.
+each variant's paired difference from `none` (same seeds) with a 95% t-interval, tokens/s, hours
+(a run's steps x its median step time: what it costs on a quiet machine, with the pauses of a
+stopped or resumed run left out) and the circuit evaluations spent; for a variant that only
+changes the gradient method or the executor of another in the grid (`wq+fd@ray` beside `wq`), the
+largest gap between their training and validation curves, seed by seed and step by step.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def collect(variant: Variant, seed: int, out: Path, args: argparse.Namespace) ->
         "final_val_loss": summary["final_val_loss"],
         "final_val_ppl": summary["final_val_ppl"],
         "tokens_per_s": summary["tokens_per_s"],
-        "wall_s": sum(r["seconds"] for r in records),
+        "train_s": statistics.median(r["seconds"] for r in records) * len(records),
         "tokens": round(tokens),
         "circuit_evaluations": round(tokens * per_token),  # one-token circuits (adjoint: ~3 a token)
         "val": [[r["step"], r["val_loss"]] for r in records if "val_loss" in r],
@@ -145,7 +146,7 @@ def summarize(runs: list[dict], variants: list[str]) -> list[dict]:
             "val_loss_std": statistics.stdev(val) if len(val) > 1 else 0.0,
             "val_ppl_mean": statistics.mean(r["final_val_ppl"] for r in rs),
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
-            "wall_h": sum(r["wall_s"] for r in rs) / 3600,
+            "train_h": sum(r["train_s"] for r in rs) / 3600,
             "circuit_evaluations": sum(r["circuit_evaluations"] for r in rs),
         }
         diffs = [r["final_val_loss"] - base[r["seed"]] for r in rs if r["seed"] in base]
@@ -188,7 +189,7 @@ def report(study: dict) -> str:
         f"seeds {', '.join(map(str, c['seeds']))}; extra flags: {' '.join(c['extra']) or 'none'}",
         "",
         "| variant | parameters | val loss (mean ± sd) | val ppl | Δ val loss vs none [95% CI] | tokens/s | "
-        "wall hours (steps, 2 cores) | circuit evaluations |",
+        "hours (steps x median step, 2 cores) | circuit evaluations |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in study["summary"]:
@@ -198,7 +199,7 @@ def report(study: dict) -> str:
             diff = f"{r['diff_vs_none']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
         lines.append(
             f"| {r['variant']} | {r['params']:,} | {r['val_loss_mean']:.3f} ± {r['val_loss_std']:.3f} | "
-            f"{r['val_ppl_mean']:.1f} | {diff} | {r['tokens_per_s']:,.0f} | {r['wall_h']:.2f} | "
+            f"{r['val_ppl_mean']:.1f} | {diff} | {r['tokens_per_s']:,.0f} | {r['train_h']:.2f} | "
             f"{r['circuit_evaluations']:.3g} |"
         )
     for r in study["summary"]:

@@ -132,7 +132,7 @@ def test_study_reports_the_largest_gap_between_gradient_methods(monkeypatch):
 
     def run(variant, seed, train, val):
         return {"variant": variant, "seed": seed, "params": 1, "final_val_loss": val[-1][1], "final_val_ppl": 1.0,
-                "tokens_per_s": 1.0, "wall_s": 1.0, "circuit_evaluations": 0, "train": train, "val": val}  # fmt: skip
+                "tokens_per_s": 1.0, "train_s": 1.0, "circuit_evaluations": 0, "train": train, "val": val}  # fmt: skip
 
     runs = [
         run("wq", 0, [[1, 5.0], [2, 4.0], [3, 3.0]], [[3, 3.5]]),
