@@ -56,16 +56,19 @@ def serving(replicas: int, **cfg):
         server.stop(0)
 
 
+def scrape(server) -> list:
+    """The samples on the server's /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics.port}/metrics", timeout=10) as page:
+        return [s for f in text_string_to_metric_families(page.read().decode()) for s in f.samples]
+
+
 def replica_metrics(server) -> dict[str, dict[str, float]]:
     """Ray replica name -> {metric: value} from the server's /metrics page (the server's own
     replica, which answers the smallest requests, left out)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics.port}/metrics", timeout=10) as page:
-        text = page.read().decode()
     out: dict[str, dict[str, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.labels.get("replica", "server") != "server":
-                out.setdefault(sample.labels["replica"], {"node": sample.labels["node"]})[sample.name] = sample.value
+    for sample in scrape(server):
+        if sample.labels.get("replica", "server") != "server":
+            out.setdefault(sample.labels["replica"], {"node": sample.labels["node"]})[sample.name] = sample.value
     return out
 
 
@@ -201,12 +204,7 @@ def test_replicas_follow_the_load_up_and_down(ray_address):
         assert not errors
 
         def samples():
-            with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics.port}/metrics", timeout=10) as page:
-                return {
-                    (s.name, s.labels.get("direction")): s.value
-                    for f in text_string_to_metric_families(page.read().decode())
-                    for s in f.samples
-                }
+            return {(s.name, s.labels.get("direction")): s.value for s in scrape(server)}
 
         deadline = time.monotonic() + 30
         while (seen := samples())[("hyqut_qworker_busy_fraction", None)] >= 0.5 or seen[
@@ -257,9 +255,8 @@ def test_scaling_while_requests_flow_fails_none(service):
         [sys.executable, "-m", "qworker", "info", address.split("?")[0]], capture_output=True, text=True
     )
     assert json.loads(info.stdout)["replicas"] == 2
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics.port}/metrics", timeout=10) as page:
-        metrics = page.read().decode()
-    assert "hyqut_qworker_replicas 2.0" in metrics and "hyqut_qworker_queue_depth 0.0" in metrics
+    metrics = {s.name: s.value for s in scrape(server) if not s.labels}
+    assert metrics["hyqut_qworker_replicas"] == 2 and metrics["hyqut_qworker_queue_depth"] == 0
 
 
 def test_no_replica_is_a_clear_error_after_the_deadline(ray_address):

@@ -51,6 +51,10 @@ class ServiceMetrics:
         """RPCs answered so far, all methods and codes together."""
         return sum(s.value for m in self.requests.collect() for s in m.samples if s.name.endswith("_total"))
 
+    def serving_now(self) -> float:
+        """RPCs being served now."""
+        return self.in_flight.collect()[0].samples[0].value
+
     def watch(self, pool) -> None:
         """Read the pool's live replicas, queue depth, per-replica figures and hardware usage at every scrape."""
         self.replicas.set_function(lambda: pool.replicas)

@@ -317,7 +317,7 @@ class QWorkerServer:
         while True:
             await asyncio.sleep(TRIM_EVERY_S)
             now = self.metrics.requests_seen()
-            if self.metrics.in_flight._value.get() > 0 or now != seen:
+            if self.metrics.serving_now() > 0 or now != seen:
                 trims = TRIMS_AFTER_BURST
             elif trims:
                 trims -= 1
