@@ -130,11 +130,11 @@ def collect(variant: Variant, seed: int, out: Path, args: argparse.Namespace) ->
 
 
 def summarize(runs: list[dict], variants: list[str]) -> list[dict]:
-    """Per variant: mean ± std over seeds; the paired difference from `none` with a 95% interval."""
+    """Per variant: mean ± std over seeds; the paired difference from `none`, and from the variant's
+    classical-bottleneck control (`wq` from `wq-control`: what the circuit adds), with 95% intervals."""
     out = []
-    base = {r["seed"]: r["final_val_loss"] for r in runs if r["variant"] == "none"}
-    for name in variants:
-        rs = [r for r in runs if r["variant"] == name]
+    by_name = {name: [r for r in runs if r["variant"] == name] for name in variants}
+    for name, rs in by_name.items():
         if not rs:
             continue
         val = [r["final_val_loss"] for r in rs]
@@ -149,20 +149,28 @@ def summarize(runs: list[dict], variants: list[str]) -> list[dict]:
             "train_h": sum(r["train_s"] for r in rs) / 3600,
             "circuit_evaluations": sum(r["circuit_evaluations"] for r in rs),
         }
-        diffs = [r["final_val_loss"] - base[r["seed"]] for r in rs if r["seed"] in base]
-        if name != "none" and diffs:
-            mean = statistics.mean(diffs)
-            half = (
-                T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-                if len(diffs) > 1
-                else math.inf
-            )
-            row.update(diff_vs_none=mean, diff_ci95=[mean - half, mean + half])
+        if name != "none" and (diff := paired(rs, by_name.get("none", []))):
+            row.update(diff_vs_none=diff[0], diff_ci95=diff[1])
+        if diff := paired(rs, by_name.get(f"{name}-control", [])):
+            row.update(diff_vs_control=diff[0], diff_vs_control_ci95=diff[1])
         base_name = name.partition("@")[0].partition("+")[0]
         if base_name != name and base_name in variants:
-            row.update(gap_vs=base_name, **largest_gaps(rs, [r for r in runs if r["variant"] == base_name]))
+            row.update(gap_vs=base_name, **largest_gaps(rs, by_name[base_name]))
         out.append(row)
     return out
+
+
+def paired(runs: list[dict], base: list[dict]) -> tuple[float, list[float]] | None:
+    """The mean difference of final validation loss from the same seed's `base` run, and its 95%
+    t-interval (infinite from one seed); None without a common seed."""
+    ref = {r["seed"]: r["final_val_loss"] for r in base}
+    diffs = [r["final_val_loss"] - ref[r["seed"]] for r in runs if r["seed"] in ref]
+    if not diffs:
+        return None
+    mean = statistics.mean(diffs)
+    n = len(diffs)
+    half = T95.get(n - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(n) if n > 1 else math.inf
+    return mean, [mean - half, mean + half]
 
 
 def largest_gaps(runs: list[dict], base: list[dict]) -> dict:
@@ -188,18 +196,20 @@ def report(study: dict) -> str:
         f"{c['model']} on {c['dataset']}: {c['steps']} steps of {c['batch_size']} x {c['context']} tokens, "
         f"seeds {', '.join(map(str, c['seeds']))}; extra flags: {' '.join(c['extra']) or 'none'}",
         "",
-        "| variant | parameters | val loss (mean ± sd) | val ppl | Δ val loss vs none [95% CI] | tokens/s | "
-        "hours (steps x median step, 2 cores) | circuit evaluations |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | parameters | val loss (mean ± sd) | val ppl | Δ val loss vs none [95% CI] | "
+        "Δ vs its control [95% CI] | tokens/s | hours (steps x median step, 2 cores) | circuit evaluations |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def diff(mean, ci):
+        return f"{mean:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if mean is not None else ""
+
     for r in study["summary"]:
-        diff = ""
-        if "diff_vs_none" in r:
-            lo, hi = r["diff_ci95"]
-            diff = f"{r['diff_vs_none']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
         lines.append(
             f"| {r['variant']} | {r['params']:,} | {r['val_loss_mean']:.3f} ± {r['val_loss_std']:.3f} | "
-            f"{r['val_ppl_mean']:.1f} | {diff} | {r['tokens_per_s']:,.0f} | {r['train_h']:.2f} | "
+            f"{r['val_ppl_mean']:.1f} | {diff(r.get('diff_vs_none'), r.get('diff_ci95'))} | "
+            f"{diff(r.get('diff_vs_control'), r.get('diff_vs_control_ci95'))} | "
+            f"{r['tokens_per_s']:,.0f} | {r['train_h']:.2f} | "
             f"{r['circuit_evaluations']:.3g} |"
         )
     for r in study["summary"]:

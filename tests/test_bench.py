@@ -140,15 +140,21 @@ def test_study_reports_the_largest_gap_between_gradient_methods(monkeypatch):
         run("wq+fd@ray", 0, [[1, 5.01], [2, 4.05], [3, 2.98], [4, 0.0]], [[3, 3.52]]),
         run("wq+fd@ray", 1, [[1, 5.03], [2, 3.99]], [[2, 4.49]]),
         run("wq+fd@ray", 2, [[1, 9.0]], [[1, 9.0]]),  # no wq run with seed 2
+        run("wq-control", 0, [[3, 3.0]], [[3, 3.4]]),
+        run("wq-control", 1, [[3, 3.0]], [[3, 4.3]]),
     ]
-    rows = {r["variant"]: r for r in study.summarize(runs, ["wq", "wq+fd@ray"])}
-    assert "gap_vs" not in rows["wq"]
+    rows = {r["variant"]: r for r in study.summarize(runs, ["wq", "wq+fd@ray", "wq-control"])}
+    assert "gap_vs" not in rows["wq"] and "diff_vs_control" not in rows["wq+fd@ray"]
+    # wq - wq-control by seed: 0.1, 0.2; the interval is mean ± t(0.975, 1) x sd / sqrt(2)
+    assert rows["wq"]["diff_vs_control"] == pytest.approx(0.15)
+    assert rows["wq"]["diff_vs_control_ci95"] == pytest.approx([0.15 - 12.706 * 0.05, 0.15 + 12.706 * 0.05])
     fd = rows["wq+fd@ray"]
     assert fd["gap_vs"] == "wq" and fd["max_train_gap_step"] == 2 and fd["max_val_gap_step"] == 3
     assert fd["max_train_gap"] == pytest.approx(0.05) and fd["max_val_gap"] == pytest.approx(0.02)
     config = {"model": "8m", "dataset": "chitchat", "seeds": [0, 1, 2], "steps": 4, "batch_size": 8, "context": 256}
     text = study.report({"config": {**config, "extra": []}, "summary": list(rows.values())})
     assert "wq+fd@ray vs wq (same seeds, same steps): largest gap in training loss 0.0500 (step 2)" in text
+    assert "| wq | 1 | 4.000 ± 0.707 | 1.0 |  | +0.150 [-0.485, +0.785] |" in text
 
 
 def test_reproduction_shows_the_tables_its_results_generate(monkeypatch):
