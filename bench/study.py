@@ -124,8 +124,8 @@ def collect(variant: Variant, seed: int, out: Path, args: argparse.Namespace) ->
         "train_s": statistics.median(r["seconds"] for r in records) * len(records),
         "tokens": round(tokens),
         "circuit_evaluations": round(tokens * per_token),  # one-token circuits (adjoint: ~3 a token)
-        "val": [[r["step"], r["val_loss"]] for r in records if "val_loss" in r],
-        "train": [[r["step"], r["loss"]] for r in records],
+        "val": [[r["step"], round(r["val_loss"], 5)] for r in records if "val_loss" in r],
+        "train": [[r["step"], round(r["loss"], 5)] for r in records],
     }
 
 
@@ -255,6 +255,13 @@ def _smooth(values: list[float], k: int) -> list[float]:
     return [statistics.mean(values[max(0, i - k + 1) : i + 1]) for i in range(len(values))]
 
 
+def dumps(study: dict) -> str:
+    """The study as JSON: its settings and summary indented, each run (with its curves) on one line."""
+    head = json.dumps({k: v for k, v in study.items() if k != "runs"}, indent=1)
+    runs = ",\n  ".join(json.dumps(r) for r in study["runs"])
+    return f'{head[:-2]},\n "runs": [\n  {runs}\n ]\n}}\n'
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="8m")
@@ -279,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     study = {"config": config, "summary": summarize(runs, args.variants), "runs": runs}
     results = args.results or args.out / "study"
     results.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{results}.json").write_text(json.dumps(study, indent=1))
+    Path(f"{results}.json").write_text(dumps(study))
     Path(f"{results}.md").write_text(report(study))
     plot(study, Path(f"{results}.png"))
     print(report(study))

@@ -166,6 +166,7 @@ def test_reproduction_shows_the_tables_its_results_generate(monkeypatch):
     assert results
     for path in results:
         data = json.loads(path.read_text())
+        assert json.loads(study.dumps(data)) == data, path.name
         assert data["summary"] == study.summarize(data["runs"], data["config"]["variants"]), path.name
         table = study.report(data)
         assert table == path.with_suffix(".md").read_text(), path.name
