@@ -24,7 +24,6 @@ def rows(proc) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.slow
 def load_study(monkeypatch):
     """bench/study.py as a module."""
     spec = importlib.util.spec_from_file_location("study", ROOT / "bench" / "study.py")
@@ -34,6 +33,7 @@ def load_study(monkeypatch):
     return study
 
 
+@pytest.mark.slow
 def test_vqc_rows_measure_or_say_why_not():
     out = rows(bench("bench/vqc.py", "--quick", "--json"))  # the bench itself checks the peer computes our circuit
     assert {r["backend"] for r in out} == {"pennylane", "local", "qulacs", "shots"}
