@@ -2,14 +2,17 @@
 # The GPU path, run once on a machine with an NVIDIA GPU, prepared to fit in 8 minutes:
 #
 #   bench/device.sh                  # on the GPU machine; outputs under $OUT (default runs/device)
+#   bench/device.sh study            # only the named steps (vqc, train_step, study)
 #   bench/device.sh --cpu-dry-run    # here, on the CPU, at tiny sizes: the same steps, checked
 #
 # 1. the `local` simulator on CUDA through bench/vqc.py: forward, adjoint and a shift Jacobian
 #    (one batch), float32, N up to 2^20 tokens;
 # 2. the model's train step through bench/train_step.py: 8m and 150m, classical against wq (and
 #    wgate, and wq with fd), bf16 autocast;
-# 3. if DeepSpeed and the corpus are there: `python -m trainer.main` (DeepSpeed, bf16) for the
-#    150m model, classical and wq, a few hundred steps each;
+# 3. if DeepSpeed and the corpus are there: bench/study.py (DeepSpeed, bf16) for the 150m model,
+#    none / wq / wq-control, 300 steps each, one seed at a time (seed 0 of every variant, then seed
+#    1, ...) until its time (STUDY_S) is up: the finished seeds' results (study-150m.json, .md, .png) and the
+#    runs' logs (study-runs.tgz, for `bench/study.py` to collect again here);
 # then one table of it all. The GPU machine has torch (CUDA) but no package registry: wheels it
 # lacks travel in .whl/ (DeepSpeed and what it needs, grpcio and protobuf of the versions
 # qworker's stubs were made with) and the tokenized corpus in .cache/hyqut (a run then needs
@@ -18,9 +21,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DRY=0
-[ "${1:-}" = "--cpu-dry-run" ] && DRY=1
+[ "${1:-}" = "--cpu-dry-run" ] && DRY=1 && shift
+WANT=" ${*:-vqc train_step study} "
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 LOG="$OUT/device.log"
 : >"$LOG"
 say() { echo "$*" | tee -a "$LOG"; }
@@ -35,9 +40,9 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
 
 if [ "$DRY" = 1 ]; then
-    DEVICE=cpu VQC_N="256 1024" MODELS="tiny" STEPS=2 TRAIN_MODEL=tiny TRAIN_STEPS=3 TRAIN_LR=3e-3 LIMIT=600
+    DEVICE=cpu VQC_N="256 1024" MODELS="tiny" STEPS=2 TRAIN_MODEL=tiny TRAIN_STEPS=4 TRAIN_LR=3e-3 LIMIT=600 STUDY_S=600 LAST_SEED=1
 else
-    DEVICE=cuda VQC_N="65536 1048576" MODELS="8m 150m" STEPS=5 TRAIN_MODEL=150m TRAIN_STEPS=300 TRAIN_LR=1e-3 LIMIT=120
+    DEVICE=cuda VQC_N="65536 1048576" MODELS="8m 150m" STEPS=5 TRAIN_MODEL=150m TRAIN_STEPS=300 TRAIN_LR=1e-3 LIMIT=120 STUDY_S=${STUDY_S:-470} LAST_SEED=4
 fi
 
 say "# bench/device.sh $(date -u +%FT%TZ) device=$DEVICE"
@@ -53,29 +58,41 @@ for name in ("qulacs", "ray", "deepspeed", "datasets", "pennylane", "transformer
         print(f"#   {name}: missing ({type(e).__name__}); what needs it is skipped")
 EOF
 
-say "## 1. the local simulator (bench/vqc.py --device $DEVICE)"
-timeout $LIMIT $PY bench/vqc.py --device "$DEVICE" --backends local --methods forward adjoint shift \
-    --n $VQC_N --repeats 2 --budget-s 40 --json >"$OUT/vqc.jsonl" 2>>"$LOG" || say "vqc: exit $?"
+if [[ $WANT == *" vqc "* ]]; then
+    say "## 1. the local simulator (bench/vqc.py --device $DEVICE)"
+    timeout $LIMIT $PY bench/vqc.py --device "$DEVICE" --backends local --methods forward adjoint shift \
+        --n $VQC_N --repeats 2 --budget-s 40 --json >"$OUT/vqc.jsonl" 2>>"$LOG" || say "vqc: exit $?"
+fi
 
-say "## 2. train steps (bench/train_step.py --device $DEVICE)"
-timeout $LIMIT $PY bench/train_step.py --device "$DEVICE" --bf16 --models $MODELS --steps $STEPS --json \
-    >"$OUT/train_step.jsonl" 2>>"$LOG" || say "train_step: exit $?"
+if [[ $WANT == *" train_step "* ]]; then
+    say "## 2. train steps (bench/train_step.py --device $DEVICE)"
+    timeout $LIMIT $PY bench/train_step.py --device "$DEVICE" --bf16 --models $MODELS --steps $STEPS --json \
+        >"$OUT/train_step.jsonl" 2>>"$LOG" || say "train_step: exit $?"
+fi
 
-say "## 3. the trainer (DeepSpeed), $TRAIN_MODEL, classical and wq, $TRAIN_STEPS steps"
-if $PY -c "import deepspeed" 2>>"$LOG" && { [ -n "${HYQUT_CACHE:-}" ] || $PY -c "import datasets, chitchat_dataset"; }; then
-    for q in none wq; do
-        timeout $((LIMIT / 2 + 60)) $PY -m trainer.main --model $TRAIN_MODEL --quantum $q --steps $TRAIN_STEPS \
-            --batch-size 8 --lr $TRAIN_LR --warmup 30 --eval-every 100 --save-every 1000 --eval-batches 4 \
-            --out "$OUT/run-$q" >>"$LOG" 2>&1 || say "trainer $q: exit $?"
-        cp "$OUT/run-$q/log.jsonl" "$OUT/train-$q.jsonl" 2>/dev/null
-        rm -rf "$OUT/run-$q"
-    done
-else
-    say "trainer: skipped (DeepSpeed is missing, or both the cached corpus and datasets)"
+if [[ $WANT == *" study "* ]]; then
+    say "## 3. the study (bench/study.py, DeepSpeed), $TRAIN_MODEL none / wq / wq-control, $TRAIN_STEPS steps, a seed at a time for ${STUDY_S} s"
+    if $PY -c "import deepspeed" 2>>"$LOG" && { [ -n "${HYQUT_CACHE:-}" ] || $PY -c "import datasets, chitchat_dataset"; }; then
+        RUNS=$(mktemp -d)  # checkpoints (GBs at 150m) stay on the machine
+        end=$((SECONDS + STUDY_S))
+        for last in $(seq 0 $LAST_SEED); do
+            seeds=$(seq -s ' ' 0 $last)
+            left=$((end - SECONDS))
+            [ $left -gt 30 ] || break
+            timeout $left $PY bench/study.py --model $TRAIN_MODEL --variants none wq wq-control --seeds $seeds \
+                --steps $TRAIN_STEPS --eval-every $((TRAIN_STEPS / 3)) --out "$RUNS" --results "$OUT/study-$TRAIN_MODEL" \
+                -- --lr $TRAIN_LR --eval-batches 4 --save-every $TRAIN_STEPS >>"$LOG" 2>&1 || { say "study, seeds $seeds: stopped (exit $?)"; break; }
+            say "study, seeds $seeds: done at ${SECONDS} s"
+        done
+        (cd "$RUNS" && find . -name summary.json -printf '%h\n' | sed 's|$|/log.jsonl|; p; s|log.jsonl|run.json|; p; s|run.json|summary.json|' |
+            tar -czf "$OUT/study-runs.tgz" -T -)
+    else
+        say "study: skipped (DeepSpeed is missing, or both the cached corpus and datasets)"
+    fi
 fi
 
 $PY - "$OUT" <<'EOF' 2>&1 | tee "$OUT/table.txt"
-import json, statistics, sys
+import json, sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
@@ -98,11 +115,7 @@ for r in rows("train_step.jsonl"):
     what = f"train step {r['quantum']} {r['grad']}"
     note = f"{r['ratio_vs_classical']:.2f}x classical"  # (the quantum share times launches on CUDA: left out)
     print(f"{what:<44} {r['model']:>12} {r['tokens_per_s']:>16,.0f} tok/s {note:>30}")
-for q in ("none", "wq"):
-    log = rows(f"train-{q}.jsonl")
-    if log:
-        val = [r for r in log if "val_loss" in r]
-        tps = statistics.median(r["tokens_per_s"] for r in log[5:] or log)
-        note = f"train {statistics.mean(r['loss'] for r in log[-10:]):.3f}, val {val[-1]['val_loss']:.3f}" if val else ""
-        print(f"{'trainer (DeepSpeed) ' + q + ', ' + str(len(log)) + ' steps':<44} {'':>12} {tps:>16,.0f} tok/s {note:>30}")
+study = next(out.glob("study-*.md"), None)
+if study:
+    print(f"\n{study.name}:\n{study.read_text()}")
 EOF

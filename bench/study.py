@@ -197,7 +197,7 @@ def report(study: dict) -> str:
         f"seeds {', '.join(map(str, c['seeds']))}; extra flags: {' '.join(c['extra']) or 'none'}",
         "",
         "| variant | parameters | val loss (mean ± sd) | val ppl | Δ val loss vs none [95% CI] | "
-        "Δ vs its control [95% CI] | tokens/s | hours (steps x median step, 2 cores) | circuit evaluations |",
+        "Δ vs its control [95% CI] | tokens/s | hours (steps x median step) | circuit evaluations |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 

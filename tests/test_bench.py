@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -183,8 +184,13 @@ def test_device_script_dry_run(tmp_path, cache_dir):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (tmp_path / "table.txt").read_text()
-    for row in ("vqc local forward+grad shift", "train step wq adjoint", "trainer (DeepSpeed) wq, 3 steps"):
+    for row in ("vqc local forward+grad shift", "train step wq adjoint", "study-tiny.md", "| wq-control | "):
         assert row in table, table
+    with tarfile.open(tmp_path / "study-runs.tgz") as tar:  # the runs' logs, for study.py to collect here
+        names = set(tar.getnames())
+    assert {
+        f"./{v}-s{s}/{f}" for v in ("none", "wq", "wq-control") for s in (0, 1) for f in ("log.jsonl", "summary.json")
+    } <= names
     assert "exit" not in (tmp_path / "device.log").read_text().replace("exit_code", "")
 
 
