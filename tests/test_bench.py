@@ -160,7 +160,8 @@ def test_study_reports_the_largest_gap_between_gradient_methods(monkeypatch):
 
 def test_reproduction_shows_the_tables_its_results_generate(monkeypatch):
     """Each committed study: its summary is what bench/study.py computes from its runs, its table
-    is what the report writes from them, and docs/reproduction.md shows that table unedited."""
+    is what the report writes from them, and docs/reproduction.md shows that table unedited and
+    its totals (runs, hours, tokens, circuit evaluations) in the Compute table."""
     study = load_study(monkeypatch)
     doc = (ROOT / "docs" / "reproduction.md").read_text()
     results = sorted((ROOT / "docs" / "results").glob("study-*.json"))
@@ -172,6 +173,10 @@ def test_reproduction_shows_the_tables_its_results_generate(monkeypatch):
         table = study.report(data)
         assert table == path.with_suffix(".md").read_text(), path.name
         assert "\n".join(line for line in table.splitlines() if line.startswith("|")) in doc, path.name
+        runs = data["runs"]
+        hours, tokens = sum(r["train_s"] for r in runs) / 3600, sum(r["tokens"] for r in runs) / 1e6
+        evaluations = sum(r["circuit_evaluations"] for r in runs) / 1e6
+        assert f"| {len(runs)} | {hours:.2f} | {tokens:.1f}M | {evaluations:.1f}M |\n" in doc, path.name
 
 
 @pytest.mark.slow
