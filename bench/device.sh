@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU path, run once on a machine with an NVIDIA GPU, prepared to fit in 8 minutes:
+# The GPU path, run on a machine with an NVIDIA GPU, each part prepared to fit one 10-minute call
+# (vqc and train_step together ~4 minutes; the study STUDY_S seconds, 470 by default):
 #
 #   bench/device.sh                  # on the GPU machine; outputs under $OUT (default runs/device)
 #   bench/device.sh study            # only the named steps (vqc, train_step, study)
@@ -10,9 +11,9 @@
 # 2. the model's train step through bench/train_step.py: 8m and 150m, classical against wq (and
 #    wgate, and wq with fd), bf16 autocast;
 # 3. if DeepSpeed and the corpus are there: bench/study.py (DeepSpeed, bf16) for the 150m model,
-#    none / wq / wq-control, 300 steps each, one seed at a time (seed 0 of every variant, then seed
-#    1, ...) until its time (STUDY_S) is up: the finished seeds' results (study-150m.json, .md, .png) and the
-#    runs' logs (study-runs.tgz, for `bench/study.py` to collect again here);
+#    none / wq / wq-control, 300 steps each, one seed at a time (seed 0 of every variant, then
+#    seed 1, ...) until its time (STUDY_S) is up: the finished seeds' results (study-150m.json,
+#    .md, .png) and the runs' logs (study-runs.tgz, for `bench/study.py` to collect again here);
 # then one table of it all. The GPU machine has torch (CUDA) but no package registry: wheels it
 # lacks travel in .whl/ (DeepSpeed and what it needs, grpcio and protobuf of the versions
 # qworker's stubs were made with) and the tokenized corpus in .cache/hyqut (a run then needs
