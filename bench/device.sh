@@ -85,8 +85,9 @@ if [[ $WANT == *" study "* ]]; then
                 -- --lr $TRAIN_LR --eval-batches 4 --save-every $TRAIN_STEPS >>"$LOG" 2>&1 || { say "study, seeds $seeds: stopped (exit $?)"; break; }
             say "study, seeds $seeds: done at ${SECONDS} s"
         done
-        (cd "$RUNS" && find . -name summary.json -printf '%h\n' | sed 's|$|/log.jsonl|; p; s|log.jsonl|run.json|; p; s|run.json|summary.json|' |
-            tar -czf "$OUT/study-runs.tgz" -T -)
+        (cd "$RUNS" && for run in ./*/; do  # finished runs only: their logs, flags and summaries
+            if [ -f "${run}summary.json" ]; then printf '%s\n' "${run}"{log.jsonl,run.json,summary.json}; fi
+        done | tar -czf "$OUT/study-runs.tgz" -T -)
     else
         say "study: skipped (DeepSpeed is missing, or both the cached corpus and datasets)"
     fi

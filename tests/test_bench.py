@@ -194,7 +194,10 @@ def test_device_script_dry_run(tmp_path, cache_dir):
     with tarfile.open(tmp_path / "study-runs.tgz") as tar:  # the runs' logs, for study.py to collect here
         names = set(tar.getnames())
     assert {
-        f"./{v}-s{s}/{f}" for v in ("none", "wq", "wq-control") for s in (0, 1) for f in ("log.jsonl", "summary.json")
+        f"./{v}-s{s}/{f}"
+        for v in ("none", "wq", "wq-control")
+        for s in (0, 1)
+        for f in ("log.jsonl", "run.json", "summary.json")
     } <= names
     assert "exit" not in (tmp_path / "device.log").read_text().replace("exit_code", "")
 
