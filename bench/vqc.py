@@ -71,7 +71,7 @@ from torch import Tensor, nn
 import qworker
 from qworker import Backend, CircuitSpec, Gradient, get_backend
 from qworker.backends import local
-from qworker.gradients import METHODS
+from qworker.gradients import names as method_names
 
 PEER = "pennylane"
 BACKENDS = ("local", "qulacs", "shots")
@@ -462,7 +462,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", metavar="PATH", help="also write a PNG bar chart of circuits/s")
     p.add_argument("--contended", action="store_true", help="each cell also beside a busy competing process")
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="(default: all)")
-    p.add_argument("--methods", nargs="+", default=["forward", *METHODS], help="forward and gradient methods")
+    p.add_argument("--methods", nargs="+", default=["forward", *method_names()], help="forward and gradient methods")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where `local` runs (others: cpu)")
     args = p.parse_args(argv)
     if args.quick:

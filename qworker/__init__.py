@@ -18,7 +18,9 @@ from qworker import backends
 from qworker.backends import Backend
 from qworker.circuit import CircuitSpec, Op
 from qworker.client import RemoteBackend
-from qworker.gradients import METHODS, Gradient
+from qworker.gradients import Gradient, Method
+from qworker.gradients import names as method_names
+from qworker.gradients import register as register_method
 from qworker.validation import CircuitInputError, check_batch
 
 
@@ -76,11 +78,13 @@ __all__ = [
     "CircuitInputError",
     "CircuitSpec",
     "Gradient",
-    "METHODS",
+    "Method",
     "Op",
     "check_batch",
     "expectations",
     "get_backend",
     "jacobians",
+    "method_names",
+    "register_method",
     "vjp",
 ]

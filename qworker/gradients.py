@@ -1,39 +1,247 @@
-"""Gradient methods (docs/design.md, "Gradients") and the estimators that need only forward evaluations.
+"""Gradient methods (docs/design.md, "Gradients"): each one object, registered by name in one place.
 
-`shift`, `fd` and `spsa` work on any backend, hardware included: each builds ONE batch of shifted
-evaluations and hands it to the backend in one call (on hardware, one job). `shift` and `fd`
-send a `Shifts` batch, which a simulator may evaluate by its structure (`local` does: a suffix of
-the circuit per component, not a whole circuit per row); `spsa` sends plain rows. `adjoint` is
-each simulator's own.
+A `Method` says what it costs (circuit evaluations per token), whether it needs the state vector
+(`adjoint` does: simulators only) or only forward evaluations (any backend, hardware included),
+whether its Jacobian is computed column by column (a server may then split the columns over
+replicas), whether it draws random numbers, and how it computes Jacobians (or a VJP) on a backend.
+A `Gradient` is the method's name with its settings (what the wire and run.json carry).
+
+    rule = Gradient("fd", delta=1e-3).rule            # the FiniteDifferences object
+    rule.evaluations(spec, grad)                      # 121 for the default circuit
+    register(MyMethod())                              # a new method, for every backend that can run it
+
+`shift`, `fd` and `spsa` build ONE batch of shifted evaluations and hand it to the backend in one
+call (on hardware, one job). `shift` and `fd` send a `Shifts` batch, which a simulator may
+evaluate by its structure (`local` does: a suffix of the circuit per component, not a whole
+circuit per row); `spsa` sends plain rows. `adjoint` is each simulator's own.
 
 Shapes, whatever the backend: J_theta (N, n_q, |Θ|), J_angles (N, n_q, 2n_q); a VJP's theta part
 is (|Θ|,) for a shared theta and (N, |Θ|) for a per-token theta.
 
-Evaluations per token, the forward included: shift and fd, 1 + 2·(|Θ| + 2·n_q); spsa, 1 + 2·samples.
+A plug-in in another distribution registers its methods through the `hyqut.gradients` entry point
+group (an object or class per name), so the processes of a service find them too.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from importlib import metadata
 
 import torch
 from torch import Tensor
 
 from qworker.circuit import CircuitSpec
 
-METHODS = ("adjoint", "shift", "fd", "spsa")
 MIN_DELTA = 1e-8  # below this an fd step is lost in float64 rounding: its Jacobians would be noise
+ENTRY_POINT_GROUP = "hyqut.gradients"
+
+
+class Method:
+    """A gradient method. Subclasses set the flags and give `jacobians` (and, for a reverse-mode
+    method, `vjp`); `name` is what `Gradient.method`, `--grad` and the wire carry.
+
+    forward_only: needs only forward evaluations of the circuit (no state vector): any backend,
+        hardware included, can run it; False means simulators that expose their state (`adjoint`).
+    reverse: computes the VJP from the upstream gradient (reverse mode, in backward) instead of
+        Jacobians ahead of it; its evaluations do not include the forward pass.
+    columns: computes its Jacobian column by column over [theta | angles] and accepts
+        `components` (a range of columns): a server may split those over replicas.
+    stochastic: draws random numbers from `Gradient.seed` (a trainer seeds each call)."""
+
+    name = "?"
+    forward_only = True
+    reverse = False
+    columns = False
+    stochastic = False
+
+    def evaluations(self, spec: CircuitSpec, grad: Gradient) -> int:
+        """One-token circuit evaluations one token's Jacobians cost (the forward included unless
+        `reverse`; an adjoint pass counts as one)."""
+        raise NotImplementedError
+
+    def training_evaluations(self, spec: CircuitSpec, grad: Gradient) -> float:
+        """Forward-equivalent evaluations per token of a training step, forward and gradient."""
+        return self.evaluations(spec, grad)
+
+    def jacobians(
+        self,
+        backend,
+        spec: CircuitSpec,
+        theta: Tensor,
+        angles: Tensor,
+        grad: Gradient,
+        base: bool,
+        components: range | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(J_theta, J_angles, the expectations if `base` else None) of a non-empty batch, theta
+        and angles already in one dtype; with `components` (only if `columns`), just those columns
+        of [theta | angles], split the same way."""
+        raise NotImplementedError
+
+    def vjp(self, backend, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad_out: Tensor, grad: Gradient):
+        """(d<L>/dtheta, d<L>/dangles) for L = sum(grad_out * expectations): from the Jacobians
+        unless the method is reverse-mode."""
+        j_theta, j_angles, _ = self.jacobians(backend, spec, theta, angles, grad, base=False)
+        return contract(j_theta, j_angles, grad_out, theta.dim() == 2)
+
+
+class Adjoint(Method):
+    """Exact, by the simulator's own reverse sweep (`Backend._adjoint_vjp`, `_adjoint_jacobians`):
+    about three forward passes' work for the forward and the gradient together."""
+
+    name, forward_only, reverse = "adjoint", False, True
+
+    def evaluations(self, spec, grad):
+        return 1
+
+    def training_evaluations(self, spec, grad):
+        return 3  # the forward, then one backward sweep carrying the state and its cotangent (~2 forwards)
+
+    def jacobians(self, backend, spec, theta, angles, grad, base, components=None):
+        z = backend.expectations(spec, theta, angles) if base else None
+        return (*backend._adjoint_jacobians(spec, theta, angles), z)
+
+    def vjp(self, backend, spec, theta, angles, grad_out, grad):
+        return backend._adjoint_vjp(spec, theta, angles, grad_out)
+
+
+class Shifted(Method):
+    """Two shifted evaluations per parameter component, (f(+s) - f(-s)) x scale, all in one
+    `Shifts` batch (one backend call, one job on hardware)."""
+
+    columns = True
+
+    def step_and_scale(self, grad: Gradient) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def evaluations(self, spec, grad):
+        return 1 + 2 * (spec.n_params + spec.n_angles)
+
+    def jacobians(self, backend, spec, theta, angles, grad, base, components=None):
+        step, scale = self.step_and_scale(grad)
+        n_tok, n_params, n_q = angles.shape[0], spec.n_params, spec.n_qubits
+        components = range(n_params + spec.n_angles) if components is None else components
+        out = backend.evaluate_shifts(spec, Shifts(theta, angles, step, components, base))
+        out = out.reshape(int(base) + 2 * len(components), n_tok, n_q)
+        pairs = out[int(base) :].reshape(len(components), 2, n_tok, n_q)  # (K, ±, N, n_q)
+        j = ((pairs[:, 0] - pairs[:, 1]) * scale).permute(1, 2, 0)  # (N, n_q, K)
+        split = len(range(components.start, min(components.stop, n_params)))  # how many are theta's
+        return j[..., :split], j[..., split:], out[0] if base else None
+
+
+class ParameterShift(Shifted):
+    """Parameter shift, ±π/2: exact, since every angle drives exactly one Pauli rotation."""
+
+    name = "shift"
+
+    def step_and_scale(self, grad):
+        return math.pi / 2, 0.5
+
+
+class FiniteDifferences(Shifted):
+    """Central finite differences of step `delta`: error O(delta²) (the paper's method)."""
+
+    name = "fd"
+
+    def step_and_scale(self, grad):
+        return grad.delta, 0.5 / grad.delta
+
+
+class SPSA(Method):
+    """Simultaneous perturbation: every theta and every angle of every token moved at once along
+    a random ±1 direction; unbiased up to O(delta²), averaged over `samples` directions. All
+    2·samples shifted copies of the batch (and, with `base`, the batch itself) go to the backend
+    in one `expectations` call."""
+
+    name, stochastic = "spsa", True
+
+    def evaluations(self, spec, grad):
+        return 1 + 2 * grad.samples
+
+    def jacobians(self, backend, spec, theta, angles, grad, base, components=None):
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(grad.seed if grad.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+        c, n_tok, k = grad.delta, angles.shape[0], grad.samples
+        per_token = theta.dim() == 2
+        d_theta = _rademacher((k, *theta.shape), gen).to(theta)  # (k, |Θ|) or (k, N, |Θ|)
+        d_angles = _rademacher((k, *angles.shape), gen).to(angles)  # (k, N, 2n_q)
+        shifts_theta = torch.stack((d_theta, -d_theta), 1).reshape(2 * k, n_tok if per_token else 1, theta.shape[-1])
+        rows_theta = theta.expand(n_tok, -1) + c * shifts_theta
+        rows_angles = angles + c * torch.stack((d_angles, -d_angles), 1).reshape(2 * k, n_tok, -1)
+        rows = 2 * k * n_tok
+        rows_theta, rows_angles = rows_theta.reshape(rows, theta.shape[-1]), rows_angles.reshape(rows, angles.shape[1])
+        if base:
+            rows_theta = torch.cat((theta.expand(n_tok, -1), rows_theta))
+            rows_angles = torch.cat((angles, rows_angles))
+        out = backend.expectations(spec, rows_theta, rows_angles).reshape(int(base) + 2 * k, n_tok, spec.n_qubits)
+        pairs = out[int(base) :].reshape(k, 2, n_tok, spec.n_qubits)
+        diff = (pairs[:, 0] - pairs[:, 1]) / (2 * c)  # (k, N, n_q); 1/Δ = Δ for ±1 directions
+        d_t = d_theta[:, :, None, :] if per_token else d_theta[:, None, None, :]  # (k, N or 1, 1, |Θ|)
+        j_theta = (diff[..., None] * d_t).mean(0)
+        j_angles = (diff[..., None] * d_angles[:, :, None, :]).mean(0)
+        return j_theta, j_angles, out[0] if base else None
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Make `method` known by its name to every backend of this process (and so to a service's
+    in-process pool); a name already taken is refused. Returns it."""
+    if not (isinstance(method, Method) and isinstance(method.name, str) and method.name.isidentifier()):
+        raise ValueError(f"register takes a Method instance with a name like 'fd', got {method!r}")
+    if method.name in _REGISTRY and _REGISTRY[method.name] is not method:
+        raise ValueError(f"gradient method {method.name!r} is already registered")
+    _REGISTRY[method.name] = method
+    return method
+
+
+for _builtin in (Adjoint(), ParameterShift(), FiniteDifferences(), SPSA()):
+    register(_builtin)
+ADJOINT = _REGISTRY["adjoint"]
+
+
+def names() -> tuple[str, ...]:
+    """Every registered method's name: the built-ins first, then plug-ins and registered ones."""
+    _load_plugins()
+    return tuple(_REGISTRY)
+
+
+def lookup(name: str) -> Method:
+    """The method registered as `name`; ValueError listing the registered names if none is."""
+    if name not in _REGISTRY:
+        _load_plugins()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown gradient method {name!r}; choose one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    """Register the `hyqut.gradients` entry points once per process."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY:
+            continue
+        loaded = ep.load()
+        register(loaded() if isinstance(loaded, type) else loaded)
 
 
 @dataclass(frozen=True)
 class Gradient:
-    """How to differentiate a circuit: the method and its settings (the wire carries them).
+    """How to differentiate a circuit: a registered method's name and its settings (the wire
+    carries them).
 
     delta: the step of `fd` (central differences, error O(delta^2)) and the perturbation of
-    `spsa`. samples: SPSA estimates averaged per call. seed: SPSA's random directions (None draws
-    a fresh seed per call)."""
+    `spsa`. samples: SPSA estimates averaged per call. seed: the random numbers of a stochastic
+    method (SPSA's directions; None draws a fresh seed per call)."""
 
     method: str = "adjoint"
     delta: float = 1e-2
@@ -42,8 +250,10 @@ class Gradient:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.method not in METHODS:
-            problems.append(f"unknown gradient method {self.method!r}; choose one of {', '.join(METHODS)}")
+        try:
+            lookup(self.method)
+        except ValueError as e:
+            problems.append(str(e))
         if not (isinstance(self.delta, (int, float)) and MIN_DELTA <= self.delta <= math.pi):
             problems.append(
                 f"delta must be a finite number > 0, at least {MIN_DELTA:g} and at most π, got {self.delta!r}"
@@ -53,13 +263,18 @@ class Gradient:
         if problems:
             raise ValueError("invalid gradient settings: " + "; ".join(problems))
 
+    @property
+    def rule(self) -> Method:
+        """The registered Method this gradient names."""
+        return lookup(self.method)
+
     def evaluations(self, spec: CircuitSpec) -> int:
-        """Forward evaluations of the batch per call, the forward pass included."""
-        if self.method in ("shift", "fd"):
-            return 1 + 2 * (spec.n_params + spec.n_angles)
-        if self.method == "spsa":
-            return 1 + 2 * self.samples
-        return 1
+        """One-token circuit evaluations of one token's Jacobians (`Method.evaluations`)."""
+        return self.rule.evaluations(spec, self)
+
+    def seeded(self, seed: int) -> Gradient:
+        """These settings with `seed` if the method draws random numbers; else unchanged."""
+        return replace(self, seed=seed) if self.rule.stochastic else self
 
 
 @dataclass(frozen=True)
@@ -96,58 +311,6 @@ class Shifts:
         if not thetas:
             return theta[:0], self.angles[:0]
         return torch.cat(thetas), torch.cat(angles)
-
-
-def shifted_jacobians(
-    backend,
-    spec: CircuitSpec,
-    theta: Tensor,
-    angles: Tensor,
-    grad: Gradient,
-    base: bool = False,
-    components: range | None = None,
-):
-    """`shift` (parameter shift, ±π/2, exact: every angle drives exactly one rotation gate) or
-    `fd` (central differences with step delta), from one `backend.evaluate_shifts` call. Returns
-    (J_theta (N, n_q, |Θ|), J_angles (N, n_q, 2n_q), the expectations (N, n_q) if `base` else
-    None); with `components`, only those columns of [theta | angles], split the same way."""
-    s, scale = (math.pi / 2, 0.5) if grad.method == "shift" else (grad.delta, 0.5 / grad.delta)
-    n_tok, n_params, n_q = angles.shape[0], spec.n_params, spec.n_qubits
-    components = range(n_params + spec.n_angles) if components is None else components
-    out = backend.evaluate_shifts(spec, Shifts(theta, angles, s, components, base))
-    out = out.reshape(int(base) + 2 * len(components), n_tok, n_q)
-    pairs = out[int(base) :].reshape(len(components), 2, n_tok, n_q)  # (K, ±, N, n_q)
-    j = ((pairs[:, 0] - pairs[:, 1]) * scale).permute(1, 2, 0)  # (N, n_q, K)
-    split = len(range(components.start, min(components.stop, n_params)))  # how many are theta's
-    return j[..., :split], j[..., split:], out[0] if base else None
-
-
-def spsa_jacobians(backend, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient, base: bool = False):
-    """Simultaneous perturbation: every theta and every angle of every token moved at once along
-    a random ±1 direction; unbiased up to O(delta^2), averaged over `samples` directions. All
-    2·samples shifted copies of the batch (and, with `base`, the batch itself) go to the backend
-    in one `expectations` call. Returns (J_theta, J_angles, expectations or None)."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(grad.seed if grad.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
-    c, n_tok, k = grad.delta, angles.shape[0], grad.samples
-    per_token = theta.dim() == 2
-    d_theta = _rademacher((k, *theta.shape), gen).to(theta)  # (k, |Θ|) or (k, N, |Θ|)
-    d_angles = _rademacher((k, *angles.shape), gen).to(angles)  # (k, N, 2n_q)
-    shifts_theta = torch.stack((d_theta, -d_theta), 1).reshape(2 * k, n_tok if per_token else 1, theta.shape[-1])
-    rows_theta = theta.expand(n_tok, -1) + c * shifts_theta
-    rows_angles = angles + c * torch.stack((d_angles, -d_angles), 1).reshape(2 * k, n_tok, -1)
-    rows = 2 * k * n_tok
-    rows_theta, rows_angles = rows_theta.reshape(rows, theta.shape[-1]), rows_angles.reshape(rows, angles.shape[1])
-    if base:
-        rows_theta = torch.cat((theta.expand(n_tok, -1), rows_theta))
-        rows_angles = torch.cat((angles, rows_angles))
-    out = backend.expectations(spec, rows_theta, rows_angles).reshape(int(base) + 2 * k, n_tok, spec.n_qubits)
-    pairs = out[int(base) :].reshape(k, 2, n_tok, spec.n_qubits)
-    diff = (pairs[:, 0] - pairs[:, 1]) / (2 * c)  # (k, N, n_q); 1/Δ = Δ for ±1 directions
-    d_t = d_theta[:, :, None, :] if per_token else d_theta[:, None, None, :]  # (k, N or 1, 1, |Θ|)
-    j_theta = (diff[..., None] * d_t).mean(0)
-    j_angles = (diff[..., None] * d_angles[:, :, None, :]).mean(0)
-    return j_theta, j_angles, out[0] if base else None
 
 
 def _rademacher(shape, gen: torch.Generator) -> Tensor:

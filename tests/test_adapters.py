@@ -15,7 +15,6 @@ from qworker import CircuitSpec, Gradient, get_backend
 from qworker.backends import (
     BACKENDS,
     ENTRY_POINT_GROUP,
-    HARDWARE_METHODS,
     MAX_SHOTS,
     Backend,
     LocalBackend,
@@ -27,7 +26,9 @@ from qworker.backends import (
 from qworker.backends.braket_adapter import BraketBackend
 from qworker.backends.pennylane_adapter import PennyLaneBackend
 from qworker.backends.qiskit_adapter import QiskitBackend
-from qworker.gradients import METHODS
+
+SIMULATOR_METHODS = ("adjoint", "shift", "fd", "spsa")  # docs/design.md, "Gradients"
+HARDWARE_METHODS = ("shift", "fd", "spsa")  # no state vector: no adjoint
 
 
 def batch(spec, n_tok, seed=0, per_token_theta=False):
@@ -149,7 +150,6 @@ class FakeDeviceBackend(Backend):
     """A third party's adapter: exact values from `local`, a configurable scale."""
 
     name = "fakedev"
-    methods = HARDWARE_METHODS
 
     def __init__(self, scale: float = 1.0):
         self.scale = scale
@@ -228,7 +228,7 @@ def test_broken_plugin_is_named(plugins, value, words):
 def test_capabilities_of_builtins():
     for name in ("local", "qulacs"):
         caps = get_backend(name).capabilities()
-        assert caps.methods == METHODS and not caps.hardware and caps.max_shots == 0 and caps.max_batch == 0
+        assert caps.methods == SIMULATOR_METHODS and not caps.hardware and caps.max_shots == 0 and caps.max_batch == 0
     shots = get_backend("shots", queue_latency_s=0.25).capabilities()
     assert shots.methods == HARDWARE_METHODS and "adjoint" not in shots.methods
     assert shots.hardware and shots.max_shots == MAX_SHOTS and shots.queue_latency_s == 0.25

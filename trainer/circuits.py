@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import qworker
 from qworker import Backend, Gradient
 from qworker.backends import backend_class
-from qworker.gradients import METHODS
+from qworker.gradients import names as method_names
 
 RAY = "ray"  # --qbackend ray: a qworker service started in this process on a local Ray pool
 
@@ -59,8 +59,8 @@ class Circuits:
                 p.append(f"--qbackend{'-options' if methods is not None else ''}: {e}")
         elif self.options:
             p.append("--qbackend-options are for a backend in this process; a service's backends are set where it runs")
-        if self.grad not in METHODS:
-            p.append(f"--grad: unknown gradient method {self.grad!r}; choose one of {', '.join(METHODS)}")
+        if self.grad not in method_names():
+            p.append(f"--grad: unknown gradient method {self.grad!r}; choose one of {', '.join(method_names())}")
         elif methods is not None and self.grad not in methods:
             p.append(
                 f"gradient method {self.grad!r} is not supported by qbackend {self.backend!r}; choose one of "
@@ -86,15 +86,16 @@ class Circuits:
     def gradient(self) -> Gradient:
         return Gradient(self.grad, delta=self.fd_delta)
 
-    def backend_for(self, seed: int) -> Backend | str:
+    def backend_for(self, seed: int) -> Backend:
         """The backend of one quantum projection: a remote client is shared by every projection (one
-        channel, one thread pool); a sampling backend gets its own fixed `seed`, so runs reproduce."""
+        channel, one thread pool); a backend that draws random numbers (`seeded`) gets its own fixed
+        `seed`, so runs reproduce."""
         if self.remote:
             return _client(self.backend, self.replicas)
         options = self.backend_options()
-        if self.backend == "shots":
+        if backend_class(self.backend).seeded:
             options.setdefault("seed", seed)
-        return qworker.get_backend(self.backend, **options) if options else self.backend
+        return qworker.get_backend(self.backend, **options)
 
 
 def _option_value(text: str) -> int | float | bool | str:

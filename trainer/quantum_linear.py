@@ -9,7 +9,6 @@ same rotation. All tokens of a call go to the backend as one batch.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
@@ -17,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from qworker import Backend, CircuitSpec, Gradient, check_batch, get_backend
-from qworker.backends.local import expectations as local_expectations
 
 
 class QuantumLinear(nn.Module):
@@ -25,9 +23,8 @@ class QuantumLinear(nn.Module):
     batch of tokens and restored.
 
     Init: `compress` and `expand` as nn.Linear (Kaiming-uniform); theta ~ U(-π, π).
-    Gradients: `grad` names the method (adjoint, shift, fd, spsa; settings via `Gradient`). The
-    `local` backend with `adjoint` differentiates by autograd; every other pair goes through the
-    backend's vector-Jacobian product, the path a remote executor takes.
+    Gradients: `grad` names the method (adjoint, shift, fd, spsa, or any registered one; settings
+    via `Gradient`); the backend makes the circuit part of autograd's graph (`Backend.apply`).
 
         >>> layer = QuantumLinear(64, 32, n_qubits=4, n_layers=1)
         >>> layer(torch.randn(2, 8, 64)).shape
@@ -72,13 +69,8 @@ class QuantumLinear(nn.Module):
         seed = int(self.rng[0] + 1_000_003 * self.rng[1]) % 2**63  # this call's; then count it
         self.rng[1] += 1
         start = time.perf_counter()
-        if self.backend.name == "local" and self.grad.method == "adjoint":
-            z = local_expectations(self.spec, theta, angles)
-        else:
-            self.backend.reseed(seed)
-            grad = dataclasses.replace(self.grad, seed=seed) if self.grad.method == "spsa" else self.grad
-            wants_grad = torch.is_grad_enabled() and (theta.requires_grad or angles.requires_grad)
-            z = _CircuitFunction.apply(theta, angles, self.backend, self.spec, grad, wants_grad)
+        self.backend.reseed(seed)
+        z = self.backend.apply(self.spec, theta, angles, self.grad.seeded(seed))
         circuit_clock.seconds += time.perf_counter() - start
         if z.requires_grad and angles.requires_grad:  # time the circuit's backward too
             z.register_hook(circuit_clock.start)
@@ -114,23 +106,3 @@ class CircuitClock:
 
 
 circuit_clock = CircuitClock()
-
-
-class _CircuitFunction(torch.autograd.Function):
-    """Forward: `backend.start`, which returns the expectations and, for a remote backend, has
-    already sent the gradient evaluations (they run while the classical model goes on).
-    Backward: the VJP, awaited only now."""
-
-    @staticmethod
-    def forward(ctx, theta, angles, backend: Backend, spec: CircuitSpec, grad: Gradient, wants_grad: bool) -> Tensor:
-        theta, angles = theta.detach(), angles.detach()
-        if not wants_grad:
-            return backend.expectations(spec, theta, angles)
-        ctx.pending = backend.start(spec, theta, angles, grad)
-        ctx.theta_like, ctx.angles_like = theta.new_empty(0), angles.new_empty(0)
-        return ctx.pending.expectations
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        g_theta, g_angles = ctx.pending.vjp(g.contiguous())  # kept: a retained graph may ask again
-        return g_theta.to(ctx.theta_like), g_angles.to(ctx.angles_like), None, None, None, None

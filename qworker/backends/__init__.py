@@ -15,7 +15,7 @@
 """
 
 from qworker.backends.auto import AutoBackend
-from qworker.backends.base import HARDWARE_METHODS, MAX_SHOTS, Backend, Capabilities, Pending, Usage
+from qworker.backends.base import MAX_SHOTS, Backend, Capabilities, Pending, Usage
 from qworker.backends.local import LocalBackend
 from qworker.backends.mitigation import ReadoutMitigated
 from qworker.backends.qulacs_sim import QulacsBackend
@@ -33,7 +33,6 @@ __all__ = [
     "AutoBackend",
     "BACKENDS",
     "ENTRY_POINT_GROUP",
-    "HARDWARE_METHODS",
     "MAX_SHOTS",
     "Backend",
     "Capabilities",

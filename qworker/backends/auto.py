@@ -16,7 +16,7 @@ class AutoBackend(Backend):
     (equal near 6); adjoint, Qulacs ~1 ms a token against local's ~4-5 ms (equal near 4). Results
     agree to float rounding, not bit for bit: pin `local` where bits matter."""
 
-    name = "auto"
+    name, statevector = "auto", True
     QULACS_BELOW = 5
 
     def __init__(self):

@@ -7,12 +7,19 @@
     backend.capabilities()                   # Capabilities(methods=..., hardware=..., max_shots=...)
     backend.usage                            # Usage(jobs=..., circuits=..., shots=...) spent so far
 
-A subclass gives `expectations` (and, for a simulator, `_adjoint_vjp` / `_adjoint_jacobians`);
-`shift`, `fd` and `spsa` come from `qworker.gradients` on top of `expectations`.
+    z = backend.apply(spec, theta, angles, grad)  # differentiable: torch autograd calls the VJP in backward
+
+A subclass gives `expectations` (and, for a simulator that exposes its state, `statevector = True`
+with `_adjoint_vjp` / `_adjoint_jacobians`); every other gradient method (`qworker.gradients`)
+works on top of `expectations` and `evaluate_shifts`. Class attributes say what a backend is, so
+nothing elsewhere lists backends by name: `statevector` (which methods it can run), `seeded`
+(whether its results draw random numbers: `reseed` and a `seed` option make them reproducible),
+`thread_safe` (whether one instance may serve several threads at once).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +27,7 @@ from torch import Tensor
 
 from qworker import gradients
 from qworker.circuit import CircuitSpec
-from qworker.gradients import Gradient
+from qworker.gradients import Gradient, Shifts, contract
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,8 @@ class Capabilities:
     max_batch: int = 0  # most tokens per batch; 0 for no limit of its own
     queue_latency_s: float = 0.0  # typical wait in the device's queue before a job runs
     shots: int = 0  # shots each circuit is sampled with; 0 for exact expectations
+    seeded: bool = False  # results draw random numbers that the option `seed` fixes
+    options: tuple[str, ...] = ()  # the options it is built with (its constructor's keywords)
 
 
 @dataclass
@@ -65,14 +74,43 @@ class Pending:
         return self._vjp(grad_out)
 
 
+class _class_or_instance:  # noqa: N801 - used as a decorator, like property
+    """A read-only property that answers on the class too (from its class attributes)."""
+
+    def __init__(self, fn):
+        self.fn, self.__doc__ = fn, fn.__doc__
+
+    def __get__(self, obj, cls):
+        return self.fn(cls if obj is None else obj)
+
+
 class Backend:
     """Where circuits run. Subclasses give `expectations`; `adjoint` is each simulator's own."""
 
     name = "?"
-    methods: tuple[str, ...] = gradients.METHODS
+    statevector = False  # exposes its state vector: it can run `adjoint` (and any reverse-mode method)
+    seeded = False  # its results draw random numbers (shots, noise): `reseed` and a `seed` option fix them
+    thread_safe = True  # one instance may evaluate for several threads at once (no generator or cache it mutates)
+
+    @_class_or_instance
+    def methods(self) -> tuple[str, ...]:
+        """The registered gradient methods it can run: all of them on a simulator that exposes its
+        state, those that need only forward evaluations elsewhere (also on the class)."""
+        return tuple(n for n in gradients.names() if self.statevector or gradients.lookup(n).forward_only)
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(self.methods)
+        """What it can do; a subclass adds its own fields through `_capabilities`."""
+        return self._capabilities()
+
+    def _capabilities(self, **fields) -> Capabilities:
+        """Capabilities with what every backend reports from its class (methods, seeding, options)."""
+        return Capabilities(self.methods, seeded=self.seeded, options=self.option_names(), **fields)
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The options it is built with: its constructor's keyword parameters, which check them."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return tuple(p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
     @property
     def usage(self) -> Usage:
@@ -107,16 +145,24 @@ class Backend:
         asked. A remote backend sends the gradient evaluations with the forward call instead, so
         they overlap the classical work."""
         self.check_method(grad)
-        if grad.method == "adjoint":
+        if grad.rule.reverse:
             return Pending(self.expectations(spec, theta, angles), lambda g: self.vjp(spec, theta, angles, g, grad))
         z, j_theta, j_angles = self.forward_and_jacobians(spec, theta, angles, grad)
-        return Pending(z, lambda g: gradients.contract(j_theta, j_angles, g.to(z), theta.dim() == 2))
+        return Pending(z, lambda g: contract(j_theta, j_angles, g.to(z), theta.dim() == 2))
+
+    def apply(self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient) -> Tensor:
+        """<Z_i> (N, n_q) as part of torch's autograd graph: backward differentiates by `grad` (the
+        forward by `start`, the VJP awaited in backward). What a quantum layer calls, whatever the
+        backend and method; a simulator may differentiate by autograd itself (`local` with adjoint)."""
+        if not (torch.is_grad_enabled() and (theta.requires_grad or angles.requires_grad)):
+            return self.expectations(spec, theta.detach(), angles.detach())
+        return _Circuit.apply(theta, angles, self, spec, grad)
 
     def expectations(self, spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
         """<Z_i> of every token, (N, n_q) in the angles' dtype; theta (|Θ|,) or (N, |Θ|) per token."""
         raise NotImplementedError
 
-    def evaluate_shifts(self, spec: CircuitSpec, shifts: gradients.Shifts) -> Tensor:
+    def evaluate_shifts(self, spec: CircuitSpec, shifts: Shifts) -> Tensor:
         """The expectations of every row of a shifted batch, ((base + 2K)·N, n_q): one call (one job
         on hardware). Here the rows are built and evaluated as given; a simulator may use their
         structure instead."""
@@ -126,16 +172,12 @@ class Backend:
         """(d<L>/dtheta, d<L>/dangles (N, 2n_q)) for L = sum(grad_out * expectations), in the
         angles' dtype; the theta part is (|Θ|,) for a shared theta, (N, |Θ|) for a per-token one."""
         self.check_method(grad)
-        per_token, out = theta.dim() == 2, angles.dtype
+        out = angles.dtype
         theta, angles = promoted(theta, angles)
         grad_out = grad_out.to(angles.dtype)
         if angles.shape[0] == 0:
             return theta.new_zeros(theta.shape).to(out), angles.new_zeros(angles.shape).to(out)
-        if grad.method == "adjoint":
-            g_theta, g_angles = self._adjoint_vjp(spec, theta, angles, grad_out)
-        else:
-            _, j_theta, j_angles = self.forward_and_jacobians(spec, theta, angles, grad, expectations=False)
-            g_theta, g_angles = gradients.contract(j_theta, j_angles, grad_out, per_token)
+        g_theta, g_angles = grad.rule.vjp(self, spec, theta, angles, grad_out, grad)
         return g_theta.to(out), g_angles.to(out)
 
     def jacobians(self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient):
@@ -153,11 +195,11 @@ class Backend:
     ) -> tuple[Tensor | None, Tensor, Tensor]:
         """(the expectations (N, n_q), or None without `expectations`; J_theta; J_angles), computed
         in the wider of the two dtypes, returned in the angles'. shift, fd and spsa evaluate the
-        forward in the same batch as the shifts: one backend call. shift and fd take `components`,
-        a range of Jacobian columns over [theta | angles] (a server's work unit)."""
+        forward in the same batch as the shifts: one backend call. A method computed by columns
+        (shift, fd) takes `components`, a range of them over [theta | angles] (a server's work unit)."""
         self.check_method(grad)
-        if components is not None and grad.method not in ("shift", "fd"):
-            raise ValueError(f"components: a range of Jacobian columns is for shift and fd, not {grad.method!r}")
+        if components is not None and not grad.rule.columns:
+            raise ValueError(f"components: method {grad.method!r} does not compute its Jacobian by columns")
         out = angles.dtype
         theta, angles = promoted(theta, angles)
         n_tok, n_q = angles.shape[0], spec.n_qubits
@@ -170,23 +212,15 @@ class Backend:
                 empty.new_zeros(0, n_q, n_theta),
                 empty.new_zeros(0, n_q, len(cols) - n_theta),
             )
-        if grad.method == "adjoint":
-            z = self.expectations(spec, theta, angles) if expectations else None
-            j_theta, j_angles = self._adjoint_jacobians(spec, theta, angles)
-        elif grad.method == "spsa":
-            j_theta, j_angles, z = gradients.spsa_jacobians(self, spec, theta, angles, grad, base=expectations)
-        else:
-            j_theta, j_angles, z = gradients.shifted_jacobians(
-                self, spec, theta, angles, grad, base=expectations, components=components
-            )
+        j_theta, j_angles, z = grad.rule.jacobians(self, spec, theta, angles, grad, expectations, components)
         return (None if z is None else z.to(out)), j_theta.to(out), j_angles.to(out)
 
     def check_method(self, grad: Gradient) -> None:
         if grad.method not in self.methods:
-            why = " (adjoint differentiation needs the state vector, which this backend does not expose)"
+            why = f" ({grad.method} needs the state vector, which this backend does not expose)"
             raise ValueError(
                 f"gradient method {grad.method!r} is not supported by backend {self.name!r}"
-                f"{why if grad.method == 'adjoint' else ''}; choose one of {', '.join(self.methods)}"
+                f"{'' if grad.rule.forward_only else why}; choose one of {', '.join(self.methods)}"
             )
 
     def _adjoint_vjp(self, spec, theta, angles, grad_out):
@@ -202,5 +236,21 @@ def promoted(theta: Tensor, angles: Tensor) -> tuple[Tensor, Tensor]:
     return theta.to(wide), angles.to(wide)
 
 
-HARDWARE_METHODS = ("shift", "fd", "spsa")  # what needs only forward evaluations (no state vector)
+class _Circuit(torch.autograd.Function):
+    """Forward: `backend.start`, which returns the expectations and, for a remote backend, has
+    already sent the gradient evaluations (they run while the classical model goes on).
+    Backward: the VJP, awaited only now."""
+
+    @staticmethod
+    def forward(ctx, theta, angles, backend: Backend, spec: CircuitSpec, grad: Gradient) -> Tensor:
+        ctx.pending = backend.start(spec, theta.detach(), angles.detach(), grad)
+        ctx.theta_like, ctx.angles_like = theta.new_empty(0), angles.new_empty(0)
+        return ctx.pending.expectations
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        g_theta, g_angles = ctx.pending.vjp(g.contiguous())  # kept: a retained graph may ask again
+        return g_theta.to(ctx.theta_like), g_angles.to(ctx.angles_like), None, None, None
+
+
 MAX_SHOTS = 2**20  # most shots per token the shot-based backends accept

@@ -29,7 +29,7 @@ import math
 import numpy as np
 import torch
 
-from qworker.backends.base import HARDWARE_METHODS, MAX_SHOTS, Backend, Capabilities
+from qworker.backends.base import MAX_SHOTS, Backend, Capabilities
 from qworker.circuit import CircuitSpec
 
 LOCAL = "local"  # device: the SDK's LocalSimulator (no AWS account needed)
@@ -44,7 +44,7 @@ class BraketBackend(Backend):
     """
 
     name = "braket"
-    methods = HARDWARE_METHODS
+    thread_safe = False  # keeps a cache of built circuits
 
     def __init__(self, shots: int | None = None, device: str = LOCAL):
         if not (isinstance(shots, int) and 1 <= shots <= MAX_SHOTS):
@@ -67,9 +67,7 @@ class BraketBackend(Backend):
         self._circuits: dict[CircuitSpec, tuple[object, list[str]]] = {}
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            self.methods, hardware=True, max_shots=MAX_SHOTS, max_batch=self.max_executables, shots=self.shots
-        )
+        return self._capabilities(hardware=True, max_shots=MAX_SHOTS, max_batch=self.max_executables, shots=self.shots)
 
     def jobs_for(self, circuits: int) -> int:
         return math.ceil(circuits / self.max_executables) if self.max_executables else int(circuits > 0)

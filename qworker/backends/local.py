@@ -30,6 +30,7 @@ from torch import Tensor
 from qworker import deadline
 from qworker.backends.base import Backend, promoted
 from qworker.circuit import CircuitSpec, Op, check_memory
+from qworker.gradients import ADJOINT
 
 CHUNK_AMPLITUDES = 2**18  # tokens x 2^n per chunk: measured best on a 2-core CPU (bench/vqc.py)
 CUDA_CHUNK_AMPLITUDES = 2**26  # on a GPU: few, large kernels (a float32 register of 512 MB)
@@ -541,7 +542,7 @@ class LocalBackend(Backend):
     """Batched torch statevector simulation (this module): adjoint by autograd; a shifted batch by
     its structure (`shifted`); rows that share theta (spsa's) with shared rotation matrices."""
 
-    name = "local"
+    name, statevector = "local", True
 
     def expectations(self, spec, theta, angles):
         out = angles.dtype
@@ -549,6 +550,12 @@ class LocalBackend(Backend):
         if theta.dim() == 2 and not (theta.requires_grad or angles.requires_grad):
             return _by_blocks(spec, theta, angles).to(out)
         return expectations(spec, theta, angles).to(out)
+
+    def apply(self, spec, theta, angles, grad):
+        if grad.rule is ADJOINT:  # torch autograd through the simulator's hand-written adjoint
+            self.check_method(grad)
+            return expectations(spec, theta, angles)
+        return super().apply(spec, theta, angles, grad)
 
     def evaluate_shifts(self, spec, shifts):
         return shifted(spec, shifts.theta, shifts.angles, shifts.step, shifts.components, shifts.base)

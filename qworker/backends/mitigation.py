@@ -39,9 +39,13 @@ class ReadoutMitigated(Backend):
                 f"mitigate='readout' corrects sampled readout; backend {inner.name!r} returns exact expectations "
                 "here (give it shots)"
             )
-        self.inner, self.name, self.methods = inner, inner.name, inner.methods
+        self.inner, self.name = inner, inner.name
         self.confusion = None if confusion is None else _checked(torch.as_tensor(confusion, dtype=torch.float64))
         self._readings: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # n_q -> (m0, m1)
+
+    statevector = property(lambda self: self.inner.statevector)
+    seeded = property(lambda self: self.inner.seeded)
+    thread_safe = property(lambda self: self.inner.thread_safe)
 
     def capabilities(self) -> Capabilities:
         return self.inner.capabilities()

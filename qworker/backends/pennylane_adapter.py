@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qworker.backends.base import HARDWARE_METHODS, MAX_SHOTS, Backend, Capabilities
+from qworker.backends.base import MAX_SHOTS, Backend, Capabilities
 from qworker.circuit import CircuitSpec
 
 
@@ -37,7 +37,7 @@ class PennyLaneBackend(Backend):
     """
 
     name = "pennylane"
-    methods = HARDWARE_METHODS
+    seeded, thread_safe = True, False  # a sampling seed; devices rebuilt by reseed
 
     def __init__(
         self,
@@ -70,7 +70,7 @@ class PennyLaneBackend(Backend):
             raise ValueError(f"pennylane device {self.device_name!r} cannot be built: {e}") from e
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(self.methods, hardware=True, max_shots=MAX_SHOTS, shots=self.shots or 0)
+        return self._capabilities(hardware=True, max_shots=MAX_SHOTS, shots=self.shots or 0)
 
     def reseed(self, seed: int) -> None:
         """Rebuild the devices with `seed` (a simulator's sampling restarts from it)."""

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from qworker.backends.base import HARDWARE_METHODS, MAX_SHOTS, Backend, Capabilities
+from qworker.backends.base import MAX_SHOTS, Backend, Capabilities
 from qworker.circuit import CircuitSpec
 
 SIMULATORS = ("statevector", "aer")  # the estimators built here when none is given
@@ -79,7 +79,7 @@ class QiskitBackend(Backend):
     """
 
     name = "qiskit"
-    methods = HARDWARE_METHODS
+    seeded, thread_safe = True, False  # one noise generator for the backend's life
 
     def __init__(
         self,
@@ -126,8 +126,8 @@ class QiskitBackend(Backend):
         return StatevectorEstimator(seed=self._rng)  # a Generator, not an int: fresh noise per job
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            self.methods, hardware=True, max_shots=MAX_SHOTS, max_batch=self.max_batch or 0, shots=self.shots or 0
+        return self._capabilities(
+            hardware=True, max_shots=MAX_SHOTS, max_batch=self.max_batch or 0, shots=self.shots or 0
         )
 
     def compiled(self, spec: CircuitSpec) -> _Compiled:

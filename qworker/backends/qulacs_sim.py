@@ -115,7 +115,7 @@ def adjoint_jacobians(spec: CircuitSpec, theta: Tensor, angles: Tensor):
 class QulacsBackend(Backend):
     """Qulacs, one token at a time: the qworker's simulator and an independent reference."""
 
-    name = "qulacs"
+    name, statevector = "qulacs", True
 
     def expectations(self, spec, theta, angles):
         return expectations(spec, theta, angles)

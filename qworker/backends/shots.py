@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from qworker.backends.base import HARDWARE_METHODS, MAX_SHOTS, Backend, Capabilities, promoted
+from qworker.backends.base import MAX_SHOTS, Backend, Capabilities, promoted
 from qworker.backends.local import probabilities
 
 
@@ -22,7 +22,7 @@ class ShotsBackend(Backend):
     waits that long before it runs. Every call is one job of its rows' circuits, counted in `usage`."""
 
     name = "shots"
-    methods = HARDWARE_METHODS
+    seeded, thread_safe = True, False  # one sampling generator for the backend's life
 
     def __init__(
         self,
@@ -48,8 +48,8 @@ class ShotsBackend(Backend):
         self.generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            self.methods, hardware=True, max_shots=MAX_SHOTS, queue_latency_s=self.queue_latency_s, shots=self.shots
+        return self._capabilities(
+            hardware=True, max_shots=MAX_SHOTS, queue_latency_s=self.queue_latency_s, shots=self.shots
         )
 
     def reseed(self, seed: int) -> None:

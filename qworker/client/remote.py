@@ -43,7 +43,7 @@ QUERY_KEYS = ("simulator", "deadline", "tls_root_cert")
 
 class RemoteBackend(Backend):
     """The client of a qworker server. `simulator` picks the server's backend (qulacs, local,
-    shots); `simulator_options` are that backend's (shots, seed, readout_error, depolarizing).
+    shots, a plug-in); `simulator_options` are that backend's (Info lists them: shots, seed, ...).
     `deadline_s` bounds every call; `connect_timeout_s` bounds the first connection."""
 
     def __init__(
@@ -76,12 +76,14 @@ class RemoteBackend(Backend):
                 f"{self.name} speaks circuit spec version {self.info.circuit_version}, this client {CIRCUIT_VERSION}: "
                 "run the same hyqut version on both sides"
             )
-        served = {b.name: tuple(b.gradient_methods) for b in self.info.backends}
+        served = {b.name: b for b in self.info.backends}
         if self.simulator not in served:
             raise ValueError(f"{self.name} does not serve simulator {self.simulator!r}; it has {', '.join(served)}")
-        self.methods = served[self.simulator]
-        b = next(b for b in self.info.backends if b.name == self.simulator)
-        self._capabilities = Capabilities(self.methods, b.hardware, b.max_shots, b.max_batch, b.queue_latency_s)
+        b = served[self.simulator]
+        self._capabilities = Capabilities(
+            tuple(b.gradient_methods), b.hardware, b.max_shots, b.max_batch, b.queue_latency_s,
+            seeded=b.seeded, options=tuple(b.options),
+        )  # fmt: skip
         self.limits = Limits(**{f.name: getattr(self.info.limits, f.name) for f in fields(Limits)})
         self._executor = None
 
@@ -103,10 +105,19 @@ class RemoteBackend(Backend):
     def capabilities(self) -> Capabilities:
         return self._capabilities
 
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The gradient methods the server's backend runs (from its Info)."""
+        return self._capabilities.methods
+
+    @property
+    def seeded(self) -> bool:
+        return self._capabilities.seeded
+
     def reseed(self, seed: int) -> None:
-        """Requests from now on carry seeds `seed`, `seed + 1`, ... when the server's backend samples
-        (hardware and its emulators); exact simulators take no seed."""
-        if not self._capabilities.hardware:
+        """Requests from now on carry seeds `seed`, `seed + 1`, ... when the server's backend draws
+        random numbers (Info's `seeded`: hardware and its emulators); exact simulators take no seed."""
+        if not self.seeded:
             return
         self.options["seed"] = seed
         self._calls = itertools.count()
@@ -115,7 +126,7 @@ class RemoteBackend(Backend):
         """Expectations now; the gradient evaluations sent with them and awaited in `vjp`. With
         adjoint (which needs the upstream gradient) the VJP is requested in `vjp` instead."""
         self.check_method(grad)
-        if grad.method == "adjoint":
+        if grad.rule.reverse:
             return Pending(self.expectations(spec, theta, angles), lambda g: self.vjp(spec, theta, angles, g, grad))
         jacobians = self._submit(spec, theta, angles, "jacobians", grad)
         z = self._evaluate(spec, theta, angles, "expectations").expectations

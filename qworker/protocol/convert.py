@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from qworker.circuit import CircuitSpec
-from qworker.gradients import Gradient
+from qworker.gradients import Gradient, names
 from qworker.protocol.errors import OverLimitError, WireError
 from qworker.protocol.evaluation import Evaluation, Result, circuits_per_token
 from qworker.protocol.limits import Limits, max_tokens
@@ -37,7 +37,8 @@ WIRE_DTYPE = {torch_dtype: wire for wire, (torch_dtype, _) in DTYPES.items()}
 WANT = {pb.WANT_EXPECTATIONS: "expectations", pb.WANT_JACOBIANS: "jacobians", pb.WANT_VJP: "vjp"}
 WANT_WIRE = {name: wire for wire, name in WANT.items()}
 MAX_DIMS = 3  # no tensor of the contract has more
-BACKEND_OPTIONS = ("shots", "seed", "readout_error", "depolarizing")
+NAMED_OPTIONS = ("shots", "seed", "readout_error", "depolarizing")  # Backend's own fields, from before `options`
+OPTION_KINDS = ((bool, "flag"), (int, "integer"), (float, "number"), (str, "text"))  # bool first: it is an int
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def read_header(req: pb.EvaluateRequest) -> Header:
     problems = shape_problems(spec, theta, angles, grad_out)
     if problems:
         raise CircuitInputError("; ".join(problems))
-    options = {k: getattr(req.backend, k) for k in BACKEND_OPTIONS if req.backend.HasField(k)}
+    options = _options(req.backend)
     grad = _gradient(req) if want != "expectations" else None
     components = _components(req, spec, want, grad)
     return Header(
@@ -213,13 +214,39 @@ def _spec(req: pb.EvaluateRequest) -> CircuitSpec:
     return spec
 
 
+def _options(backend: pb.Backend) -> dict:
+    """The backend's options by name, from `options` and the older named fields."""
+    options = {k: getattr(backend, k) for k in NAMED_OPTIONS if backend.HasField(k)}
+    for name, value in backend.options.items():
+        if name in options:
+            raise WireError(f"backend.options[{name!r}]", "given twice (also as backend.{name}); send it once")
+        kind = value.WhichOneof("value")
+        if kind is None:
+            raise WireError(f"backend.options[{name!r}]", "has no value")
+        options[name] = getattr(value, kind)
+    return options
+
+
+def encode_options(options: dict) -> dict[str, pb.OptionValue]:
+    """Backend options (bool, int, float or str values) as the wire's `Backend.options` map."""
+    out = {}
+    for name, value in options.items():
+        kind = next((k for t, k in OPTION_KINDS if isinstance(value, t)), None)
+        if kind is None:
+            raise ValueError(f"backend option {name}={value!r}: only bool, int, float and str values go on the wire")
+        out[name] = pb.OptionValue(**{kind: value})
+    return out
+
+
 def _components(req: pb.EvaluateRequest, spec: CircuitSpec, want: str, grad: Gradient | None) -> range | None:
     if not (req.HasField("first_component") or req.HasField("n_components")):
         return None
     total = spec.n_params + spec.n_angles
     first, n = req.first_component, req.n_components if req.HasField("n_components") else total
-    if want != "jacobians" or grad.method not in ("shift", "fd"):
-        raise WireError("first_component", "a range of Jacobian columns goes with WANT_JACOBIANS by shift or fd only")
+    if want != "jacobians" or not grad.rule.columns:
+        raise WireError(
+            "first_component", "a range of Jacobian columns goes with WANT_JACOBIANS by a method computed by columns"
+        )
     if not (n >= 1 and first + n <= total):
         raise WireError("n_components", f"columns {first}..{first + n - 1} are not within the {total} parameters")
     return range(first, first + n)
@@ -228,7 +255,7 @@ def _components(req: pb.EvaluateRequest, spec: CircuitSpec, want: str, grad: Gra
 def _gradient(req: pb.EvaluateRequest) -> Gradient:
     g = req.gradient
     if not g.method:
-        raise WireError("gradient.method", f"required with {pb.Want.Name(req.want)}: adjoint, shift, fd or spsa")
+        raise WireError("gradient.method", f"required with {pb.Want.Name(req.want)}: one of {', '.join(names())}")
     settings = {k: getattr(g, k) for k in ("delta", "samples", "seed") if g.HasField(k)}
     try:
         return Gradient(g.method, **settings)
@@ -241,7 +268,7 @@ def to_request(ev: Evaluation) -> pb.EvaluateRequest:
     s = ev.spec
     req = pb.EvaluateRequest(
         circuit=pb.Circuit(n_qubits=s.n_qubits, n_layers=s.n_layers, entangler=s.entangler, version=s.version),
-        backend=pb.Backend(name=ev.backend, **ev.options),
+        backend=pb.Backend(name=ev.backend, options=encode_options(ev.options)),
         theta=encode_tensor(ev.theta),
         angles=encode_tensor(ev.angles),
         want=WANT_WIRE[ev.want],

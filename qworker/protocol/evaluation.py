@@ -63,7 +63,7 @@ def circuits_per_token(
         return 1
     if components is not None:  # a shift or fd work unit
         return 2 * len(components) + int(include_expectations)
-    return grad.evaluations(spec) + int(include_expectations and grad.method == "adjoint")
+    return grad.evaluations(spec) + int(include_expectations and grad.rule.reverse)
 
 
 @dataclass(frozen=True)

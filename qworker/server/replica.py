@@ -22,7 +22,6 @@ from qworker.protocol.evaluation import Evaluation, Result, run
 from qworker.protocol.wire import qworker_pb2 as pb
 
 SIMULATORS = ("auto", "qulacs", "local", "shots")
-STATEFUL = ("shots", "qiskit")  # may hold a random generator: built per request, never shared by threads
 
 
 @dataclass(frozen=True)
@@ -60,9 +59,10 @@ def malloc_trim() -> None:
 
 class Replica:
     """One Backend per served name, built by `get_backend` and shared by this process's threads
-    (local and qulacs keep no per-call state). A request with backend options (shots, seed, noise)
-    or for a backend with a random generator gets a fresh backend, so a seeded request always
-    returns the same result (what makes retries safe) and no generator is shared by threads.
+    when it is `thread_safe` (local and qulacs keep no per-call state). A request with backend
+    options (shots, seed, noise), or for a backend that is not thread-safe (a random generator, a
+    cache), gets a fresh backend, so a seeded request always returns the same result (what makes
+    retries safe) and no generator is shared by threads.
     `device` "cuda" runs the `local` simulator on the GPU."""
 
     def __init__(self, names: tuple[str, ...] = SIMULATORS, device: str = "cpu"):
@@ -106,7 +106,7 @@ class Replica:
         """The backend `ev` names, built with its options; ValueError if not served or bad options."""
         if ev.backend not in self.names:
             raise ValueError(f"backend.name: {ev.backend!r} is not served here; choose one of {', '.join(self.names)}")
-        if not ev.options and ev.backend not in STATEFUL:
+        if not ev.options and backend_class(ev.backend).thread_safe:
             return self._backends[ev.backend] if ev.backend in self._backends else get_backend(ev.backend)
         try:
             return get_backend(ev.backend, **ev.options)

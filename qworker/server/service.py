@@ -151,6 +151,8 @@ class QWorkerServicer:
                         max_shots=c.max_shots,
                         max_batch=c.max_batch,
                         queue_latency_s=c.queue_latency_s,
+                        seeded=c.seeded,
+                        options=c.options,
                     )
                     for name, c in self.pool.backends().items()
                 ],

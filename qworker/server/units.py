@@ -41,7 +41,7 @@ def plan(header: Header) -> list[Unit]:
     """The units of a request: one when it is small; else token blocks of a power-of-two size
     sized to UNIT_WORK, times column blocks of UNIT_COMPONENTS for a shift or fd Jacobian."""
     n = header.n_tokens
-    shifted = header.want == "jacobians" and header.grad.method in ("shift", "fd") and header.components is None
+    shifted = header.want == "jacobians" and header.grad.rule.columns and header.components is None
     columns = header.spec.n_params + header.spec.n_angles
     blocks = [range(k, min(k + UNIT_COMPONENTS, columns)) for k in range(0, columns, UNIT_COMPONENTS)]
     per_token = (2 * UNIT_COMPONENTS + 1 if shifted else header.circuits_per_token) << header.spec.n_qubits

@@ -24,41 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehyqut/qworker/v1/qworker.proto\x12\x10hyqut.qworker.v1\"M\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12&\n\x05\x64type\x18\x02 \x01(\x0e\x32\x17.hyqut.qworker.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"Q\n\x07\x43ircuit\x12\x10\n\x08n_qubits\x18\x01 \x01(\r\x12\x10\n\x08n_layers\x18\x02 \x01(\r\x12\x11\n\tentangler\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\"\xab\x01\n\x07\x42\x61\x63kend\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\x05shots\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x01\x88\x01\x01\x12\x1a\n\rreadout_error\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x0c\x64\x65polarizing\x18\x05 \x01(\x01H\x03\x88\x01\x01\x42\x08\n\x06_shotsB\x07\n\x05_seedB\x10\n\x0e_readout_errorB\x0f\n\r_depolarizing\"v\n\x08Gradient\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x12\n\x05\x64\x65lta\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07samples\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x02\x88\x01\x01\x42\x08\n\x06_deltaB\n\n\x08_samplesB\x07\n\x05_seed\"\xb8\x03\n\x0f\x45valuateRequest\x12*\n\x07\x63ircuit\x18\x01 \x01(\x0b\x32\x19.hyqut.qworker.v1.Circuit\x12*\n\x07\x62\x61\x63kend\x18\x02 \x01(\x0b\x32\x19.hyqut.qworker.v1.Backend\x12\'\n\x05theta\x18\x03 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12(\n\x06\x61ngles\x18\x04 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12$\n\x04want\x18\x05 \x01(\x0e\x32\x16.hyqut.qworker.v1.Want\x12*\n\x08grad_out\x18\x06 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12,\n\x08gradient\x18\x07 \x01(\x0b\x32\x1a.hyqut.qworker.v1.Gradient\x12\x1c\n\x14include_expectations\x18\x08 \x01(\x08\x12\x1c\n\x0f\x66irst_component\x18\t \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cn_components\x18\n \x01(\rH\x01\x88\x01\x01\x42\x12\n\x10_first_componentB\x0f\n\r_n_components\"\x9b\x02\n\x10\x45valuateResponse\x12.\n\x0c\x65xpectations\x18\x01 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12\x30\n\x0ejacobian_theta\x18\x02 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12\x31\n\x0fjacobian_angles\x18\x03 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12+\n\tvjp_theta\x18\x04 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12,\n\nvjp_angles\x18\x05 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12\x17\n\x0f\x63ompute_seconds\x18\x06 \x01(\x01\"\r\n\x0bInfoRequest\"\x86\x01\n\x0b\x42\x61\x63kendInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10gradient_methods\x18\x02 \x03(\t\x12\x10\n\x08hardware\x18\x03 \x01(\x08\x12\x11\n\tmax_shots\x18\x04 \x01(\x04\x12\x11\n\tmax_batch\x18\x05 \x01(\x04\x12\x17\n\x0fqueue_latency_s\x18\x06 \x01(\x01\"\xb2\x02\n\x06Limits\x12\x12\n\nmax_qubits\x18\x01 \x01(\r\x12\x12\n\nmax_layers\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x04\x12\x1e\n\x16max_tokens_per_request\x18\x04 \x01(\x04\x12\x11\n\tmax_shots\x18\x05 \x01(\x04\x12\x1c\n\x14max_work_per_request\x18\x07 \x01(\x04\x12\x1b\n\x13max_request_seconds\x18\x08 \x01(\x01\x12\x1a\n\x12\x64\x65\x66\x61ult_deadline_s\x18\t \x01(\x01\x12\x16\n\x0emax_deadline_s\x18\n \x01(\x01\x12\x14\n\x0cmax_inflight\x18\x0b \x01(\r\x12\x11\n\tmax_queue\x18\x0c \x01(\r\x12\x14\n\x0cmax_replicas\x18\r \x01(\rJ\x04\x08\x06\x10\x07\"\x8a\x02\n\x0cInfoResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x15\n\rproto_version\x18\x02 \x01(\r\x12\x17\n\x0f\x63ircuit_version\x18\x03 \x01(\r\x12/\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32\x1d.hyqut.qworker.v1.BackendInfo\x12(\n\x06limits\x18\x05 \x01(\x0b\x32\x18.hyqut.qworker.v1.Limits\x12\x10\n\x08replicas\x18\x06 \x01(\r\x12\x13\n\x0bqueue_depth\x18\x07 \x01(\r\x12\x18\n\x10pending_replicas\x18\x08 \x01(\r\x12\x16\n\x0epending_reason\x18\t \x01(\t\" \n\x0cScaleRequest\x12\x10\n\x08replicas\x18\x01 \x01(\r\"1\n\rScaleResponse\x12\x10\n\x08replicas\x18\x01 \x01(\r\x12\x0e\n\x06target\x18\x02 \x01(\r*-\n\x05\x44Type\x12\x11\n\rDTYPE_FLOAT32\x10\x00\x12\x11\n\rDTYPE_FLOAT64\x10\x01*?\n\x04Want\x12\x15\n\x11WANT_EXPECTATIONS\x10\x00\x12\x12\n\x0eWANT_JACOBIANS\x10\x01\x12\x0c\n\x08WANT_VJP\x10\x02\x32\xed\x01\n\x07QWorker\x12Q\n\x08\x45valuate\x12!.hyqut.qworker.v1.EvaluateRequest\x1a\".hyqut.qworker.v1.EvaluateResponse\x12\x45\n\x04Info\x12\x1d.hyqut.qworker.v1.InfoRequest\x1a\x1e.hyqut.qworker.v1.InfoResponse\x12H\n\x05Scale\x12\x1e.hyqut.qworker.v1.ScaleRequest\x1a\x1f.hyqut.qworker.v1.ScaleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehyqut/qworker/v1/qworker.proto\x12\x10hyqut.qworker.v1\"M\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12&\n\x05\x64type\x18\x02 \x01(\x0e\x32\x17.hyqut.qworker.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"Q\n\x07\x43ircuit\x12\x10\n\x08n_qubits\x18\x01 \x01(\r\x12\x10\n\x08n_layers\x18\x02 \x01(\r\x12\x11\n\tentangler\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\"[\n\x0bOptionValue\x12\x11\n\x07integer\x18\x01 \x01(\x03H\x00\x12\x10\n\x06number\x18\x02 \x01(\x01H\x00\x12\x0e\n\x04\x66lag\x18\x03 \x01(\x08H\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x42\x07\n\x05value\"\xb3\x02\n\x07\x42\x61\x63kend\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\x05shots\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x01\x88\x01\x01\x12\x1a\n\rreadout_error\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x19\n\x0c\x64\x65polarizing\x18\x05 \x01(\x01H\x03\x88\x01\x01\x12\x37\n\x07options\x18\x06 \x03(\x0b\x32&.hyqut.qworker.v1.Backend.OptionsEntry\x1aM\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x05value\x18\x02 \x01(\x0b\x32\x1d.hyqut.qworker.v1.OptionValue:\x02\x38\x01\x42\x08\n\x06_shotsB\x07\n\x05_seedB\x10\n\x0e_readout_errorB\x0f\n\r_depolarizing\"v\n\x08Gradient\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x12\n\x05\x64\x65lta\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07samples\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x02\x88\x01\x01\x42\x08\n\x06_deltaB\n\n\x08_samplesB\x07\n\x05_seed\"\xb8\x03\n\x0f\x45valuateRequest\x12*\n\x07\x63ircuit\x18\x01 \x01(\x0b\x32\x19.hyqut.qworker.v1.Circuit\x12*\n\x07\x62\x61\x63kend\x18\x02 \x01(\x0b\x32\x19.hyqut.qworker.v1.Backend\x12\'\n\x05theta\x18\x03 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12(\n\x06\x61ngles\x18\x04 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12$\n\x04want\x18\x05 \x01(\x0e\x32\x16.hyqut.qworker.v1.Want\x12*\n\x08grad_out\x18\x06 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12,\n\x08gradient\x18\x07 \x01(\x0b\x32\x1a.hyqut.qworker.v1.Gradient\x12\x1c\n\x14include_expectations\x18\x08 \x01(\x08\x12\x1c\n\x0f\x66irst_component\x18\t \x01(\rH\x00\x88\x01\x01\x12\x19\n\x0cn_components\x18\n \x01(\rH\x01\x88\x01\x01\x42\x12\n\x10_first_componentB\x0f\n\r_n_components\"\x9b\x02\n\x10\x45valuateResponse\x12.\n\x0c\x65xpectations\x18\x01 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12\x30\n\x0ejacobian_theta\x18\x02 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12\x31\n\x0fjacobian_angles\x18\x03 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12+\n\tvjp_theta\x18\x04 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12,\n\nvjp_angles\x18\x05 \x01(\x0b\x32\x18.hyqut.qworker.v1.Tensor\x12\x17\n\x0f\x63ompute_seconds\x18\x06 \x01(\x01\"\r\n\x0bInfoRequest\"\xa7\x01\n\x0b\x42\x61\x63kendInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10gradient_methods\x18\x02 \x03(\t\x12\x10\n\x08hardware\x18\x03 \x01(\x08\x12\x11\n\tmax_shots\x18\x04 \x01(\x04\x12\x11\n\tmax_batch\x18\x05 \x01(\x04\x12\x17\n\x0fqueue_latency_s\x18\x06 \x01(\x01\x12\x0e\n\x06seeded\x18\x07 \x01(\x08\x12\x0f\n\x07options\x18\x08 \x03(\t\"\xb2\x02\n\x06Limits\x12\x12\n\nmax_qubits\x18\x01 \x01(\r\x12\x12\n\nmax_layers\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x04\x12\x1e\n\x16max_tokens_per_request\x18\x04 \x01(\x04\x12\x11\n\tmax_shots\x18\x05 \x01(\x04\x12\x1c\n\x14max_work_per_request\x18\x07 \x01(\x04\x12\x1b\n\x13max_request_seconds\x18\x08 \x01(\x01\x12\x1a\n\x12\x64\x65\x66\x61ult_deadline_s\x18\t \x01(\x01\x12\x16\n\x0emax_deadline_s\x18\n \x01(\x01\x12\x14\n\x0cmax_inflight\x18\x0b \x01(\r\x12\x11\n\tmax_queue\x18\x0c \x01(\r\x12\x14\n\x0cmax_replicas\x18\r \x01(\rJ\x04\x08\x06\x10\x07\"\x8a\x02\n\x0cInfoResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x15\n\rproto_version\x18\x02 \x01(\r\x12\x17\n\x0f\x63ircuit_version\x18\x03 \x01(\r\x12/\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32\x1d.hyqut.qworker.v1.BackendInfo\x12(\n\x06limits\x18\x05 \x01(\x0b\x32\x18.hyqut.qworker.v1.Limits\x12\x10\n\x08replicas\x18\x06 \x01(\r\x12\x13\n\x0bqueue_depth\x18\x07 \x01(\r\x12\x18\n\x10pending_replicas\x18\x08 \x01(\r\x12\x16\n\x0epending_reason\x18\t \x01(\t\" \n\x0cScaleRequest\x12\x10\n\x08replicas\x18\x01 \x01(\r\"1\n\rScaleResponse\x12\x10\n\x08replicas\x18\x01 \x01(\r\x12\x0e\n\x06target\x18\x02 \x01(\r*-\n\x05\x44Type\x12\x11\n\rDTYPE_FLOAT32\x10\x00\x12\x11\n\rDTYPE_FLOAT64\x10\x01*?\n\x04Want\x12\x15\n\x11WANT_EXPECTATIONS\x10\x00\x12\x12\n\x0eWANT_JACOBIANS\x10\x01\x12\x0c\n\x08WANT_VJP\x10\x02\x32\xed\x01\n\x07QWorker\x12Q\n\x08\x45valuate\x12!.hyqut.qworker.v1.EvaluateRequest\x1a\".hyqut.qworker.v1.EvaluateResponse\x12\x45\n\x04Info\x12\x1d.hyqut.qworker.v1.InfoRequest\x1a\x1e.hyqut.qworker.v1.InfoResponse\x12H\n\x05Scale\x12\x1e.hyqut.qworker.v1.ScaleRequest\x1a\x1f.hyqut.qworker.v1.ScaleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hyqut.qworker.v1.qworker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=2052
-  _globals['_DTYPE']._serialized_end=2097
-  _globals['_WANT']._serialized_start=2099
-  _globals['_WANT']._serialized_end=2162
+  _globals['_BACKEND_OPTIONSENTRY']._loaded_options = None
+  _globals['_BACKEND_OPTIONSENTRY']._serialized_options = b'8\001'
+  _globals['_DTYPE']._serialized_start=2314
+  _globals['_DTYPE']._serialized_end=2359
+  _globals['_WANT']._serialized_start=2361
+  _globals['_WANT']._serialized_end=2424
   _globals['_TENSOR']._serialized_start=52
   _globals['_TENSOR']._serialized_end=129
   _globals['_CIRCUIT']._serialized_start=131
   _globals['_CIRCUIT']._serialized_end=212
-  _globals['_BACKEND']._serialized_start=215
-  _globals['_BACKEND']._serialized_end=386
-  _globals['_GRADIENT']._serialized_start=388
-  _globals['_GRADIENT']._serialized_end=506
-  _globals['_EVALUATEREQUEST']._serialized_start=509
-  _globals['_EVALUATEREQUEST']._serialized_end=949
-  _globals['_EVALUATERESPONSE']._serialized_start=952
-  _globals['_EVALUATERESPONSE']._serialized_end=1235
-  _globals['_INFOREQUEST']._serialized_start=1237
-  _globals['_INFOREQUEST']._serialized_end=1250
-  _globals['_BACKENDINFO']._serialized_start=1253
-  _globals['_BACKENDINFO']._serialized_end=1387
-  _globals['_LIMITS']._serialized_start=1390
-  _globals['_LIMITS']._serialized_end=1696
-  _globals['_INFORESPONSE']._serialized_start=1699
-  _globals['_INFORESPONSE']._serialized_end=1965
-  _globals['_SCALEREQUEST']._serialized_start=1967
-  _globals['_SCALEREQUEST']._serialized_end=1999
-  _globals['_SCALERESPONSE']._serialized_start=2001
-  _globals['_SCALERESPONSE']._serialized_end=2050
-  _globals['_QWORKER']._serialized_start=2165
-  _globals['_QWORKER']._serialized_end=2402
+  _globals['_OPTIONVALUE']._serialized_start=214
+  _globals['_OPTIONVALUE']._serialized_end=305
+  _globals['_BACKEND']._serialized_start=308
+  _globals['_BACKEND']._serialized_end=615
+  _globals['_BACKEND_OPTIONSENTRY']._serialized_start=484
+  _globals['_BACKEND_OPTIONSENTRY']._serialized_end=561
+  _globals['_GRADIENT']._serialized_start=617
+  _globals['_GRADIENT']._serialized_end=735
+  _globals['_EVALUATEREQUEST']._serialized_start=738
+  _globals['_EVALUATEREQUEST']._serialized_end=1178
+  _globals['_EVALUATERESPONSE']._serialized_start=1181
+  _globals['_EVALUATERESPONSE']._serialized_end=1464
+  _globals['_INFOREQUEST']._serialized_start=1466
+  _globals['_INFOREQUEST']._serialized_end=1479
+  _globals['_BACKENDINFO']._serialized_start=1482
+  _globals['_BACKENDINFO']._serialized_end=1649
+  _globals['_LIMITS']._serialized_start=1652
+  _globals['_LIMITS']._serialized_end=1958
+  _globals['_INFORESPONSE']._serialized_start=1961
+  _globals['_INFORESPONSE']._serialized_end=2227
+  _globals['_SCALEREQUEST']._serialized_start=2229
+  _globals['_SCALEREQUEST']._serialized_end=2261
+  _globals['_SCALERESPONSE']._serialized_start=2263
+  _globals['_SCALERESPONSE']._serialized_end=2312
+  _globals['_QWORKER']._serialized_start=2427
+  _globals['_QWORKER']._serialized_end=2664
 # @@protoc_insertion_point(module_scope)

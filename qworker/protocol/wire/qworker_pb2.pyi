@@ -45,19 +45,40 @@ class Circuit(_message.Message):
     version: int
     def __init__(self, n_qubits: _Optional[int] = ..., n_layers: _Optional[int] = ..., entangler: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
+class OptionValue(_message.Message):
+    __slots__ = ("integer", "number", "flag", "text")
+    INTEGER_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    FLAG_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    integer: int
+    number: float
+    flag: bool
+    text: str
+    def __init__(self, integer: _Optional[int] = ..., number: _Optional[float] = ..., flag: _Optional[bool] = ..., text: _Optional[str] = ...) -> None: ...
+
 class Backend(_message.Message):
-    __slots__ = ("name", "shots", "seed", "readout_error", "depolarizing")
+    __slots__ = ("name", "shots", "seed", "readout_error", "depolarizing", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: OptionValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[OptionValue, _Mapping]] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHOTS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     READOUT_ERROR_FIELD_NUMBER: _ClassVar[int]
     DEPOLARIZING_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     shots: int
     seed: int
     readout_error: float
     depolarizing: float
-    def __init__(self, name: _Optional[str] = ..., shots: _Optional[int] = ..., seed: _Optional[int] = ..., readout_error: _Optional[float] = ..., depolarizing: _Optional[float] = ...) -> None: ...
+    options: _containers.MessageMap[str, OptionValue]
+    def __init__(self, name: _Optional[str] = ..., shots: _Optional[int] = ..., seed: _Optional[int] = ..., readout_error: _Optional[float] = ..., depolarizing: _Optional[float] = ..., options: _Optional[_Mapping[str, OptionValue]] = ...) -> None: ...
 
 class Gradient(_message.Message):
     __slots__ = ("method", "delta", "samples", "seed")
@@ -116,20 +137,24 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class BackendInfo(_message.Message):
-    __slots__ = ("name", "gradient_methods", "hardware", "max_shots", "max_batch", "queue_latency_s")
+    __slots__ = ("name", "gradient_methods", "hardware", "max_shots", "max_batch", "queue_latency_s", "seeded", "options")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_METHODS_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     MAX_SHOTS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     QUEUE_LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    SEEDED_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     gradient_methods: _containers.RepeatedScalarFieldContainer[str]
     hardware: bool
     max_shots: int
     max_batch: int
     queue_latency_s: float
-    def __init__(self, name: _Optional[str] = ..., gradient_methods: _Optional[_Iterable[str]] = ..., hardware: _Optional[bool] = ..., max_shots: _Optional[int] = ..., max_batch: _Optional[int] = ..., queue_latency_s: _Optional[float] = ...) -> None: ...
+    seeded: bool
+    options: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., gradient_methods: _Optional[_Iterable[str]] = ..., hardware: _Optional[bool] = ..., max_shots: _Optional[int] = ..., max_batch: _Optional[int] = ..., queue_latency_s: _Optional[float] = ..., seeded: _Optional[bool] = ..., options: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_qubits", "max_layers", "max_message_bytes", "max_tokens_per_request", "max_shots", "max_work_per_request", "max_request_seconds", "default_deadline_s", "max_deadline_s", "max_inflight", "max_queue", "max_replicas")
