@@ -69,8 +69,13 @@ def test_every_backend_gives_the_autograd_gradients(backend, grad):
 
 def test_low_precision_input_runs_the_circuit_in_float32():
     q = layer().to(torch.bfloat16)
-    y = q(torch.randn(4, 12, dtype=torch.bfloat16))
+    x = torch.randn(4, 12, dtype=torch.bfloat16)
+    y = q(x)
     assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    # the same bf16 weights and input, computed in float32 throughout: equal to a few bf16 roundings
+    # (2^-8 relative each) of values below 1
+    want = copy.deepcopy(q).float()(x.float())
+    torch.testing.assert_close(y.float(), want, atol=2e-2, rtol=0)
 
 
 @pytest.mark.parametrize("grad", ["adjoint", "shift"])
