@@ -107,7 +107,9 @@ def evaluation(dtype=torch.float32, want="vjp", n=6, spec=SPEC) -> Evaluation:
 def test_request_round_trip(want, dtype):
     ev = evaluation(dtype, want)
     req = pb.EvaluateRequest.FromString(to_request(ev).SerializeToString())
-    assert check_request(req, Limits()).token_circuits == ev.token_circuits
+    # 6 tokens: one circuit each for expectations; spsa's forward and both sides of its 3 directions
+    circuits = {"expectations": 6 * 1, "jacobians": 6 * (1 + 2 * 3), "vjp": 6 * (1 + 2 * 3)}[want]
+    assert check_request(req, Limits()).token_circuits == ev.token_circuits == circuits
     back = to_evaluation(req)
     assert (back.spec, back.backend, back.want, back.grad, back.options) == (
         ev.spec,
