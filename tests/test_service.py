@@ -241,7 +241,11 @@ def test_metrics_count_requests_circuits_and_errors(server, channel):
     seconds = time.monotonic() - start
     with pytest.raises(grpc.RpcError):
         stub.Evaluate(request(backend="nope"), timeout=10)
-    after = scrape(server[0])
+    # a refused call is counted as its handler ends, just after its status went out: until the
+    # latency of both calls (its last figure) is in, the page may not hold it yet
+    deadline, latency = time.monotonic() + 10, ("hyqut_qworker_request_seconds_count", frozenset({("rpc", "Evaluate")}))
+    while (after := scrape(server[0])).get(latency, 0) < before.get(latency, 0) + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
 
     def added(name: str, **labels) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
