@@ -131,6 +131,11 @@ def test_max_tokens_fits_the_limits():
     assert 1 <= n <= 500 and n * ev.circuits_per_token * 2**ev.spec.n_qubits <= 10**6
     jac_bytes = n * ev.spec.n_qubits * (ev.spec.n_params + ev.spec.n_angles) * 4
     assert jac_bytes < 2**20
+    # the most that fit, not merely some: a token of this request is 1 + 2 x 3 spsa circuits of 3
+    # qubits (7 x 2^3 amplitude-circuits) and ~0.3 kB, so here the token limit binds...
+    assert n == 500
+    # ...and with room for 123 tokens' work and a little more, the work limit does
+    assert fit(Limits(max_work_per_request=123 * 7 * 2**3 + 55)) == 123
     assert fit(Limits(max_work_per_request=1)) == 1  # never 0: one token always goes
 
 
