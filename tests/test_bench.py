@@ -57,6 +57,7 @@ def test_vqc_contended_measures_each_cell_twice():
     measured = [r for r in out if r["backend"] == "local" and r["status"] == "ok"]
     assert len(measured) == 5  # forward, adjoint, shift, fd, spsa
     for r in measured:  # the same N both times: the ratio of the times is the ratio of the two rates
+        assert r["contended_circuits_per_s"] is not None, r  # measured beside the competitor too (else: its note)
         assert r["contended_circuits_per_s"] > 0 and r["circuits_per_s"] > 0, r
         quiet_over_busy = r["contended_circuits_per_s"] / r["circuits_per_s"]
         assert r["contended_vs_quiet"] == pytest.approx(quiet_over_busy, rel=1e-2, abs=1e-3), r
