@@ -308,6 +308,33 @@ def test_reproduction_shows_the_tables_its_results_generate(monkeypatch):
 
 
 @pytest.mark.slow
+def test_fd_check_compares_the_gradients_of_the_runs_own_weights(tmp_path, cache_dir):
+    """bench/fd_check.py at tiny size: the checkpoints' weights and batches are the run's (their loss
+    on the next batch is the loss the run logged for that step), and the fd gradient of the circuits'
+    θ is the adjoint one shrunk by sin(δ)/δ (each θ enters one rotation: the expectation is a sinusoid
+    in it), along the same direction."""
+    env = {**os.environ, "HYQUT_CACHE": str(cache_dir)}
+    argv = ["--model", "tiny", "--steps", "4", "--save-every", "2", "--checkpoints", "0", "2", "4"]
+    argv += ["--deltas", "0.1", "0.001", "--batch-size", "2", "--check-batch", "1"]
+    bench("bench/fd_check.py", *argv, "--out", str(tmp_path), "--results", str(tmp_path / "r"), env=env, timeout=900)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["step"], r["delta"]) for r in result["rows"]] == [(s, d) for s in (0, 2, 4) for d in (0.1, 0.001)]
+    checks = {w["step"]: w for w in result["weights_check"]}
+    for step in (0, 2):
+        assert checks[step]["loss"] == pytest.approx(checks[step]["logged"], abs=1e-4), checks[step]
+    assert checks[4]["logged"] is None  # the run's last step: no next step logged
+    for r in result["rows"]:
+        theta, whole = r["groups"]["circuit θ"], r["groups"]["whole model"]
+        assert theta["cosine"] > 1 - 1e-6 and whole["cosine"] > 1 - 1e-6, r
+        if r["delta"] == 0.1:
+            assert theta["rel_error"] == pytest.approx(1 - math.sin(0.1) / 0.1, rel=0.05), r
+        assert whole["rel_error"] < 1e-2 and whole["params"] == sum(
+            r["groups"][g]["params"] for g in ("circuit θ", "compress", "expand", "classical rest")
+        )
+    assert "| 2 | 0.1 | 1.7e-03 |" in (tmp_path / "r.md").read_text()
+
+
+@pytest.mark.slow
 def test_device_script_dry_run(tmp_path, cache_dir):
     """bench/device.sh, the GPU machine's one prepared run, at tiny sizes on the CPU: every step
     runs and lands in its table."""
