@@ -184,7 +184,8 @@ def whole_split(out: Path, steps: int, windows: int | None) -> dict | None:
     """The final weights on the validation split (bench/validation.py): computed from model.pt, or
     read from the run directory where a run came back without its weights; None if neither."""
     if (out / "model.pt").exists():
-        return evaluate_run(out, windows)
+        result = evaluate_run(out, windows)
+        return result if result["step"] == steps else None  # weights of an earlier step: not the final ones
     kept = out / CACHE_FILE
     if kept.exists() and (result := json.loads(kept.read_text()))["step"] == steps:
         return result
@@ -355,7 +356,7 @@ def windows_phrase(windows: int, split_windows: int | None, context: int) -> str
 def val_label(v: dict) -> str:
     """The validation column's header: which windows its numbers used."""
     if v["split_windows"] is not None and v["windows"] >= v["split_windows"]:
-        return "whole split"
+        return "whole split" if v["split_windows"] > 1 else "the split's only window"
     return f"first {v['windows']} windows"
 
 
@@ -363,17 +364,19 @@ def validation_note(study: dict) -> str:
     """Which validation the table's numbers used, and what their intervals leave out."""
     c, v = study["config"], study["config"]["validation"]
     where = windows_phrase(v["windows"], v["split_windows"], c["context"])
-    tokens = f"{v['windows'] * c['context']:,} tokens"
+    if v["windows"] > 1:
+        where += f" ({v['windows'] * c['context']:,} tokens)"
+    these = "these windows" if v["windows"] > 1 else "this window"
     if v["measure"] == "split":
         se = [r["val_se_windows"] for r in study["summary"]]
         return (
-            f"Validation: each run's final weights on {where} ({tokens}); standard error of a run's loss over "
+            f"Validation: each run's final weights on {where}; standard error of a run's loss over "
             f"the windows {min(se):.4f}-{max(se):.4f}. The intervals are over seeds; the windows' own sampling "
             "error of each Δ is below the table."
         )
     return (
-        f"Validation: the loss the trainer logged at the last step, on {where} ({tokens}). The intervals are "
-        "over seeds and leave out the sampling error of these windows."
+        f"Validation: the loss the trainer logged at the last step, on {where}. The intervals are over seeds and "
+        f"leave out the sampling error of {these}."
     )
 
 
@@ -388,7 +391,7 @@ def report(study: dict) -> str:
         passes = f" ({seen:.2f} passes over the training data)"
     lines = [
         f"{c['model']} on {c['dataset']}: {c['steps']} steps of {c['batch_size']} x {c['context']} tokens"
-        f"{passes}, seeds {', '.join(map(str, c['seeds']))}, "
+        f"{passes}, seed{'s' if len(c['seeds']) > 1 else ''} {', '.join(map(str, c['seeds']))}, "
         f"learning rate{'s' if len(c['lrs']) > 1 else ''} {lrs}; extra flags: {' '.join(c['extra']) or 'none'}",
         "",
         validation_note(study),
@@ -495,8 +498,9 @@ def plot(study: dict, path: Path) -> None:
         ylabel=f"training loss (centred {SMOOTH}-step mean, nats/token)",
         title=f"{c['model']} on {c['dataset']}: training ({seeds})",
     )
-    logged = f"first {c['validation'].get('logged_windows', c['validation']['windows'])} windows"
-    ax_val.set(xlabel="step", ylabel=f"validation loss as logged ({logged}, nats/token)", title="validation")
+    v = c["validation"]
+    logged = {**v, "windows": v.get("logged_windows", v["windows"])}
+    ax_val.set(xlabel="step", ylabel=f"validation loss as logged ({val_label(logged)}, nats/token)", title="validation")
     if sweep:
         ax = axes[2]
         measure = c["validation"]["measure"]
