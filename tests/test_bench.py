@@ -245,6 +245,42 @@ def test_study_compares_each_variant_at_the_rate_its_held_out_training_loss_choo
     assert "sweep" not in one and one["summary"][0]["val_loss_mean"] == 5.0
 
 
+def test_validation_takes_the_trainers_windows_in_order_one_loss_each(monkeypatch):
+    """bench/validation.py: window i of the split is tokens[i·T : i·T + T + 1], as the trainer's
+    evaluate() takes them, and its loss is the model's mean cross-entropy on that window alone (so
+    the mean of the first n is the trainer's logged loss over n windows)."""
+    import numpy as np
+    import torch
+
+    from trainer.batches import BatchSampler
+    from trainer.config import from_preset
+    from trainer.model import Transformer
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    validation = importlib.import_module("validation")
+    cfg = from_preset("tiny", context=16, vocab_size=64)
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    tokens = np.random.default_rng(0).integers(0, 64, size=5 * 16 + 3).astype(np.uint16)  # 5 windows, 2 spare
+    losses = validation.window_losses(model, tokens, 16, batch=2)
+    assert len(losses) == 5
+    with torch.no_grad():
+        for loss, (x, y) in zip(losses, BatchSampler(tokens, 1, 16, shuffle=False)):
+            assert loss == pytest.approx(model(x, y)[1].item(), abs=1e-5)
+    assert validation.window_losses(model, tokens, 16, windows=3) == pytest.approx(losses[:3], abs=1e-6)
+    mean, se = validation.mean_se([1.0, 2.0, 3.0])
+    assert mean == 2.0 and se == pytest.approx(1.0 / 3**0.5)
+
+
+def test_study_reads_the_validation_a_run_came_back_with(tmp_path, monkeypatch):
+    """A run collected without its weights (a GPU machine's logs) keeps its whole-split validation
+    if validation.json is of its final step; an earlier step's is not used."""
+    study = load_study(monkeypatch)
+    (tmp_path / "validation.json").write_text(json.dumps({"step": 300, "windows": 127, "loss": 5.0}))
+    assert study.whole_split(tmp_path, 300, None)["loss"] == 5.0
+    assert study.whole_split(tmp_path, 400, None) is None
+
+
 @pytest.mark.slow
 def test_study_sweeps_learning_rates_and_keeps_the_runs_it_has(tmp_path, cache_dir):
     """--lrs: every variant x rate x seed, each in its own directory, except that the runs at the
