@@ -578,7 +578,12 @@ def main(argv: list[str] | None = None) -> int:
     variants = [Variant.parse(v, args.model) for v in args.variants]
     lrs = args.lrs or [None]
     start = time.time()
-    runs = [collect(v, s, run(v, s, lr, args), args, lr) for v in variants for lr in lrs for s in args.seeds]
+    done = {}  # trained seed by seed (every variant and rate of a seed, then the next): a stopped
+    for s in args.seeds:  # sweep has whole seeds to report
+        for v in variants:
+            for lr in lrs:
+                done[v.name, lr, s] = collect(v, s, run(v, s, lr, args), args, lr)
+    runs = [done[v.name, lr, s] for v in variants for lr in lrs for s in args.seeds]
     context = from_preset(args.model).context
     extra_context = [args.extra[i + 1] for i, f in enumerate(args.extra) if f == "--context"]
     config = {k: getattr(args, k) for k in ("model", "dataset", "variants", "seeds", "steps", "batch_size", "extra")}
