@@ -24,12 +24,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError, TaskCancelledError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from qworker.backends import Capabilities, Usage
 from qworker.protocol import shards
@@ -37,6 +39,7 @@ from qworker.protocol.errors import HandleGone, PoolNotReady, ReplicasDied, Scal
 from qworker.protocol.evaluation import Header
 from qworker.protocol.limits import Limits
 from qworker.protocol.wire import qworker_pb2 as pb
+from qworker.server.faults import Faults, kill
 from qworker.server.in_process import InProcessPool
 from qworker.server.replica import SIMULATORS, Replica, ReplicaStats
 from qworker.server.resident import Handles, Held, Resident
@@ -82,8 +85,9 @@ class ReplicaActor:
         if running is not None and running[0] == key:
             running[1].set()
 
-    def node(self) -> str:
-        return ray.util.get_node_ip_address()
+    def where(self) -> tuple[str, int]:
+        """The IP of its node and its process id."""
+        return ray.util.get_node_ip_address(), os.getpid()
 
 
 @dataclass(eq=False)
@@ -96,6 +100,7 @@ class _Member:
     in_flight: int = 0
     served: int = 0  # requests sent to it
     node: str = ""  # IP of its Ray node, once warm
+    pid: int = 0  # its process, once warm
     since: float = field(default_factory=time.monotonic)  # when it was asked for
     evaluations: int = 0  # results it returned
     busy_s: float = 0.0  # seconds it spent on them, measured in the replica
@@ -107,6 +112,8 @@ class RayPool:
     local Ray). Each asks Ray for `cpus` CPUs (its torch threads), `gpus` GPUs and, when
     `resource` is set, one unit of that custom resource (so it lands only on simulator nodes).
     A request waits up to its timeout for a live replica, then fails UNAVAILABLE (PoolNotReady).
+    With `node` (a Ray node id) every replica is placed on that node and nowhere else: the pool of
+    a per-node frontend (server/frontends.py), bounded by what that node holds.
 
     Construct it in the main thread (it may start a local Ray, whose processes die with the thread
     that started them); use it from one event loop."""
@@ -122,6 +129,8 @@ class RayPool:
         inline_work: int = 0,
         max_replicas: int | None = None,
         resident: tuple[int, float] = (Limits.max_resident_bytes, Limits.resident_ttl_s),
+        node: str | None = None,
+        faults: Faults | None = None,
     ):
         if replicas < 0 or cpus < 0 or gpus < 0:
             raise ValueError(f"replicas, cpus and gpus must be >= 0 (got {replicas}, {cpus}, {gpus})")
@@ -134,6 +143,7 @@ class RayPool:
         self.names, self.target = tuple(names), replicas
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        self.node, self.faults = node, faults or Faults()
         self._threads = max(1, int(cpus))
         # OpenMP set before the replica imports torch: its CPUs as threads, and idle threads that
         # sleep instead of spinning against whatever shares the node (trainer/threads.py)
@@ -144,6 +154,7 @@ class RayPool:
             resources={resource: 1} if resource else None,
             max_restarts=-1,
             runtime_env={"env_vars": openmp},
+            scheduling_strategy=None if node is None else NodeAffinitySchedulingStrategy(node, soft=False),
         )
         self._asks = {"CPU": cpus, "GPU": gpus, **({resource: 1.0} if resource else {})}  # per replica
         self._max_replicas = max_replicas
@@ -178,20 +189,30 @@ class RayPool:
 
     @property
     def max_replicas(self) -> int:
-        """Scale's bound: as given, or as many replicas as the Ray cluster's resources hold now."""
+        """Scale's bound: as given, or as many replicas as the Ray cluster's resources (with a
+        node, that node's) hold now."""
         if self._max_replicas is not None:
             return self._max_replicas
-        total = ray.cluster_resources()
+        total = ray.cluster_resources() if self.node is None else self._node_resources()
         fits = [int(total.get(name, 0) // amount) for name, amount in self._asks.items() if amount > 0]
         return min(fits) if fits else 0
+
+    def _node_resources(self) -> dict[str, float]:
+        """What this pool's node offers in all (nothing once it has left the cluster)."""
+        return next((n["Resources"] for n in ray.nodes() if n["NodeID"] == self.node and n["Alive"]), {})
 
     def pending(self) -> dict:
         """Replicas asked for that Ray has not placed (or started) yet, and why: for Info."""
         waiting = [m for m in list(self._members) if m.state == "warming" and time.monotonic() - m.since > PENDING_S]
         if not waiting:
             return {}
-        free = ray.available_resources()
         needs = ", ".join(f"{a:g} {name}" for name, a in self._asks.items() if a > 0)
+        if self.node is not None:
+            total = self._node_resources()
+            has = ", ".join(f"{total.get(name, 0):g} {name}" for name, a in self._asks.items() if a > 0)
+            reason = f"waiting for Ray to place them on this node: each needs {needs}; the node has {has} in all"
+            return {"pending_replicas": len(waiting), "pending_reason": reason + " (scale down)"}
+        free = ray.available_resources()
         has = ", ".join(f"{free.get(name, 0):g} {name}" for name, a in self._asks.items() if a > 0)
         return {
             "pending_replicas": len(waiting),
@@ -261,6 +282,10 @@ class RayPool:
         whole = shards.assemble(header, plan, parts)
         if not header.keep_jacobians:
             return whole.SerializeToString()
+        if self.faults.due("kill-keeper"):  # a test's fault (server/faults.py): the Jacobians die here
+            for member in {r for _, r in answers if r is not INLINE}:
+                log.warning("fault kill-keeper: killing replica %s (pid %d)", member.name, member.pid)
+                kill(member.pid)
         return self._with_handle(whole, [Held(u, r, p.handle) for u, (_, r), p in zip(plan, answers, parts)])
 
     def _with_handle(self, response: pb.EvaluateResponse, held: list[Held]) -> bytes:
@@ -420,7 +445,7 @@ class RayPool:
         whose start fails is replaced."""
         while True:
             try:
-                member.node = await _awaitable(member.actor.node.remote())
+                member.node, member.pid = await _awaitable(member.actor.where.remote())
                 state = "live"
             except ActorUnavailableError:  # Ray is restarting it: ask again
                 if member.state in ("warming", "failed"):

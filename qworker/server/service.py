@@ -20,7 +20,9 @@ import asyncio
 import ctypes
 import gc
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -39,6 +41,7 @@ from qworker.protocol.wire import qworker_pb2 as pb
 from qworker.server.admission import Admission, Refused
 from qworker.server.auth import TokenAuthInterceptor
 from qworker.server.autoscale import Autoscaler, Policy
+from qworker.server.faults import Faults, kill
 from qworker.server.in_process import InProcessPool
 from qworker.server.metrics import ServiceMetrics
 from qworker.server.pool import Pool
@@ -53,6 +56,8 @@ ANSWER_MARGIN_S = 0.2  # a request stops waiting for a replica this long before 
 PARSE_INLINE_BYTES = 1 << 20  # larger requests are parsed on a thread, off the event loop
 TRIM_EVERY_S = 1.0
 TRIMS_AFTER_BURST = 3  # quiet looks that collect and trim after a burst (buffers are freed late)
+HEALTH_EVERY_S = 0.5  # a frontend's health follows its node's live replicas this often
+WILDCARDS = ("0.0.0.0", "::", "")
 
 
 @dataclass
@@ -89,6 +94,10 @@ class ServerConfig:
     resident_ttl_s: float = Limits.resident_ttl_s  # unused kept Jacobians expire after this
     metrics_port: int | None = None  # Prometheus metrics over HTTP on this port (0: any free one)
     grace_s: float = 10.0  # on stop/SIGTERM, in-flight calls get this long to finish
+    advertise: str | None = None  # HOST[:PORT] clients reach this server at (the bound port when none);
+    # None: --host, or this machine's address when --host is a wildcard. Answers with a handle name it.
+    node: str | None = None  # Ray node id: replicas on this node only, health SERVING while one is live
+    # (a per-node frontend, server/frontends.py)
 
     @property
     def limits(self) -> Limits:
@@ -109,8 +118,11 @@ class QWorkerServicer:
     mapping, so a malformed request is INVALID_ARGUMENT (grpc's own deserializer would say
     INTERNAL); Evaluate answers with the replica's bytes."""
 
-    def __init__(self, pool: Pool, cfg: ServerConfig, metrics: ServiceMetrics):
-        self.pool, self.cfg, self.limits, self.metrics = pool, cfg, cfg.limits, metrics
+    def __init__(self, pool: Pool, cfg: ServerConfig, metrics: ServiceMetrics, faults: Faults):
+        self.pool, self.cfg, self.limits, self.metrics, self.faults = pool, cfg, cfg.limits, metrics, faults
+        self.frontend = ""  # host:port clients reach this server at (set once bound)
+        self.frontends: list[str] = []  # every frontend of the cluster (set by server/frontends.py)
+        self._frontend_field = b""  # EvaluateResponse.frontend, encoded: appended to a keep answer
         queue = lambda: cfg.max_queue if cfg.max_queue is not None else 4 * self._max_inflight()  # noqa: E731
         self.admission = Admission(self._max_inflight, queue)
         metrics.queue_depth.set_function(lambda: self.admission.depth)
@@ -132,10 +144,21 @@ class QWorkerServicer:
                 backend=header.backend if served else "?", gradient=header.grad.method if header.grad else "none"
             )
             labels["circuits"] = header.token_circuits
+            if header.handle and self.faults.due("exit-on-handle"):  # a test's fault (server/faults.py)
+                log.warning("fault exit-on-handle: this frontend's process exits now")
+                kill(os.getpid())
             async with self.admission.slot():
-                return await self.pool.evaluate(request, header, self._timeout(context), req)
+                data = await self.pool.evaluate(request, header, self._timeout(context), req)
+            # a keep answer names where its handle lives: protobuf merges concatenated messages, so
+            # the field is appended to the replica's bytes without decoding them
+            return data + self._frontend_field if header.keep_jacobians else data
 
         return await self._answer("Evaluate", context, work, labels)
+
+    def reached_at(self, address: str) -> None:
+        """Clients reach this server at `address` (host:port): Info and keep answers say so."""
+        self.frontend = address
+        self._frontend_field = pb.EvaluateResponse(frontend=address).SerializeToString()
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         """Seconds the evaluation may take: the client's deadline (or the server's default, when the
@@ -176,6 +199,8 @@ class QWorkerServicer:
                 ),
                 replicas=self.pool.replicas,
                 queue_depth=self.admission.depth,
+                frontend=self.frontend,
+                frontends=self.frontends or [self.frontend],
                 **self.pool.pending(),
             )
 
@@ -268,15 +293,22 @@ class QWorkerServer:
         self,
         runner: _Loop,
         grpc_server: grpc.aio.Server,
-        pool,
+        servicer: QWorkerServicer,
         health_servicer,
         metrics: ServiceMetrics,
         autoscaler: Autoscaler | None = None,
     ):
-        self._loop, self.grpc_server, self.pool = runner, grpc_server, pool
+        self._loop, self.grpc_server, self.servicer, self.pool = runner, grpc_server, servicer, servicer.pool
         self.health, self.metrics, self.autoscaler = health_servicer, metrics, autoscaler
+        self.faults = servicer.faults
         self._started, self._start_error = threading.Event(), None
         self._tasks: list[asyncio.Future] = []
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        """host:port clients reach this server at (what keep answers and Info name)."""
+        return self.servicer.frontend
 
     def start(self) -> None:
         """Answer calls now (health NOT_SERVING); SERVING once the pool has started."""
@@ -309,12 +341,30 @@ class QWorkerServer:
             return
         finally:
             self._started.set()
-        for name in ("", SERVICE):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(True)
         log.info("qworker pool ready: %s", ", ".join(self.pool.backends()))
         self._tasks.append(asyncio.ensure_future(self._trim_when_idle()))
+        if self.servicer.cfg.node is not None:
+            self._tasks.append(asyncio.ensure_future(self._health_follows_replicas()))
         if self.autoscaler is not None:
             self._tasks.append(asyncio.ensure_future(self.autoscaler.run()))
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE):
+            await self.health.set(name, status)
+
+    async def _health_follows_replicas(self) -> None:
+        """A per-node frontend is SERVING while its node has a live replica: clients that spread
+        their calls over the frontends (round_robin with health checks) pass over one whose
+        replicas are all restarting instead of waiting on it. A handle's call still reaches it."""
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_EVERY_S)
+            if (self.pool.replicas > 0) != serving:
+                serving = not serving
+                log.warning("%s: %s", "a replica is live again" if serving else "no live replica", self.address)
+                await self._set_health(serving)
 
     async def _trim_when_idle(self) -> None:
         """Give memory back to the system after a burst: gRPC holds a request's bytes in many small
@@ -334,7 +384,11 @@ class QWorkerServer:
             seen = now
 
     def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING at once, then let in-flight calls finish within `grace` seconds."""
+        """Health NOT_SERVING at once, then let in-flight calls finish within `grace` seconds (once:
+        a stopped server stays stopped)."""
+        if self._stopped:
+            return
+        self._stopped = True
 
         async def stop():
             await self.health.enter_graceful_shutdown()
@@ -370,7 +424,9 @@ def create_server(cfg: ServerConfig) -> tuple[QWorkerServer, int]:
         raise ValueError("--autoscale sets the replicas of a Ray pool: serve with --replicas N, not --in-process")
     if cfg.autoscale is not None and cfg.max_replicas is not None and cfg.autoscale.high > cfg.max_replicas:
         raise ValueError(f"--autoscale MAX {cfg.autoscale.high} is above --max-replicas {cfg.max_replicas}")
-    resident = (cfg.max_resident_mb * 2**20, cfg.resident_ttl_s)
+    if cfg.node is not None and cfg.replicas is None:
+        raise ValueError("a server pinned to a Ray node (a per-node frontend) needs a Ray pool: --replicas N")
+    resident, faults = (cfg.max_resident_mb * 2**20, cfg.resident_ttl_s), Faults()
     if cfg.replicas is None:
         pool = InProcessPool(cfg.simulators, cfg.workers, resident)
     else:
@@ -387,23 +443,47 @@ def create_server(cfg: ServerConfig) -> tuple[QWorkerServer, int]:
             cfg.inline_work,
             cfg.max_replicas if cfg.max_replicas is not None or cfg.autoscale is None else cfg.autoscale.high,
             resident,
+            cfg.node,
+            faults,
         )
     metrics = ServiceMetrics(cfg.metrics_port, cfg.host)
     metrics.watch(pool)
     runner = _Loop()
     try:
-        grpc_server, health_servicer, port, servicer = runner.run(_build(cfg, pool, metrics))
+        grpc_server, health_servicer, port, servicer = runner.run(_build(cfg, pool, metrics, faults))
     except BaseException:
         metrics.close()
         runner.close()
         raise
+    servicer.reached_at(advertised(cfg, port))
     autoscaler = None
     if cfg.autoscale is not None:
         autoscaler = Autoscaler(pool, cfg.autoscale, lambda: servicer.admission.waiting + pool.waiting, metrics)
-    return QWorkerServer(runner, grpc_server, pool, health_servicer, metrics, autoscaler), port
+    return QWorkerServer(runner, grpc_server, servicer, health_servicer, metrics, autoscaler), port
 
 
-async def _build(cfg: ServerConfig, pool, metrics: ServiceMetrics):
+def advertised(cfg: ServerConfig, port: int) -> str:
+    """host:port clients reach a server bound to `port` at: --advertise (with the bound port when it
+    names none), else --host, else (a wildcard host) this machine's address."""
+    given = cfg.advertise or cfg.host
+    host, colon, tail = given.rpartition(":")
+    if colon and tail.isdigit() and (given.count(":") == 1 or host.endswith("]")):
+        return given  # HOST:PORT
+    host = machine_address() if given in WILDCARDS else given
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def machine_address() -> str:
+    """This machine's address on its default route (no packet is sent), or its name's."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+        except OSError:
+            return socket.gethostbyname(socket.gethostname())
+
+
+async def _build(cfg: ServerConfig, pool, metrics: ServiceMetrics, faults: Faults):
     limit = cfg.limits.max_message_bytes
     interceptors = []
     if cfg.token:
@@ -417,7 +497,7 @@ async def _build(cfg: ServerConfig, pool, metrics: ServiceMetrics):
             ("grpc.so_reuseport", 0),  # a second server on a taken port fails instead of sharing it
         ],
     )
-    servicer = QWorkerServicer(pool, cfg, metrics)
+    servicer = QWorkerServicer(pool, cfg, metrics, faults)
     server.add_generic_rpc_handlers((_handlers(servicer),))
     health_servicer = health.aio.HealthServicer()
     for name in ("", SERVICE):

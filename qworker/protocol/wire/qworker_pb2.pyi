@@ -121,7 +121,7 @@ class EvaluateRequest(_message.Message):
     def __init__(self, circuit: _Optional[_Union[Circuit, _Mapping]] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., theta: _Optional[_Union[Tensor, _Mapping]] = ..., angles: _Optional[_Union[Tensor, _Mapping]] = ..., want: _Optional[_Union[Want, str]] = ..., grad_out: _Optional[_Union[Tensor, _Mapping]] = ..., gradient: _Optional[_Union[Gradient, _Mapping]] = ..., include_expectations: _Optional[bool] = ..., first_component: _Optional[int] = ..., n_components: _Optional[int] = ..., keep_jacobians: _Optional[bool] = ..., handle: _Optional[str] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
-    __slots__ = ("expectations", "jacobian_theta", "jacobian_angles", "vjp_theta", "vjp_angles", "compute_seconds", "handle")
+    __slots__ = ("expectations", "jacobian_theta", "jacobian_angles", "vjp_theta", "vjp_angles", "compute_seconds", "handle", "frontend")
     EXPECTATIONS_FIELD_NUMBER: _ClassVar[int]
     JACOBIAN_THETA_FIELD_NUMBER: _ClassVar[int]
     JACOBIAN_ANGLES_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class EvaluateResponse(_message.Message):
     VJP_ANGLES_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     HANDLE_FIELD_NUMBER: _ClassVar[int]
+    FRONTEND_FIELD_NUMBER: _ClassVar[int]
     expectations: Tensor
     jacobian_theta: Tensor
     jacobian_angles: Tensor
@@ -136,7 +137,8 @@ class EvaluateResponse(_message.Message):
     vjp_angles: Tensor
     compute_seconds: float
     handle: str
-    def __init__(self, expectations: _Optional[_Union[Tensor, _Mapping]] = ..., jacobian_theta: _Optional[_Union[Tensor, _Mapping]] = ..., jacobian_angles: _Optional[_Union[Tensor, _Mapping]] = ..., vjp_theta: _Optional[_Union[Tensor, _Mapping]] = ..., vjp_angles: _Optional[_Union[Tensor, _Mapping]] = ..., compute_seconds: _Optional[float] = ..., handle: _Optional[str] = ...) -> None: ...
+    frontend: str
+    def __init__(self, expectations: _Optional[_Union[Tensor, _Mapping]] = ..., jacobian_theta: _Optional[_Union[Tensor, _Mapping]] = ..., jacobian_angles: _Optional[_Union[Tensor, _Mapping]] = ..., vjp_theta: _Optional[_Union[Tensor, _Mapping]] = ..., vjp_angles: _Optional[_Union[Tensor, _Mapping]] = ..., compute_seconds: _Optional[float] = ..., handle: _Optional[str] = ..., frontend: _Optional[str] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -195,7 +197,7 @@ class Limits(_message.Message):
     def __init__(self, max_qubits: _Optional[int] = ..., max_layers: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_tokens_per_request: _Optional[int] = ..., max_shots: _Optional[int] = ..., max_work_per_request: _Optional[int] = ..., max_request_seconds: _Optional[float] = ..., default_deadline_s: _Optional[float] = ..., max_deadline_s: _Optional[float] = ..., max_inflight: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_replicas: _Optional[int] = ..., max_resident_bytes: _Optional[int] = ..., resident_ttl_s: _Optional[float] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("server_version", "proto_version", "circuit_version", "backends", "limits", "replicas", "queue_depth", "pending_replicas", "pending_reason")
+    __slots__ = ("server_version", "proto_version", "circuit_version", "backends", "limits", "replicas", "queue_depth", "pending_replicas", "pending_reason", "frontend", "frontends")
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTO_VERSION_FIELD_NUMBER: _ClassVar[int]
     CIRCUIT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -205,6 +207,8 @@ class InfoResponse(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     PENDING_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     PENDING_REASON_FIELD_NUMBER: _ClassVar[int]
+    FRONTEND_FIELD_NUMBER: _ClassVar[int]
+    FRONTENDS_FIELD_NUMBER: _ClassVar[int]
     server_version: str
     proto_version: int
     circuit_version: int
@@ -214,7 +218,9 @@ class InfoResponse(_message.Message):
     queue_depth: int
     pending_replicas: int
     pending_reason: str
-    def __init__(self, server_version: _Optional[str] = ..., proto_version: _Optional[int] = ..., circuit_version: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., replicas: _Optional[int] = ..., queue_depth: _Optional[int] = ..., pending_replicas: _Optional[int] = ..., pending_reason: _Optional[str] = ...) -> None: ...
+    frontend: str
+    frontends: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, server_version: _Optional[str] = ..., proto_version: _Optional[int] = ..., circuit_version: _Optional[int] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., replicas: _Optional[int] = ..., queue_depth: _Optional[int] = ..., pending_replicas: _Optional[int] = ..., pending_reason: _Optional[str] = ..., frontend: _Optional[str] = ..., frontends: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScaleRequest(_message.Message):
     __slots__ = ("replicas",)
