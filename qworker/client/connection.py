@@ -1,8 +1,10 @@
-"""A channel to one qworker server: the token, TLS, a deadline on every call, and retries of
-UNAVAILABLE; the errors a call ends in, as exceptions.
+"""A channel to a qworker server, or to several frontends (client/targets.py): the token, TLS, a
+deadline on every call, and retries of UNAVAILABLE; the errors a call ends in, as exceptions.
 
     connection = Connection("127.0.0.1:50051", token="...", deadline_s=60)
     info = connection.call("Info", pb.InfoRequest())
+    spread = Connection(parse("10.0.0.5:50051,10.0.0.6:50051"))    # round_robin over both
+    one = Connection("10.0.0.6:50051", pinned=True)                # that one, or a quick UNAVAILABLE
     admin_call("grpc://127.0.0.1:50051", "Scale", pb.ScaleRequest(replicas=4))
 """
 
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit
 import grpc
 from prometheus_client import REGISTRY, Counter
 
+from qworker.client.targets import SPREAD_CONFIG, Target
 from qworker.protocol.metadata import REQUEST_ID, RETRY_AFTER, bearer
 from qworker.protocol.wire import qworker_pb2_grpc as pb_grpc
 
@@ -56,20 +59,28 @@ RECOMPUTES = Counter(
 
 
 class Connection:
-    """A channel to one qworker server: the token, TLS, a deadline and an id for every call, and
-    retries of UNAVAILABLE and of a full server's RESOURCE_EXHAUSTED (counted in RETRIES).
+    """A channel to a qworker server (or to the frontends of a spread `Target`, by round_robin over
+    those that are SERVING): the token, TLS, a deadline and an id for every call, and retries of
+    UNAVAILABLE and of a full server's RESOURCE_EXHAUSTED (counted in RETRIES).
+    `pinned`: this one server or nothing (a handle's call, which only it can answer): a call does
+    not wait for it to come back, and UNAVAILABLE is not retried. `tls_name`: the name its TLS
+    certificate is checked against (a frontend reached by the address it gave, under a DNS name).
     Picklable: a copy reconnects on first use."""
 
     def __init__(
         self,
-        target: str,
+        target: str | Target,
         token: str | None = None,
         root_cert: str | Path | bytes | None = None,
         deadline_s: float = 60.0,
         connect_timeout_s: float = 10.0,
+        pinned: bool = False,
+        tls_name: str | None = None,
     ):
-        self.target, self.name = target, f"grpc://{target}"
+        self.target = target if isinstance(target, Target) else Target(target, target)
+        self.name = f"grpc://{self.target.given}"
         self.deadline_s, self.connect_timeout_s = deadline_s, connect_timeout_s
+        self.pinned, self.tls_name = pinned, tls_name
         token = token or os.environ.get("HYQUT_TOKEN")
         self._metadata = bearer(token) if token else None
         self._root_cert = root_cert if isinstance(root_cert, bytes | None) else Path(root_cert).read_bytes()
@@ -87,7 +98,7 @@ class Connection:
             left = deadline - time.monotonic()
             try:
                 WIRE_BYTES.labels("sent").inc(request.ByteSize())
-                response = method(request, timeout=max(left, 0.001), metadata=metadata, wait_for_ready=True)
+                response = method(request, timeout=max(left, 0.001), metadata=metadata, wait_for_ready=not self.pinned)
                 WIRE_BYTES.labels("received").inc(response.ByteSize())
                 return response
             except grpc.RpcError as e:
@@ -99,10 +110,9 @@ class Connection:
                     continue
                 raise self._error(rpc, e, request_id) from None
 
-    @staticmethod
-    def _retry_after(e: grpc.RpcError, delay: float) -> float | None:
+    def _retry_after(self, e: grpc.RpcError, delay: float) -> float | None:
         """Seconds to wait before retrying `e`, or None if it is not to be retried."""
-        if e.code() == grpc.StatusCode.UNAVAILABLE:
+        if e.code() == grpc.StatusCode.UNAVAILABLE and not self.pinned:
             return delay * random.uniform(0.5, 1.5)
         hint = (
             dict(e.trailing_metadata() or ()).get(RETRY_AFTER)
@@ -126,18 +136,32 @@ class Connection:
         if self._stub is not None:
             return self._stub
         options = [("grpc.max_receive_message_length", 2**31 - 1), ("grpc.max_send_message_length", 2**31 - 1)]
+        if self.target.spread:  # gRPC's round_robin over the frontends that are up and SERVING
+            options.append(("grpc.service_config", SPREAD_CONFIG))
+        target = self.target.channel
         if self._root_cert is not None:
-            channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(self._root_cert), options)
+            if self.tls_name or self.target.tls_name:  # not the channel target's own authority
+                options.append(("grpc.ssl_target_name_override", self.tls_name or self.target.tls_name))
+            channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(self._root_cert), options)
         else:
-            channel = grpc.insecure_channel(self.target, options)
+            channel = grpc.insecure_channel(target, options)
+        if self.pinned:  # a call finds out itself, at once, whether the server is there
+            self._channel, self._stub = channel, pb_grpc.QWorkerStub(channel)
+            return self._stub
         try:
             grpc.channel_ready_future(channel).result(timeout=self.connect_timeout_s)
         except grpc.FutureTimeoutError:
             channel.close()
             tls = "with TLS" if self._root_cert is not None else "without TLS"
+            port = self.target.given.rsplit(":", 1)[-1]
+            if self.target.spread:
+                raise ConnectionError(
+                    f"no qworker frontend answered SERVING at {self.name} within {self.connect_timeout_s:g} s "
+                    f"(connecting {tls}); are they up, and their replicas live (python -m qworker info)?"
+                ) from None
             raise ConnectionError(
                 f"no qworker answered at {self.name} within {self.connect_timeout_s:g} s (connecting {tls}); "
-                f"is `python -m qworker serve --port {self.target.rsplit(':', 1)[-1]}` running there?"
+                f"is `python -m qworker serve --port {port}` running there?"
             ) from None
         self._channel, self._stub = channel, pb_grpc.QWorkerStub(channel)
         return self._stub
@@ -154,6 +178,8 @@ class Connection:
 def admin_call(address: str, rpc: str, request, tls_root_cert: Path | None = None):
     """One Info or Scale call to the server at grpc://host:port (token from $HYQUT_TOKEN)."""
     parts = urlsplit(address)
+    if parts.scheme == "grpc" and "," in parts.netloc:
+        raise ValueError(f"{address!r} names several frontends: name one (grpc://host:port); each scales its node")
     if parts.scheme != "grpc" or not parts.hostname or not parts.port:
         raise ValueError(f"bad qworker address {address!r}: expected grpc://host:port")
     connection = Connection(parts.netloc, root_cert=tls_root_cert)

@@ -2,6 +2,7 @@
 
     backend = get_backend("grpc://127.0.0.1:50051")               # = RemoteBackend(...)
     backend = get_backend("grpc://10.0.0.5:50051?simulator=local&deadline=120&tls_root_cert=ca.pem")
+    backend = get_backend("grpc://10.0.0.5:50051,10.0.0.6:50051")  # calls spread over two frontends
     z = backend.expectations(spec, theta, angles)                 # the server's "auto" by default
 
     pending = backend.start(spec, theta, angles, Gradient("fd"))  # expectations now, Jacobians
@@ -15,11 +16,19 @@ an id (`x-request-id`, in the server's logs and in errors). A call that fails UN
 server restarting, no live replica yet), or RESOURCE_EXHAUSTED with a retry-after hint (the server
 full), is retried with backoff until that deadline (an evaluation is a pure function of its
 request, so a retry is safe); nothing else is retried.
+
+Several frontends (a list of addresses, or a DNS name with several; client/targets.py): calls are
+spread over those that are SERVING by gRPC's round_robin, the Jacobian requests on a channel of
+their own (so they alternate over the frontends whatever the forward calls between them do), and
+the backward of kept Jacobians goes to the frontend that answered their handle (its answer names
+it). If that frontend is gone (UNAVAILABLE), the VJP is recomputed from the inputs through the
+others at once, as when the handle is NOT_FOUND.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields, replace
@@ -33,12 +42,15 @@ from qworker.backends import Backend, Capabilities, Pending
 from qworker.circuit import VERSION as CIRCUIT_VERSION
 from qworker.circuit import CircuitSpec
 from qworker.client.connection import RECOMPUTES, Connection, RemoteError
+from qworker.client.targets import parse
 from qworker.gradients import Gradient, contract
 from qworker.protocol import shards
 from qworker.protocol.convert import encode_tensor, to_request, to_result
 from qworker.protocol.evaluation import Evaluation, Header, Result
 from qworker.protocol.limits import Limits, max_tokens
 from qworker.protocol.wire import qworker_pb2 as pb
+
+log = logging.getLogger("qworker.client")
 
 QUERY_KEYS = ("simulator", "deadline", "tls_root_cert", "jacobians")
 JACOBIANS = ("kept", "dense")  # where a shifted method's Jacobians live between forward and backward
@@ -65,20 +77,31 @@ class RemoteBackend(Backend):
         parts = urlsplit(address)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         unknown = set(query) - set(QUERY_KEYS)
-        if parts.scheme != "grpc" or not parts.hostname or not parts.port or unknown:
-            raise ValueError(
-                f"bad qworker address {address!r}: expected grpc://host:port[?{'=..&'.join(QUERY_KEYS)}=..]"
-            )
+        usage = f"expected grpc://host:port[,host:port...][?{'=..&'.join(QUERY_KEYS)}=..]"
+        if parts.scheme != "grpc" or not parts.netloc or unknown:
+            raise ValueError(f"bad qworker address {address!r}: {usage}")
+        try:
+            target = parse(parts.netloc)
+        except ValueError as e:
+            raise ValueError(f"bad qworker address {address!r}: {e}; {usage}") from None
         where = jacobians or query.get("jacobians", "kept")
         if where not in JACOBIANS:
             raise ValueError(f"jacobians={where!r}: choose one of {', '.join(JACOBIANS)}")
         self.kept = where == "kept"
-        self.name = f"grpc://{parts.netloc}"
+        self.name = f"grpc://{parts.netloc}"  # the frontends as given
         self.simulator = simulator or query.get("simulator", "auto")
         self.options = simulator_options
         cert = tls_root_cert or query.get("tls_root_cert")
         deadline_s = float(deadline_s or query.get("deadline", 60.0))
-        self.connection = Connection(parts.netloc, token, cert, deadline_s, connect_timeout_s)
+        self.connection = Connection(target, token, cert, deadline_s, connect_timeout_s)
+        # Jacobian requests round-robin on a channel of their own: on the shared one, a fixed order of
+        # calls (a layer's Jacobians, then its expectations, ...) would put every Jacobian on one frontend
+        self._jacobian_connection = (
+            Connection(target, token, cert, deadline_s, connect_timeout_s) if target.spread else self.connection
+        )
+        self._to_frontend = (token, cert, deadline_s, connect_timeout_s)
+        self._frontends: dict[str, Connection] = {}  # pinned connections, by the address a frontend gave
+        self._lock = threading.Lock()
         self._calls = itertools.count()  # varies a seeded shots backend's seed from call to call
         self.info = self._info()
         if self.info.circuit_version != CIRCUIT_VERSION:
@@ -144,29 +167,51 @@ class RemoteBackend(Backend):
             z = self._evaluate(spec, theta, angles, "expectations").expectations
             return Pending(z, lambda g: contract(*jacobians.result().jacobians, g.to(z), theta.dim() == 2))
         header, units, requests = self._requests(spec, theta, angles, "jacobians", grad, keep=True)
-        kept = [self._pool().submit(self.connection.call, "Evaluate", r) for r in requests]
+        kept = [self._pool().submit(self._jacobian_connection.call, "Evaluate", r) for r in requests]
         z = self._evaluate(spec, theta, angles, "expectations").expectations
         return Pending(z, lambda g: self._vjp_of_kept(header, units, requests, kept, g, like=angles))
 
     def _vjp_of_kept(self, header: Header, units: list, requests: list, kept: list[Future], g: Tensor, like: Tensor):
-        """The VJP of each request's kept Jacobians; one whose handle is gone (NOT_FOUND: evicted,
-        expired, its replica or the server restarted) is sent again with its inputs, which gives
+        """The VJP of each request's kept Jacobians, asked of the frontend that holds them; one
+        whose handle is gone (NOT_FOUND: evicted, expired, its replica or the server restarted) or
+        whose frontend is (UNAVAILABLE there) is sent again with its inputs, through any frontend:
         the same bits (counted in RECOMPUTES)."""
         g = g.to(like.dtype)
 
         def one(i: int) -> pb.EvaluateResponse:
             rows = g[units[i].tokens.start : units[i].tokens.stop]
-            handle = kept[i].result().handle  # a failed keep request raises its own error here
+            answer = kept[i].result()  # a failed keep request raises its own error here
+            connection = self._holder(answer.frontend)
             try:
-                return self.connection.call("Evaluate", _by_handle(requests[i], handle, rows))
+                return connection.call("Evaluate", _by_handle(requests[i], answer.handle, rows))
             except RemoteError as e:
-                if e.code != grpc.StatusCode.NOT_FOUND:
+                gone = e.code == grpc.StatusCode.NOT_FOUND or (
+                    connection.pinned and e.code == grpc.StatusCode.UNAVAILABLE
+                )
+                if not gone:
                     raise
             RECOMPUTES.inc()
             return self.connection.call("Evaluate", _with_inputs(requests[i], rows))
 
         answers = [one(0)] if len(units) == 1 else list(self._pool().map(one, range(len(units))))
         return _result(replace(header, want="vjp", keep_jacobians=False), units, answers, like).vjp
+
+    def _holder(self, frontend: str) -> Connection:
+        """Where a handle's call goes: the frontend that gave it (`frontend`, from its answer) when
+        the calls are spread over several and it is one of them; else the one channel."""
+        if not (self.connection.target.spread and frontend):
+            return self.connection
+        with self._lock:
+            if frontend not in self._frontends:
+                if not self.connection.target.owns(frontend):  # the token goes only where the user said
+                    log.warning("%s: a frontend gave an address that is not among them: %s", self.name, frontend)
+                    return self.connection
+                token, cert, deadline_s, connect_timeout_s = self._to_frontend
+                tls_name = self.connection.target.name
+                self._frontends[frontend] = Connection(
+                    frontend, token, cert, deadline_s, connect_timeout_s, pinned=True, tls_name=tls_name
+                )
+            return self._frontends[frontend]
 
     # -- the wire --------------------------------------------------------------------------
 
@@ -235,14 +280,17 @@ class RemoteBackend(Backend):
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = None
-        self.connection.close()
+        for connection in (self.connection, self._jacobian_connection, *self._frontends.values()):
+            connection.close()
+        self._frontends = {}
 
     def __getstate__(self) -> dict:  # picklable and deep-copyable: the copy reconnects on use
-        return dict(self.__dict__, _executor=None, _calls=next(self._calls), info=self.info.SerializeToString())
+        state = dict(self.__dict__, _executor=None, _calls=next(self._calls), info=self.info.SerializeToString())
+        return dict(state, _frontends={}, _lock=None)
 
     def __setstate__(self, state: dict) -> None:
         info = pb.InfoResponse.FromString(state["info"])
-        self.__dict__.update(state, _calls=itertools.count(state["_calls"]), info=info)
+        self.__dict__.update(state, _calls=itertools.count(state["_calls"]), info=info, _lock=threading.Lock())
 
 
 def _result(header: Header, units: list, responses: list[pb.EvaluateResponse], like: Tensor) -> Result:
