@@ -2,6 +2,7 @@
 
 python -m qworker serve --port 50051 --replicas 2         # gRPC in front of a local Ray pool
 python -m qworker serve --ray-address auto --replica-resource qworker --replicas 8   # on a cluster
+python -m qworker serve --per-node --ray-address auto --replica-resource qworker --replicas 8   # a frontend a node
 python -m qworker info grpc://127.0.0.1:50051              # what a server runs, its replicas
 python -m qworker scale grpc://127.0.0.1:50051 --replicas 4   # while trainers keep calling
 """
@@ -75,6 +76,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--replica-cpus", type=float, default=d.replica_cpus, help="CPUs (torch threads) per replica")
     s.add_argument("--replica-gpus", type=float, default=d.replica_gpus, help="GPUs per replica")
     s.add_argument("--replica-resource", help="custom Ray resource a replica needs one unit of (e.g. qworker)")
+    s.add_argument(
+        "--per-node",
+        action="store_true",
+        help="a frontend on every node that holds a replica, serving --replicas (or --autoscale) of that node; "
+        "nodes sharing an address get --port, --port + 1, ... (server/frontends.py)",
+    )
+    s.add_argument(
+        "--nodes",
+        type=int,
+        default=0,
+        help="--per-node: ask Ray's autoscaler for room for this many nodes' pools (request_resources)",
+    )
+    s.add_argument(
+        "--frontend-cpus", type=float, default=0.0, help="--per-node: CPUs each frontend reserves on its node"
+    )
+    s.add_argument(
+        "--advertise",
+        metavar="HOST[:PORT]",
+        help="the address clients reach this server at, named in answers that carry a handle "
+        "(default: --host, or this machine's address when --host is 0.0.0.0)",
+    )
     for name, what in (("info", "print what a server runs"), ("scale", "set a server's replicas")):
         c = sub.add_parser(name, help=what)
         c.add_argument("address", help="grpc://host:port (token from $HYQUT_TOKEN)")
@@ -134,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         inline_work=args.inline_work,
         metrics_port=args.metrics_port,
         grace_s=args.grace,
+        advertise=args.advertise,
     )
 
 
@@ -158,7 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":
         return admin(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(config_from_args(args))
+    cfg = config_from_args(args)
+    if not args.per_node:
+        serve(cfg)
+        return 0
+    if args.in_process:
+        raise SystemExit("--per-node runs a Ray pool on every node: drop --in-process")
+    from qworker.server.frontends import serve_per_node  # Ray: a heavy import the other commands do not need
+
+    serve_per_node(cfg, args.nodes, args.frontend_cpus)
     return 0
 
 
