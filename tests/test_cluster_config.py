@@ -1,8 +1,9 @@
 """cluster/config.yaml, the `ray up` file of the qworker cluster: valid by Ray's own validator (run
 offline, as `ray up` runs it before it calls the cloud), and what it must say for the service to
-work: the head runs `python -m qworker serve` after Ray, every simulator node type advertises the
-`qworker` resource and fits the replicas asked for, the setup installs torch and this project,
-Ray's token auth is on, port 50051 stays private, and every key is commented."""
+work: the head runs `python -m qworker serve --per-node` after Ray (a frontend on every simulator
+node, none on the head), every simulator node type advertises the `qworker` resource and each node
+the replica resource selects holds its frontend's replicas, the setup installs torch and this
+project, Ray's token auth is on, port 50051 stays private, and every key is commented."""
 
 import contextlib
 import copy
@@ -139,7 +140,7 @@ def test_ray_rejects_a_broken_copy(config, mutate):
 # -- the head runs the service --------------------------------------------------------------------
 
 
-def test_head_starts_ray_then_the_qworker_service(config):
+def test_head_starts_ray_then_the_qworker_frontends(config):
     cmds = config["head_start_ray_commands"]
     ray_start = [i for i, c in enumerate(cmds) if "ray start --head" in c]
     serve = cmds.index(serve_command(config))
@@ -152,6 +153,7 @@ def test_head_starts_ray_then_the_qworker_service(config):
 
     args = serve_args(config)
     assert args.command == "serve"
+    assert args.per_node, "every node that holds replicas serves them itself (--per-node): no process on every path"
     assert (args.host, args.port) == ("0.0.0.0", QWORKER_PORT)
     assert args.ray_address == "auto"
     advertised = {name for node in workers(config).values() for name in node["resources"]}
@@ -173,6 +175,11 @@ def test_every_worker_type_advertises_qworker_and_the_head_none(config):
     assert REPLICA_RESOURCE not in head["resources"], "replicas must not land on the head"
 
 
+def replica_nodes(config: dict, args) -> dict[str, dict]:
+    """The node types whose nodes get a frontend: those offering the replica resource."""
+    return {name: n for name, n in workers(config).items() if n["resources"].get(args.replica_resource, 0) >= 1}
+
+
 def slots(node: dict, args) -> int:
     """Replicas of the service's shape (its resource, CPUs, GPUs) one node of this type holds."""
     res = node["resources"]
@@ -184,22 +191,26 @@ def slots(node: dict, args) -> int:
     return min(fit)
 
 
-def test_the_started_replicas_fit_on_the_nodes_ray_up_launches(config):
+def test_every_frontends_replicas_fit_on_its_node(config):
+    """A frontend's replicas are pinned to its node: --replicas (and --autoscale's MAX, and
+    --max-replicas) must fit on one node of every type that gets a frontend, or some stay pending
+    for good (no other node may take them)."""
     args = serve_args(config)
-    on_min_nodes = sum(n.get("min_workers", 0) * slots(n, args) for n in workers(config).values())
-    assert args.replicas <= on_min_nodes, (
-        f"the service asks for {args.replicas} replicas but the min_workers nodes hold {on_min_nodes}: "
-        "it would wait on the autoscaler at every start"
+    chosen = replica_nodes(config, args)
+    assert chosen, f"no node type offers {args.replica_resource!r}: no frontend would start"
+    most = max(
+        [args.replicas, args.max_replicas or 0] + ([int(args.autoscale.split(":")[1])] if args.autoscale else [])
     )
+    for name, node in chosen.items():
+        assert 1 <= most <= slots(node, args), f"{name} holds {slots(node, args)} replicas of this shape, not {most}"
 
 
-def test_max_replicas_is_what_the_autoscaler_can_place(config):
-    """Without --max-replicas, Scale is bounded by the nodes up now: no scaling past them ever
-    brings a node. The bound must be what the types' max_workers hold, no more."""
+def test_ray_up_brings_a_frontend_to_call(config):
+    """Trainers need a frontend from the start: some node type it runs on is kept (min_workers),
+    or the head's command asks for nodes (--nodes)."""
     args = serve_args(config)
-    on_max_nodes = sum(n["max_workers"] * slots(n, args) for n in workers(config).values())
-    assert args.max_replicas is not None, "set --max-replicas, or Scale can never grow the cluster"
-    assert args.replicas <= args.max_replicas <= on_max_nodes, (args.replicas, args.max_replicas, on_max_nodes)
+    kept = sum(n.get("min_workers", 0) for n in replica_nodes(config, args).values())
+    assert kept >= 1 or args.nodes >= 1, "no frontend until some node is launched by hand"
 
 
 def test_node_resources_are_consistent(config):
