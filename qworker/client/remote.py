@@ -101,6 +101,7 @@ class RemoteBackend(Backend):
         )
         self._to_frontend = (token, cert, deadline_s, connect_timeout_s)
         self._frontends: dict[str, Connection] = {}  # pinned connections, by the address a frontend gave
+        self._strangers: set[str] = set()  # addresses frontends gave that are not the target's (warned once)
         self._lock = threading.Lock()
         self._calls = itertools.count()  # varies a seeded shots backend's seed from call to call
         self.info = self._info()
@@ -204,7 +205,10 @@ class RemoteBackend(Backend):
         with self._lock:
             if frontend not in self._frontends:
                 if not self.connection.target.owns(frontend):  # the token goes only where the user said
-                    log.warning("%s: a frontend gave an address that is not among them: %s", self.name, frontend)
+                    if frontend not in self._strangers:
+                        self._strangers.add(frontend)
+                        why = "its handles' calls go to any frontend (recomputed where it is not that one)"
+                        log.warning("%s: a frontend names itself %s, not one of these: %s", self.name, frontend, why)
                     return self.connection
                 token, cert, deadline_s, connect_timeout_s = self._to_frontend
                 tls_name = self.connection.target.name
