@@ -31,10 +31,10 @@ import torch
 from servers import Server
 
 from qworker import CircuitSpec, Gradient, get_backend
-from trainer.circuits import Circuits
-from trainer.config import from_preset
-from trainer.model import Transformer
-from trainer.quantum_linear import circuit_clock
+from trainer.model.circuits import Circuits
+from trainer.model.config import from_preset
+from trainer.model.quantum_linear import circuit_clock
+from trainer.model.transformer import Transformer
 
 SPEC = CircuitSpec()
 BUSY = "hyqut_qworker_replica_busy_seconds_total"

@@ -5,7 +5,7 @@ token-circuits per second of each backend (`local`, `qulacs`, `shots` with 1024 
 modes, `forward` (expectations, no autograd graph) and `forward+grad` (expectations, then the VJP
 of sum(expectations * g) for a random g, with respect to theta and the input angles) by every
 gradient method the backend supports (docs/design.md, "Gradients"). `local` + `adjoint` goes through autograd, as
-the model does; every other pair through `backend.vjp`, the path of trainer/quantum_linear.py.
+the model does; every other pair through `backend.vjp`, the path of trainer/model/quantum_linear.py.
 The peer is PennyLane's `qml.qnn.TorchLayer` on `default.qubit` (diff_method="backprop", the
 batch as one broadcast input of shape (N, 20)), checked against `qworker.expectations` first.
 
@@ -34,7 +34,7 @@ of a full Jacobian in forward-pass equivalents. Evaluating every shifted circuit
 busy with torch matrix products (what a replica meets beside a trainer's other ranks):
 `contended_circuits_per_s` and `contended_vs_quiet` (a fair share on 2 cores is 0.5). Cells run
 with OpenMP's passive waiting and all cores as threads, as trainers and replicas do
-(trainer/threads.py); set OMP_WAIT_POLICY=ACTIVE to see the spinning default.
+(trainer/run/threads.py); set OMP_WAIT_POLICY=ACTIVE to see the spinning default.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from multiprocessing.context import BaseContext
 from resource import RLIMIT_DATA, getrlimit, setrlimit
 from typing import TextIO
 
-from trainer.threads import share_cores
+from trainer.run.threads import share_cores
 
 share_cores()  # before torch loads OpenMP: every cell's process inherits it
 

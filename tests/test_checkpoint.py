@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import checkpoint as ckpt
-from trainer.circuits import Circuits
-from trainer.config import from_preset
 from trainer.generate import load
-from trainer.model import Transformer
-from trainer.train_config import TrainConfig
+from trainer.model.circuits import Circuits
+from trainer.model.config import from_preset
+from trainer.model.transformer import Transformer
+from trainer.run import checkpoint as ckpt
+from trainer.run.config import TrainConfig
 
 # run.json as trainer.main wrote it before the model/run split (commit bd6d7c2 and earlier)
 OLD_MODEL = {

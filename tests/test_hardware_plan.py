@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from trainer.circuits import Circuits
-from trainer.config import from_preset
-from trainer.hardware import check_budget, hardware_plan
-from trainer.train_config import TrainConfig
+from trainer.model.circuits import Circuits
+from trainer.model.config import from_preset
+from trainer.run.config import TrainConfig
+from trainer.run.hardware import check_budget, hardware_plan
 
 ROOT = Path(__file__).parents[1]
 # one quantum projection (W_q of layer 0), a 4-qubit circuit of 2 layers: |Θ| = 16, 8 input angles
@@ -147,7 +147,7 @@ def test_trainer_metrics_count_hardware_usage_by_backend():
     import urllib.request
 
     from qworker.backends import Usage
-    from trainer.metrics import TrainMetrics
+    from trainer.run.metrics import TrainMetrics
 
     m = TrainMetrics(0)
     try:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from trainer import checkpoint as ckpt
-from trainer.config import from_preset
-from trainer.hf import interleaved_to_halves, llama_config, to_llama_state
-from trainer.model import Transformer
+from trainer.model.config import from_preset
+from trainer.model.hf import interleaved_to_halves, llama_config, to_llama_state
+from trainer.model.transformer import Transformer
+from trainer.run import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 

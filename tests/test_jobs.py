@@ -7,10 +7,10 @@ import torch
 from qworker import CircuitSpec, Gradient, get_backend
 from qworker.backends import Usage
 from qworker.backends.qiskit_adapter import QiskitBackend
-from trainer.circuits import Circuits
-from trainer.config import from_preset
-from trainer.model import Transformer
-from trainer.quantum_linear import QuantumLinear
+from trainer.model.circuits import Circuits
+from trainer.model.config import from_preset
+from trainer.model.quantum_linear import QuantumLinear
+from trainer.model.transformer import Transformer
 
 
 class CountingEstimator:

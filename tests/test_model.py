@@ -11,12 +11,18 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.batches import BatchSampler
-from trainer.bottleneck import ClassicalBottleneck
-from trainer.circuits import Circuits
-from trainer.config import PRESETS, PROJECTIONS, TARGETS, ModelConfig, from_preset
-from trainer.model import Transformer, count_parameters, describe, format_description, forward_flops_per_token
-from trainer.quantum_linear import QuantumLinear
+from trainer.data.batches import BatchSampler
+from trainer.model.bottleneck import ClassicalBottleneck
+from trainer.model.circuits import Circuits
+from trainer.model.config import PRESETS, PROJECTIONS, TARGETS, ModelConfig, from_preset
+from trainer.model.quantum_linear import QuantumLinear
+from trainer.model.transformer import (
+    Transformer,
+    count_parameters,
+    describe,
+    format_description,
+    forward_flops_per_token,
+)
 
 
 def tiny(**overrides) -> ModelConfig:

@@ -176,7 +176,7 @@ def test_describe_150m_reports_counts_without_training(env):
 def test_metrics_endpoint_serves_training_metrics():
     import urllib.request
 
-    from trainer.metrics import TrainMetrics
+    from trainer.run.metrics import TrainMetrics
 
     m = TrainMetrics(0)
     try:

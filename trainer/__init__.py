@@ -1,1 +1,12 @@
-"""HyQuT trainer: the hybrid LLaMA-style model, its data, training and generation."""
+"""HyQuT trainer: the hybrid LLaMA-style model, its data, training and generation.
+
+    model/   the architecture: config, the plain decoder, the quantum projection and its control,
+             where their circuits run, transformers' terms
+    data/    text to tokens: corpora, the tokenizer, batches
+    run/     a training run: its settings, checkpoints, hardware cost, metrics, report, threads
+    main.py, generate.py, export.py: the entry points (python -m trainer.main, ...)
+
+Imports point one way: entry points -> run -> model -> data (pyproject.toml's contracts). This
+package and trainer.run import nothing at all: an entry point calls trainer.run.threads before
+torch is loaded.
+"""

@@ -6,8 +6,8 @@
     python -m trainer.main --model 150m --quantum wq --describe             # parameters and FLOPs
     python -m trainer.main --quantum wq --qbackend shots --grad fd --qbackend-options shots=1000 --describe
 
-Every field of the model (trainer/config.py: --d-model, --n-qubits, --branch, ...) and of the
-training (trainer/train_config.py: --steps, --qbackend, --grad, ...) is a flag. A run lives in
+Every field of the model (trainer/model/config.py: --d-model, --n-qubits, --branch, ...) and of the
+training (trainer/run/config.py: --steps, --qbackend, --grad, ...) is a flag. A run lives in
 --out; the same command, run again, resumes from its last checkpoint and reproduces the losses of
 an uninterrupted run (where the circuits run may change in between: --qbackend). The loop, in
 order: micro-steps (forward, backward; DeepSpeed clips and steps at the accumulation boundary) ->
@@ -25,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file by the deepspeed launcher: import as the package
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from trainer.threads import share_cores  # before torch loads OpenMP
+from trainer.run.threads import share_cores  # before torch loads OpenMP
 
 share_cores(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # each rank its share of the cores
 
@@ -42,15 +42,15 @@ from dataclasses import fields
 import torch
 import torch.distributed as dist
 
-from trainer import checkpoint as ckpt
-from trainer.batches import BatchSampler
-from trainer.config import ModelConfig, flag, from_preset
-from trainer.data import DatasetError, prepare_data
-from trainer.hardware import HardwarePlan, UsageMeter, check_budget, format_plan, hardware_plan
-from trainer.model import Transformer, count_parameters, describe, format_description
-from trainer.quantum_linear import circuit_clock
-from trainer.tokenizer import Tokenizer
-from trainer.train_config import TrainConfig, from_flags
+from trainer.data.batches import BatchSampler
+from trainer.data.corpus import DatasetError, prepare_data
+from trainer.data.tokenizer import Tokenizer
+from trainer.model.config import ModelConfig, flag, from_preset
+from trainer.model.quantum_linear import circuit_clock
+from trainer.model.transformer import Transformer, count_parameters, describe, format_description
+from trainer.run import checkpoint as ckpt
+from trainer.run.config import TrainConfig, from_flags
+from trainer.run.hardware import HardwarePlan, UsageMeter, check_budget, format_plan, hardware_plan
 
 KEEP_CHECKPOINTS = 2
 
@@ -235,13 +235,13 @@ def loop(
     plan: HardwarePlan | None = None,
 ) -> None:
     """Train from `step` to t.steps. On a hardware-like backend `meter` counts the jobs, circuits and
-    shots each step spends and `plan` (trainer/hardware.py) holds what the steps left should cost."""
+    shots each step spends and `plan` (trainer/run/hardware.py) holds what the steps left should cost."""
     from tqdm import tqdm
 
     stop = install_stop_handler()
     metrics = None
     if rank == 0 and t.metrics_port is not None:
-        from trainer.metrics import TrainMetrics
+        from trainer.run.metrics import TrainMetrics
 
         metrics = TrainMetrics(t.metrics_port)
     tokens_per_step = t.batch_size * t.grad_accum * engine.module.cfg.context * world
@@ -401,7 +401,7 @@ def stopping(stop: dict, device: torch.device) -> bool:
 
 def finish(out: Path, model: Transformer, step: int, stopped: bool, identical: bool, reason: str | None = None) -> None:
     """The loss plot (PNG) and a JSON summary of the run."""
-    from trainer.report import plot_losses, summarize
+    from trainer.run.report import plot_losses, summarize
 
     records = ckpt.read_log(out)
     plot_losses(records, out / "loss.png")

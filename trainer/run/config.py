@@ -15,8 +15,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from trainer.circuits import Circuits
-from trainer.data import DEFAULT_DATASET
+from trainer.data.corpus import DEFAULT_DATASET
+from trainer.model.circuits import Circuits
 
 DS_CONFIG = Path(__file__).with_name("ds_config.json")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.config import ModelConfig
+from trainer.model.config import ModelConfig
 
 RUN_FILE, TOKENIZER_FILE, WEIGHTS_FILE, CKPT_DIR, LOG_FILE = (
     "run.json",
@@ -105,7 +105,7 @@ def save_weights(run_dir: Path, model: nn.Module, step: int) -> None:
 
 def load_for_inference(run_dir: Path):
     """(ModelConfig, state_dict, tokenizer, step) of a finished or running run."""
-    from trainer.tokenizer import Tokenizer
+    from trainer.data.tokenizer import Tokenizer
 
     missing = [f for f in (RUN_FILE, TOKENIZER_FILE, WEIGHTS_FILE) if not (run_dir / f).exists()]
     if missing:

@@ -22,9 +22,9 @@ import torch.distributed as dist
 from torch import nn
 
 from qworker.backends import Backend, Usage, get_backend
-from trainer.config import PROJECTIONS, ModelConfig
-from trainer.quantum_linear import QuantumLinear
-from trainer.train_config import TrainConfig
+from trainer.model.config import PROJECTIONS, ModelConfig
+from trainer.model.quantum_linear import QuantumLinear
+from trainer.run.config import TrainConfig
 
 
 @dataclass(frozen=True)

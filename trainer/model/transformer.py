@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qworker.circuit import CircuitSpec
-from trainer.bottleneck import ClassicalBottleneck
-from trainer.circuits import Circuits
-from trainer.config import PROJECTIONS, ModelConfig, replace
-from trainer.quantum_linear import QuantumLinear
+from trainer.model.bottleneck import ClassicalBottleneck
+from trainer.model.circuits import Circuits
+from trainer.model.config import PROJECTIONS, ModelConfig, replace
+from trainer.model.quantum_linear import QuantumLinear
 
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (padding)
 BRANCHES = (QuantumLinear, ClassicalBottleneck)  # the modules a projection can be replaced by

@@ -1,0 +1,2 @@
+"""A training run: its settings, run directory, hardware cost, metrics and report (docs/design.md,
+"The trainer"). Imports nothing: trainer.run.threads must be importable before torch is."""
