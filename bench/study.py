@@ -37,9 +37,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.model.accounting import describe
 from trainer.model.circuits import Circuits
 from trainer.model.config import ModelConfig, from_preset
-from trainer.model.transformer import describe
 
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t(0.975, df)
 

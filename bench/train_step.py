@@ -25,8 +25,8 @@ import torch
 
 from trainer.model.circuits import Circuits
 from trainer.model.config import from_preset
+from trainer.model.convert import build_model
 from trainer.model.quantum_linear import circuit_clock
-from trainer.model.transformer import Transformer
 
 VARIANTS = [("none", "adjoint"), ("wq", "adjoint"), ("wgate", "adjoint"), ("wq", "fd")]
 
@@ -34,7 +34,7 @@ VARIANTS = [("none", "adjoint"), ("wq", "adjoint"), ("wgate", "adjoint"), ("wq",
 def measure(model_name: str, quantum: str, grad: str, batch: int, steps: int, device: str, bf16: bool) -> dict:
     cfg = from_preset(model_name, quantum=quantum)
     torch.manual_seed(0)
-    model = Transformer(cfg, Circuits(grad=grad)).to(device)
+    model = build_model(cfg, Circuits(grad=grad)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(cfg.vocab_size, (batch, cfg.context), device=device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)

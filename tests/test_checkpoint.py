@@ -10,7 +10,7 @@ import torch
 from trainer.generate import load
 from trainer.model.circuits import Circuits
 from trainer.model.config import from_preset
-from trainer.model.transformer import Transformer
+from trainer.model.convert import build_model
 from trainer.run import checkpoint as ckpt
 from trainer.run.config import TrainConfig
 
@@ -47,7 +47,7 @@ def old_run(tmp_path: Path, corpus, qbackend: str = OLD_MODEL["qbackend"]) -> Pa
     branch = "classical" if qbackend == "classical" else "circuit"  # the control was a qbackend then
     cfg = from_preset("tiny", quantum="wq", n_qubits=4, branch=branch)
     torch.manual_seed(0)
-    ckpt.save_weights(run, Transformer(cfg), step=300)
+    ckpt.save_weights(run, build_model(cfg), step=300)
     return run
 
 

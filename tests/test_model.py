@@ -12,17 +12,13 @@ import torch
 from torch import nn
 
 from trainer.data.batches import BatchSampler
+from trainer.model.accounting import count_parameters, describe, format_description, forward_flops_per_token
 from trainer.model.bottleneck import ClassicalBottleneck
 from trainer.model.circuits import Circuits
 from trainer.model.config import PRESETS, PROJECTIONS, TARGETS, ModelConfig, from_preset
+from trainer.model.convert import build_model, quantize
 from trainer.model.quantum_linear import QuantumLinear
-from trainer.model.transformer import (
-    Transformer,
-    count_parameters,
-    describe,
-    format_description,
-    forward_flops_per_token,
-)
+from trainer.model.transformer import Transformer
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -40,7 +36,7 @@ def projections(model: Transformer):
 @pytest.mark.parametrize("quantum", ["none", "attn"])
 def test_causal_mask(quantum):
     torch.manual_seed(0)
-    model = Transformer(tiny(quantum=quantum, n_qubits=4)).eval()
+    model = build_model(tiny(quantum=quantum, n_qubits=4)).eval()
     tokens = torch.randint(0, 300, (2, 16))
     changed = tokens.clone()
     changed[:, 8:] = torch.randint(0, 300, (2, 8))
@@ -54,7 +50,7 @@ def test_causal_mask(quantum):
 @pytest.mark.parametrize("quantum", ["none", "wq"])
 def test_kv_cache_matches_full_forward(quantum):
     torch.manual_seed(0)
-    model = Transformer(tiny(quantum=quantum, n_qubits=4)).eval()
+    model = build_model(tiny(quantum=quantum, n_qubits=4)).eval()
     tokens = torch.randint(0, 300, (2, 20))
     with torch.no_grad():
         full, _ = model(tokens)  # (2, 20, V)
@@ -70,7 +66,7 @@ def test_kv_cache_matches_full_forward(quantum):
 def test_quantum_target_placement_and_backward(target):
     torch.manual_seed(0)
     cfg = tiny(quantum=target, n_qubits=4, quantum_layers=(1,))
-    model = Transformer(cfg)
+    model = build_model(cfg)
     for i, name, module in projections(model):
         want = i == 1 and name in TARGETS[target]
         assert isinstance(module, QuantumLinear) == want, f"layer {i} {name}: {type(module).__name__}"
@@ -85,8 +81,37 @@ def test_quantum_target_placement_and_backward(target):
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_the_model_is_built_plain_then_converted():
+    """Transformer(cfg) is plain LLaMA whatever cfg.quantum says; quantize replaces what cfg selects,
+    in place and under the same names, with modules that keep their own init; the same seed gives
+    the same weights, and a hybrid model's classical weights are the classical model's."""
+    cfg = tiny(quantum="wq", n_qubits=4, quantum_layers=(1,))
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    assert all(type(m) is nn.Linear for _, _, m in projections(model))
+    plain = set(model.state_dict())
+    assert quantize(model, Circuits()) is model
+    wq = model.layers[1].attention.wq
+    assert isinstance(wq, QuantumLinear) and type(model.layers[0].attention.wq) is nn.Linear
+    branch = {f"layers.1.attention.wq.{k}" for k in ("compress.weight", "compress.bias", "theta", "expand.weight")}
+    branch |= {"layers.1.attention.wq.expand.bias", "layers.1.attention.wq.rng"}
+    assert set(model.state_dict()) == plain - {"layers.1.attention.wq.weight"} | branch
+    assert wq.compress.weight.abs().max() <= 1 / math.sqrt(64) and wq.compress.weight.std() > 0.05  # Kaiming-uniform
+    assert wq.theta.abs().max() <= math.pi and wq.theta.std() > 0.5  # U(-π, π)
+    torch.manual_seed(0)
+    again = build_model(cfg).state_dict()
+    torch.manual_seed(0)
+    classical = build_model(tiny()).state_dict()
+    for name, w in model.state_dict().items():
+        assert torch.equal(again[name], w), name
+        assert name in branch or torch.equal(classical[name], w), name
+    own = {k: v.clone() for k, v in wq.state_dict().items()}
+    model.init_weights()  # the plain model's init leaves a converted projection alone
+    assert all(torch.equal(v, wq.state_dict()[k]) for k, v in own.items())
+
+
 def test_quantum_layers_default_to_all():
-    model = Transformer(tiny(quantum="wgate", n_qubits=4))
+    model = build_model(tiny(quantum="wgate", n_qubits=4))
     placed = {(i, name) for i, name, m in projections(model) if isinstance(m, QuantumLinear)}
     assert placed == {(0, "w_gate"), (1, "w_gate")}
     assert count_parameters(model)["quantum_projections"] == 2
@@ -94,7 +119,7 @@ def test_quantum_layers_default_to_all():
 
 def test_classical_bottleneck_control():
     torch.manual_seed(0)
-    model = Transformer(tiny(quantum="wq", n_qubits=4, branch="classical"))
+    model = build_model(tiny(quantum="wq", n_qubits=4, branch="classical"))
     kinds = {(i, name): type(m) for i, name, m in projections(model)}
     assert kinds[(0, "wq")] is ClassicalBottleneck and kinds[(1, "wq")] is ClassicalBottleneck
     assert not any(isinstance(m, QuantumLinear) for m in model.modules())
@@ -115,7 +140,7 @@ def test_preset_sizes():
 
 def test_150m_builds_and_runs():
     torch.manual_seed(0)
-    model = Transformer(from_preset("150m")).eval()
+    model = build_model(from_preset("150m")).eval()
     n = sum(p.numel() for p in model.parameters())
     assert abs(n / 150e6 - 1) < 0.03, f"150m has {n:,} parameters"
     with torch.no_grad():
@@ -161,7 +186,7 @@ def test_config_dict_round_trip():
 def test_describe_matches_the_built_model(kw):
     cfg = tiny(**kw)
     d = describe(cfg)
-    model, base = Transformer(cfg), Transformer(tiny())
+    model, base = build_model(cfg), build_model(tiny())
     assert d["params"] == count_parameters(model)
     assert d["params_none"]["total"] == sum(p.numel() for p in base.parameters())
     p = d["params"]
@@ -203,7 +228,7 @@ def test_tiny_wq_learns_the_corpus(corpus, one_thread):
     """150 AdamW steps of tiny --quantum wq (10 qubits, local backend) on chitchat (~20 s)."""
     torch.manual_seed(0)
     cfg = from_preset("tiny", quantum="wq", vocab_size=corpus.tokenizer.vocab_size)
-    model = Transformer(cfg)
+    model = build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     batches = BatchSampler(corpus.train, batch_size=8, context=64, seed=0)
     start = time.perf_counter()

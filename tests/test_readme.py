@@ -16,9 +16,9 @@ def test_readme_python_snippet_runs():
 
 
 def test_readme_accounting_table_is_what_describe_says():
-    """Every row of the README's model accounting table, to the digit, from trainer.model.transformer.describe."""
+    """Every row of the README's model accounting table, to the digit, from trainer.model.accounting.describe."""
+    from trainer.model.accounting import describe
     from trainer.model.config import from_preset
-    from trainer.model.transformer import describe
 
     text = (Path(__file__).parents[1] / "README.md").read_text()
     table = text[text.index("| preset | quantum | parameters |") :].split("\n\n")[0].splitlines()[2:]

@@ -1,7 +1,7 @@
 """HyQuT trainer: the hybrid LLaMA-style model, its data, training and generation.
 
-    model/   the architecture: config, the plain decoder, the quantum projection and its control,
-             where their circuits run, transformers' terms
+    model/   the architecture: config, the plain decoder, its conversion to the quantum projection
+             (or its classical control) on the run's circuits, accounting, transformers' terms
     data/    text to tokens: corpora, the tokenizer, batches
     run/     a training run: its settings, checkpoints, hardware cost, metrics, report, threads
     main.py, generate.py, export.py: the entry points (python -m trainer.main, ...)

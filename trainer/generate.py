@@ -21,6 +21,7 @@ from torch import Tensor
 
 from trainer.data.tokenizer import Tokenizer
 from trainer.model.circuits import Circuits
+from trainer.model.convert import build_model
 from trainer.model.transformer import Transformer
 from trainer.run.checkpoint import CheckpointError, load_for_inference
 
@@ -78,7 +79,7 @@ def pick(logits: Tensor, temperature: float, top_k: int, top_p: float, gen: torc
 
 def load(checkpoint: Path, circuits: Circuits | None = None) -> tuple[Transformer, Tokenizer]:
     cfg, state, tokenizer_json, _step = load_for_inference(checkpoint)
-    model = Transformer(cfg, circuits)
+    model = build_model(cfg, circuits)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -45,9 +45,11 @@ import torch.distributed as dist
 from trainer.data.batches import BatchSampler
 from trainer.data.corpus import DatasetError, prepare_data
 from trainer.data.tokenizer import Tokenizer
+from trainer.model.accounting import count_parameters, describe, format_description
 from trainer.model.config import ModelConfig, flag, from_preset
+from trainer.model.convert import build_model
 from trainer.model.quantum_linear import circuit_clock
-from trainer.model.transformer import Transformer, count_parameters, describe, format_description
+from trainer.model.transformer import Transformer
 from trainer.run import checkpoint as ckpt
 from trainer.run.config import TrainConfig, from_flags
 from trainer.run.hardware import HardwarePlan, UsageMeter, check_budget, format_plan, hardware_plan
@@ -175,7 +177,7 @@ def train(cfg: ModelConfig, t: TrainConfig) -> None:
     if cfg.vocab_size < corpus.tokenizer.vocab_size:
         raise ValueError(f"--vocab-size {cfg.vocab_size} is smaller than the tokenizer's {corpus.tokenizer.vocab_size}")
     torch.manual_seed(t.seed)
-    model = Transformer(cfg, t.circuits)
+    model = build_model(cfg, t.circuits)
     config = t.deepspeed(bf16=torch.cuda.is_available())
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model), config=config)
     try:

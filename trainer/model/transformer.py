@@ -1,55 +1,38 @@
-"""The HyQuT model: a plain LLaMA-style decoder whose projections can take the quantum branch
-(docs/design.md, "The model"). torchtitan's names, so checkpoints read like any LLaMA:
+"""The HyQuT model: a plain LLaMA-style decoder (docs/design.md, "The model"). torchtitan's names,
+so checkpoints read like any LLaMA:
 
     tok_embeddings -> layers[i]: h = x + attention(attention_norm(x))      wq, wk, wv, wo
                                  out = h + feed_forward(ffn_norm(h))       w_gate, w_up, w_down
                    -> norm -> output (untied from tok_embeddings)
 
-Which projection is nn.Linear, QuantumLinear or the classical-bottleneck control is decided in one
-place, `make_projection`; the rest of this file never knows.
+Every projection here is an nn.Linear; the quantum branch is not this file's business:
+`trainer.model.convert` replaces the projections a config selects, after the plain model is built
+(torchtitan's model converters).
 
-    model = Transformer(from_preset("tiny", quantum="wq"))    # circuits: Circuits() (local, adjoint)
-    logits, loss = model(tokens, targets)                  # (B, T, V), scalar
-    cache = model.new_cache(batch_size=1)                  # incremental decoding
-    logits, _ = model(prompt, cache=cache)                 # then one token at a time
+    model = Transformer(from_preset("tiny"))                # plain, initialised
+    model = build_model(from_preset("tiny", quantum="wq"))  # plain, then converted (trainer.model.convert)
+    logits, loss = model(tokens, targets)                   # (B, T, V), scalar
+    cache = model.new_cache(batch_size=1)                   # incremental decoding
+    logits, _ = model(prompt, cache=cache)                  # then one token at a time
     logits, _ = model(next_token[:, None], cache=cache)
 
-Init (nanoGPT / GPT-2): every classical Linear and the embedding ~ N(0, 0.02), the residual
-projections `wo` and `w_down` ~ N(0, 0.02 / sqrt(2 n_layers)); RMSNorm weights 1. A quantum or
-bottleneck projection keeps its own documented init (nn.Linear's Kaiming-uniform, θ ~ U(-π, π)).
+Init (nanoGPT / GPT-2): every Linear and the embedding ~ N(0, 0.02), the residual projections `wo`
+and `w_down` ~ N(0, 0.02 / sqrt(2 n_layers)); RMSNorm weights 1. A converted projection keeps its
+own documented init (nn.Linear's Kaiming-uniform, θ ~ U(-π, π)).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qworker.circuit import CircuitSpec
-from trainer.model.bottleneck import ClassicalBottleneck
-from trainer.model.circuits import Circuits
-from trainer.model.config import PROJECTIONS, ModelConfig, replace
-from trainer.model.quantum_linear import QuantumLinear
+from trainer.model.config import PROJECTIONS, TARGETS, ModelConfig
 
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (padding)
-BRANCHES = (QuantumLinear, ClassicalBottleneck)  # the modules a projection can be replaced by
-
-
-def make_projection(
-    cfg: ModelConfig, circuits: Circuits, in_features: int, out_features: int, layer_index: int, name: str
-) -> nn.Module:
-    """The module for projection `name` of layer `layer_index`: nn.Linear (no bias), or, where
-    cfg selects it, QuantumLinear on `circuits` or the ClassicalBottleneck control."""
-    if not cfg.replaces(layer_index, name):
-        return nn.Linear(in_features, out_features, bias=False)
-    if cfg.branch == "classical":
-        return ClassicalBottleneck(in_features, out_features, cfg.n_qubits)
-    backend = circuits.backend_for(seed=1000 * layer_index + PROJECTIONS.index(name))
-    return QuantumLinear(
-        in_features, out_features, cfg.n_qubits, cfg.q_layers, cfg.entangler, backend, circuits.gradient()
-    )
 
 
 class RMSNorm(nn.Module):
@@ -108,14 +91,14 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, circuits: Circuits, layer_index: int):
+    def __init__(self, cfg: ModelConfig, layer_index: int):
         super().__init__()
         self.layer_index, self.n_heads, self.head_dim = layer_index, cfg.n_heads, cfg.head_dim
         d = cfg.d_model
-        self.wq = make_projection(cfg, circuits, d, d, layer_index, "wq")
-        self.wk = make_projection(cfg, circuits, d, d, layer_index, "wk")
-        self.wv = make_projection(cfg, circuits, d, d, layer_index, "wv")
-        self.wo = make_projection(cfg, circuits, d, d, layer_index, "wo")
+        self.wq = nn.Linear(d, d, bias=False)
+        self.wk = nn.Linear(d, d, bias=False)
+        self.wv = nn.Linear(d, d, bias=False)
+        self.wo = nn.Linear(d, d, bias=False)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, start: int = 0) -> Tensor:
         B, T, D = x.shape
@@ -141,24 +124,24 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU: w_down(silu(w_gate(x)) * w_up(x))."""
 
-    def __init__(self, cfg: ModelConfig, circuits: Circuits, layer_index: int):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         d, h = cfg.d_model, cfg.ffn_hidden
-        self.w_gate = make_projection(cfg, circuits, d, h, layer_index, "w_gate")
-        self.w_up = make_projection(cfg, circuits, d, h, layer_index, "w_up")
-        self.w_down = make_projection(cfg, circuits, h, d, layer_index, "w_down")
+        self.w_gate = nn.Linear(d, h, bias=False)
+        self.w_up = nn.Linear(d, h, bias=False)
+        self.w_down = nn.Linear(h, d, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))  # (B, T, hidden) -> (B, T, D)
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig, circuits: Circuits, layer_index: int):
+    def __init__(self, cfg: ModelConfig, layer_index: int):
         super().__init__()
         self.attention_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attention = Attention(cfg, circuits, layer_index)
+        self.attention = Attention(cfg, layer_index)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.feed_forward = FeedForward(cfg, circuits, layer_index)
+        self.feed_forward = FeedForward(cfg)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, start: int = 0) -> Tensor:
         h = x + self.attention(self.attention_norm(x), cos, sin, cache, start)  # (B, T, D)
@@ -166,12 +149,13 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, circuits: Circuits | None = None):
+    """The plain decoder of `cfg`'s sizes, initialised; `cfg.quantum` is for `trainer.model.convert`."""
+
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        circuits = circuits or Circuits()
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(TransformerBlock(cfg, circuits, i) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         cos, sin = rope_tables(cfg.head_dim, cfg.context, cfg.rope_theta)
@@ -181,18 +165,24 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        branch = {id(p) for m in self.modules() if isinstance(m, BRANCHES) for p in m.parameters()}
+        """The documented init (the module docstring) of every projection that is still an
+        nn.Linear, the head and the embedding; a converted projection keeps its own."""
         std = 0.02
-        for m in self.modules():
-            if isinstance(m, nn.Linear) and id(m.weight) not in branch:
+        plain = [getattr(parent, name) for _, name, parent in self.projections()] + [self.output]
+        for m in plain:
+            if type(m) is nn.Linear:
                 nn.init.normal_(m.weight, 0.0, std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
         nn.init.normal_(self.tok_embeddings.weight, 0.0, std)
         for layer in self.layers:  # residual projections: scaled so the stream's variance stays O(1)
             for m in (layer.attention.wo, layer.feed_forward.w_down):
-                if isinstance(m, nn.Linear):
+                if type(m) is nn.Linear:
                     nn.init.normal_(m.weight, 0.0, std / math.sqrt(2 * self.cfg.n_layers))
+
+    def projections(self) -> Iterator[tuple[int, str, nn.Module]]:
+        """(layer index, name, the module that holds it) of every projection, in module order."""
+        for i, layer in enumerate(self.layers):
+            for name in PROJECTIONS:
+                yield i, name, layer.attention if name in TARGETS["attn"] else layer.feed_forward
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache on the model's device, for up to max_len (default: context) tokens."""
@@ -225,117 +215,3 @@ class Transformer(nn.Module):
                 self.cfg.head_dim, self.cfg.context, self.cfg.rope_theta, self.rope_cos.device
             )
         return self.rope_cos[start : start + T], self.rope_sin[start : start + T]
-
-
-# --- counting: parameters, FLOPs and the cost of simulating the circuits (for --describe) ---
-
-
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """total; classical (outside the replaced projections); quantum_branch (all parameters of the
-    replaced projections: compress, θ, expand, or the control's compress, mix, expand);
-    circuit_angles (θ alone); embedding (tok_embeddings); quantum_projections (how many)."""
-    branches = [m for m in model.modules() if isinstance(m, BRANCHES)]
-    total = sum(p.numel() for p in model.parameters())
-    branch = sum(p.numel() for m in branches for p in m.parameters())
-    embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
-    return {
-        "total": total,
-        "classical": total - branch,
-        "quantum_branch": branch,
-        "circuit_angles": sum(m.theta.numel() for m in branches if isinstance(m, QuantumLinear)),
-        "embedding": embedding,
-        "quantum_projections": len(branches),
-    }
-
-
-def forward_flops_per_token(model: Transformer) -> int:
-    """Classical forward FLOPs per token: 2 per weight of every nn.Linear (those inside the
-    quantum branches included; embedding lookups are free), plus attention's scores and weighted
-    sum, 2·2·context·d_model per layer (at full context: an upper bound, the causal average is
-    half). Training costs about 3x (backward = 2 forwards). Circuits are not included."""
-    cfg = model.cfg
-    linear = sum(2 * m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    return linear + cfg.n_layers * 2 * 2 * cfg.context * cfg.d_model
-
-
-def circuit_cost(spec: CircuitSpec) -> dict[str, int]:
-    """Gate-by-gate statevector cost of one circuit on one token (a textbook estimate; the `local`
-    simulator fuses gates into fewer whole-register steps, so it does less than this):
-    every gate (the n H of the preparation and the circuit's gates) touches all 2^n amplitudes,
-    about one complex multiply-add each (8 real FLOPs); the readout squares every amplitude and
-    sums it, signed, into n expectations (about (3 + n)·2^n real FLOPs)."""
-    amplitudes = 2**spec.n_qubits
-    gates = spec.n_qubits + spec.n_gates
-    complex_ops = amplitudes * gates
-    return {
-        "amplitudes": amplitudes,
-        "gates": gates,
-        "complex_ops": complex_ops,
-        "flops": 8 * complex_ops + (3 + spec.n_qubits) * amplitudes,
-    }
-
-
-def circuit_runs_for_training(cfg: ModelConfig, circuits: Circuits) -> int:
-    """Circuit evaluations per token per training step (forward included): adjoint ~3 (forward,
-    then a backward sweep that carries the state and its cotangent, ~2 forwards' work);
-    shift and fd 1 + 2·(|Θ| + 2 n_q); spsa 1 + 2·samples."""
-    grad = circuits.gradient()
-    return 3 if grad.method == "adjoint" else grad.evaluations(cfg.circuit_spec())
-
-
-def describe(cfg: ModelConfig, circuits: Circuits | None = None) -> dict:
-    """Parameter counts and per-token costs of cfg and of the same model with quantum="none".
-
-    Models are built on the meta device (no memory, no init; no backend is reached), so the counts
-    are those of the real module tree. FLOPs are forward, per token (see forward_flops_per_token,
-    circuit_cost)."""
-    circuits = circuits or Circuits()
-    with torch.device("meta"):
-        model, base = Transformer(cfg), Transformer(replace(cfg, quantum="none"))
-    params, params_none = count_parameters(model), count_parameters(base)
-    n_circuits = params["quantum_projections"] if cfg.has_circuits else 0
-    out = {
-        "name": cfg.name,
-        "quantum": cfg.quantum,
-        "branch": cfg.branch,
-        "params": params,
-        "params_none": params_none,
-        "param_reduction_pct": 100.0 * (1 - params["total"] / params_none["total"]),
-        "flops_per_token": forward_flops_per_token(model),
-        "flops_per_token_none": forward_flops_per_token(base),
-        "circuits_per_token": n_circuits,
-    }
-    if n_circuits:
-        cost = circuit_cost(cfg.circuit_spec())
-        runs = circuit_runs_for_training(cfg, circuits)
-        out["circuit"] = {
-            **cost,
-            "n_qubits": cfg.n_qubits,
-            "grad": circuits.grad,
-            "runs_per_training_step": runs,
-            "sim_flops_per_token": n_circuits * cost["flops"],
-            "sim_flops_per_token_training": n_circuits * cost["flops"] * runs,
-        }
-    return out
-
-
-def format_description(d: dict) -> str:
-    """describe()'s dict as a short table for --describe."""
-    p, b = d["params"], d["params_none"]
-    lines = [
-        f"model {d['name']}: quantum={d['quantum']} branch={d['branch']}",
-        f"  parameters      {p['total']:>14,}  (quantum=none: {b['total']:,}; {d['param_reduction_pct']:.2f}% fewer)",
-        f"    classical     {p['classical']:>14,}  (embedding {p['embedding']:,})",
-        f"    quantum branch{p['quantum_branch']:>14,}  in {p['quantum_projections']} projection(s); "
-        f"circuit angles {p['circuit_angles']:,}",
-        f"  forward FLOPs/token, classical {d['flops_per_token']:,}  (quantum=none: {d['flops_per_token_none']:,})",
-    ]
-    if "circuit" in d:
-        c = d["circuit"]
-        lines += [
-            f"  circuits/token  {d['circuits_per_token']}: {c['n_qubits']} qubits, {c['gates']} gates on "
-            f"{c['amplitudes']:,} amplitudes = {c['complex_ops']:,} complex ops ~ {c['flops']:,} FLOPs each",
-            f"  simulation FLOPs/token: forward {c['sim_flops_per_token']:,}; training ({c['grad']}, "
-            f"{c['runs_per_training_step']} runs) {c['sim_flops_per_token_training']:,}",
-        ]
-    return "\n".join(lines)
