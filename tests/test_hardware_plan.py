@@ -13,8 +13,9 @@ import pytest
 
 from trainer.model.circuits import Circuits
 from trainer.model.config import from_preset
+from trainer.run.checkpoint import shots_spent
 from trainer.run.config import TrainConfig
-from trainer.run.hardware import check_budget, hardware_plan
+from trainer.run.hardware import check_budget, hardware_plan, over_budget
 
 ROOT = Path(__file__).parents[1]
 # one quantum projection (W_q of layer 0), a 4-qubit circuit of 2 layers: |Θ| = 16, 8 input angles
@@ -123,8 +124,6 @@ def test_readme_hardware_table_is_what_the_plan_says():
 
 
 def test_a_resumed_run_counts_every_shot_paid_for(tmp_path):
-    from trainer.main import over_budget, shots_spent
-
     assert shots_spent(tmp_path) == (0, 0)  # a new run
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "latest").write_text("step2")

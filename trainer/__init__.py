@@ -3,7 +3,8 @@
     model/   the architecture: config, the plain decoder, its conversion to the quantum projection
              (or its classical control) on the run's circuits, accounting, transformers' terms
     data/    text to tokens: corpora, the tokenizer, batches
-    run/     a training run: its settings, checkpoints, hardware cost, metrics, report, threads
+    run/     a training run: its settings, the loop and its state, checkpoints, hardware cost,
+             metrics, report, threads
     main.py, generate.py, export.py: the entry points (python -m trainer.main, ...)
 
 Imports point one way: entry points -> run -> model -> data (pyproject.toml's contracts). This

@@ -75,6 +75,10 @@ class TrainConfig:
             p.append(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
         return p + self.circuits.problems()
 
+    def validates_at(self, step: int) -> bool:
+        """Whether step `step` ends with a validation pass: every eval_every steps, and the last."""
+        return step % self.eval_every == 0 or step == self.steps
+
     def validate(self) -> TrainConfig:
         problems = self.problems()
         if problems:
