@@ -91,7 +91,7 @@ class Load:
 def cancel_some(address: str, n: int) -> int:
     """Start n slow requests and cancel each after a moment; how many were cancelled."""
     theta, angles = inputs(9)
-    request = to_request(Evaluation(SPEC, "local", theta, angles.repeat(8, 1), "jacobians", Gradient("fd")))
+    request = to_request(Evaluation.of(SPEC, "local", theta, angles.repeat(8, 1), "jacobians", Gradient("fd")))
     cancelled = 0
     with grpc.insecure_channel(address[len("grpc://") :]) as ch:
         stub = pb_grpc.QWorkerStub(ch)

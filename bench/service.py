@@ -57,13 +57,13 @@ def wire_bytes_per_token(n: int, grad: Gradient) -> float:
     """Request + response bytes of one layer's step (forward call and gradient call), per token."""
     theta, angles = torch.zeros(SPEC.n_params), torch.zeros(n, SPEC.n_angles)
     z = torch.zeros(n, SPEC.n_qubits)
-    forward = Evaluation(SPEC, "local", theta, angles)
+    forward = Evaluation.of(SPEC, "local", theta, angles)
     total = to_request(forward).ByteSize() + to_response(Result(expectations=z)).ByteSize()
     if grad.method == "adjoint":
-        ev = Evaluation(SPEC, "local", theta, angles, "vjp", grad, grad_out=z)
+        ev = Evaluation.of(SPEC, "local", theta, angles, "vjp", grad, grad_out=z)
         result = Result(vjp=(theta, angles))
     else:
-        ev = Evaluation(SPEC, "local", theta, angles, "jacobians", grad)
+        ev = Evaluation.of(SPEC, "local", theta, angles, "jacobians", grad)
         result = Result(
             jacobians=(torch.zeros(n, SPEC.n_qubits, SPEC.n_params), torch.zeros(n, SPEC.n_qubits, SPEC.n_angles))
         )

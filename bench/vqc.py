@@ -4,8 +4,8 @@ What it measures, for the default circuit (`CircuitSpec()`: 10 qubits, 2 layers,
 token-circuits per second of each backend (`local`, `qulacs`, `shots` with 1024 shots) in two
 modes, `forward` (expectations, no autograd graph) and `forward+grad` (expectations, then the VJP
 of sum(expectations * g) for a random g, with respect to theta and the input angles) by every
-gradient method the backend supports (docs/design.md, "Gradients"). `local` + `adjoint` goes through autograd, as
-the model does; every other pair through `backend.vjp`, the path of trainer/model/quantum_linear.py.
+gradient method the backend supports (docs/design.md, "Gradients"), each through `Backend.apply` and
+autograd's backward, as the model's quantum layer (trainer/model/quantum_linear.py) runs them.
 The peer is PennyLane's `qml.qnn.TorchLayer` on `default.qubit` (diff_method="backprop", the
 batch as one broadcast input of shape (N, 20)), checked against `qworker.expectations` first.
 
@@ -70,7 +70,6 @@ from torch import Tensor, nn
 
 import qworker
 from qworker import Backend, CircuitSpec, Gradient, get_backend
-from qworker.backends import local
 from qworker.gradients import names as method_names
 
 PEER = "pennylane"
@@ -210,18 +209,16 @@ def _work(cell: Cell, n_tokens: int) -> Callable[[], object]:
         if cell.method is None:
             return torch.no_grad()(lambda: layer(angles))
         return lambda: layer(angles.detach().requires_grad_()).backward(g)
-    if cell.backend == "local" and cell.method == "adjoint":  # the model's path: autograd
-
-        def autograd_step() -> None:
-            t, a = theta.detach().requires_grad_(), angles.detach().requires_grad_()
-            local.expectations(spec, t, a).backward(g)
-
-        return autograd_step
     backend = make_backend(cell.backend)
     if cell.method is None:
         return torch.no_grad()(lambda: backend.expectations(spec, theta, angles))
     grad = Gradient(cell.method, seed=0)
-    return lambda: backend.start(spec, theta, angles, grad).vjp(g)
+
+    def step() -> None:  # the model's path: the circuit in autograd's graph (Backend.apply), then backward
+        t, a = theta.detach().requires_grad_(), angles.detach().requires_grad_()
+        backend.apply(spec, t, a, grad).backward(g)
+
+    return step
 
 
 def _status_kb(field: str) -> int:

@@ -16,8 +16,8 @@ from torch import Tensor
 
 from qworker import backends
 from qworker.backends import Backend
+from qworker.backends import register as register_backend
 from qworker.circuit import CircuitSpec, Op
-from qworker.client import RemoteBackend
 from qworker.gradients import Gradient, Method
 from qworker.gradients import names as method_names
 from qworker.gradients import register as register_method
@@ -29,10 +29,14 @@ def get_backend(name: str | Backend, **options) -> Backend:
     `qworker.backends` (`local`, `qulacs`, `auto`, `shots`, a `hyqut.backends` plug-in such as
     `qiskit`); `grpc://host:port[?simulator=..&deadline=..]`, a running qworker service; or `ray`,
     a service started in this process on a local Ray pool (`replicas=N`)."""
+    # the client, the server and Ray are imported only when asked for: `import qworker` loads no grpc
     if isinstance(name, str) and name.startswith("grpc://"):
+        from qworker.client import RemoteBackend
+
         return RemoteBackend(name, **options)
     if name == "ray":
-        from qworker.server.embedded import local_service  # here: Ray is imported only when asked for
+        from qworker.client import RemoteBackend
+        from qworker.server.embedded import local_service
 
         address = local_service(options.pop("replicas", 1))
         return RemoteBackend(address, simulator=options.pop("simulator", "local"), **options)
@@ -73,6 +77,8 @@ def vjp(
     return get_backend(backend).vjp(spec, theta, angles, grad_out, Gradient(method, **settings))
 
 
+backends.registry.load_gradient_plugins()
+
 __all__ = [
     "Backend",
     "CircuitInputError",
@@ -85,6 +91,7 @@ __all__ = [
     "get_backend",
     "jacobians",
     "method_names",
+    "register_backend",
     "register_method",
     "vjp",
 ]

@@ -13,13 +13,11 @@ basis-state index (little endian, as in Qulacs); outputs are <Z_i> ordered by qu
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
 
 ENTANGLERS = ("ring", "chain")
-GATES = ("H", "RY", "RZ", "CNOT")
 VERSION = 1  # bump when the meaning of a spec changes; the wire carries it
 
 ParamRef = tuple[Literal["angle", "theta"], int]
@@ -103,27 +101,3 @@ def entangler_pairs(n_qubits: int, entangler: str) -> list[tuple[int, int]]:
     if entangler == "ring" and n_qubits > 1:
         pairs.append((n_qubits - 1, 0))
     return pairs
-
-
-def check_memory(spec: CircuitSpec, n_states: int, itemsize: int = 8, avail: int | None = None) -> None:
-    """Raise MemoryError naming the need when `n_states` state vectors cannot fit in memory
-    (`avail` bytes; by default the machine's available memory)."""
-    need = n_states * spec.statevector_bytes(itemsize)
-    avail = available_memory_bytes() if avail is None else avail
-    if need > avail:
-        raise MemoryError(
-            f"n_qubits={spec.n_qubits} needs {need / 2**30:.1f} GiB for {n_states} state vector(s) "
-            f"(2^{spec.n_qubits} amplitudes x {itemsize} bytes each) but only "
-            f"{avail / 2**30:.1f} GiB is available; use fewer qubits"
-        )
-
-
-def available_memory_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")

@@ -19,7 +19,8 @@ Shapes, whatever the backend: J_theta (N, n_q, |Θ|), J_angles (N, n_q, 2n_q); a
 is (|Θ|,) for a shared theta and (N, |Θ|) for a per-token theta.
 
 A plug-in in another distribution registers its methods through the `hyqut.gradients` entry point
-group (an object or class per name), so the processes of a service find them too.
+group (a Method class or instance per name; `qworker.backends.registry` loads them when `qworker`
+is imported), so every process of a service finds them too. This module does no I/O.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
-from importlib import metadata
 
 import torch
 from torch import Tensor
@@ -35,7 +35,6 @@ from torch import Tensor
 from qworker.circuit import CircuitSpec
 
 MIN_DELTA = 1e-8  # below this an fd step is lost in float64 rounding: its Jacobians would be noise
-ENTRY_POINT_GROUP = "hyqut.gradients"
 
 
 class Method:
@@ -56,9 +55,10 @@ class Method:
     columns = False
     stochastic = False
 
-    def evaluations(self, spec: CircuitSpec, grad: Gradient) -> int:
-        """One-token circuit evaluations one token's Jacobians cost (the forward included unless
-        `reverse`; an adjoint pass counts as one)."""
+    def evaluations(self, spec: CircuitSpec, grad: Gradient, columns: int | None = None) -> int:
+        """One-token circuit evaluations one token's Jacobians cost, over `columns` of their
+        columns if the method computes by columns (all by default); the forward included unless
+        `reverse` (an adjoint pass counts as one)."""
         raise NotImplementedError
 
     def training_evaluations(self, spec: CircuitSpec, grad: Gradient) -> float:
@@ -93,7 +93,7 @@ class Adjoint(Method):
 
     name, forward_only, reverse = "adjoint", False, True
 
-    def evaluations(self, spec, grad):
+    def evaluations(self, spec, grad, columns=None):
         return 1
 
     def training_evaluations(self, spec, grad):
@@ -116,8 +116,8 @@ class Shifted(Method):
     def step_and_scale(self, grad: Gradient) -> tuple[float, float]:
         raise NotImplementedError
 
-    def evaluations(self, spec, grad):
-        return 1 + 2 * (spec.n_params + spec.n_angles)
+    def evaluations(self, spec, grad, columns=None):
+        return 1 + 2 * (spec.n_params + spec.n_angles if columns is None else columns)
 
     def jacobians(self, backend, spec, theta, angles, grad, base, components=None):
         step, scale = self.step_and_scale(grad)
@@ -157,7 +157,7 @@ class SPSA(Method):
 
     name, stochastic = "spsa", True
 
-    def evaluations(self, spec, grad):
+    def evaluations(self, spec, grad, columns=None):
         return 1 + 2 * grad.samples
 
     def jacobians(self, backend, spec, theta, angles, grad, base, components=None):
@@ -205,33 +205,14 @@ ADJOINT = _REGISTRY["adjoint"]
 
 def names() -> tuple[str, ...]:
     """Every registered method's name: the built-ins first, then plug-ins and registered ones."""
-    _load_plugins()
     return tuple(_REGISTRY)
 
 
 def lookup(name: str) -> Method:
     """The method registered as `name`; ValueError listing the registered names if none is."""
     if name not in _REGISTRY:
-        _load_plugins()
-    if name not in _REGISTRY:
         raise ValueError(f"unknown gradient method {name!r}; choose one of {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
-
-
-_plugins_loaded = False
-
-
-def _load_plugins() -> None:
-    """Register the `hyqut.gradients` entry points once per process."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
-            continue
-        loaded = ep.load()
-        register(loaded() if isinstance(loaded, type) else loaded)
 
 
 @dataclass(frozen=True)

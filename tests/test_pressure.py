@@ -36,12 +36,12 @@ def slow(n=2048, seed=0) -> pb.EvaluateRequest:
     """An fd Jacobian of n tokens: about a second of one core's time per 1,000 tokens."""
     g = torch.Generator().manual_seed(seed)
     theta, angles = torch.rand(SPEC.n_params, generator=g) * 6, torch.rand(n, SPEC.n_angles, generator=g) * 6
-    return to_request(Evaluation(SPEC, "local", theta, angles, "jacobians", Gradient("fd")))
+    return to_request(Evaluation.of(SPEC, "local", theta, angles, "jacobians", Gradient("fd")))
 
 
 def quick(n=64) -> pb.EvaluateRequest:
     theta, angles = torch.rand(SPEC.n_params), torch.rand(n, SPEC.n_angles)
-    return to_request(Evaluation(SPEC, "local", theta, angles))
+    return to_request(Evaluation.of(SPEC, "local", theta, angles))
 
 
 def started(**cfg):
@@ -159,7 +159,7 @@ def test_memory_stays_bounded_under_200_concurrent_maximum_size_requests(tmp_pat
             return uss(server), sum(uss(p) for p in replicas)
 
         theta, angles = torch.zeros(40), torch.rand(50_000, 20)  # 4.0 MB of angles
-        request = to_request(Evaluation(SPEC, "local", theta, angles))
+        request = to_request(Evaluation.of(SPEC, "local", theta, angles))
         with grpc.insecure_channel(address[len("grpc://") :]) as ch:
             stub = pb_grpc.QWorkerStub(ch)
             stub.Evaluate(request, timeout=180)  # warm: the replica has started and served one
@@ -233,7 +233,7 @@ def valid_requests(draw) -> pb.EvaluateRequest:
     angles = (torch.rand(n, spec.n_angles) * big).to(angles_dtype)
     grad_out = torch.randn(n, n_q).to(angles_dtype) if want == "vjp" else None
     options = {"shots": draw(st.sampled_from([1, 100, 2**20])), "seed": 7} if backend == "shots" else {}
-    ev = Evaluation(spec, backend, theta, angles, want, grad, grad_out, draw(st.booleans()), options)
+    ev = Evaluation.of(spec, backend, theta, angles, want, grad, grad_out, draw(st.booleans()), options)
     req = to_request(ev)
     columns = spec.n_params + spec.n_angles
     if want == "jacobians" and grad.method in ("shift", "fd") and draw(st.booleans()):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import ray
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -105,9 +106,11 @@ def test_results_are_the_same_bits_with_1_2_and_3_replicas(ray_address):
     theta, angles = batch(512, seed=9)
     grad_out = torch.randn(512, SPEC.n_qubits, generator=torch.Generator().manual_seed(9))
     requests = [
-        to_request(Evaluation(SPEC, "local", theta, angles, "jacobians", Gradient("fd"), include_expectations=True)),
+        to_request(Evaluation.of(SPEC, "local", theta, angles, "jacobians", Gradient("fd"), include_expectations=True)),
         to_request(
-            Evaluation(SPEC, "local", theta, angles.repeat(20, 1), "vjp", Gradient("adjoint"), grad_out.repeat(20, 1))
+            Evaluation.of(
+                SPEC, "local", theta, angles.repeat(20, 1), "vjp", Gradient("adjoint"), grad_out.repeat(20, 1)
+            )
         ),
     ]
     answers = {}
@@ -142,11 +145,17 @@ def test_gradients_started_in_forward_equal_the_vjp_of_backward(service):
     torch.testing.assert_close(pending.vjp(grad_out), want, atol=1e-9, rtol=1e-9)
 
 
+def replica_pids(members) -> list[int]:
+    """Process ids of these pool members' actors (Ray's own `__ray_call__` runs a function in each)."""
+    return ray.get([m.actor.__ray_call__.remote(lambda _self: os.getpid()) for m in members], timeout=30)
+
+
 def test_a_replica_killed_mid_request_costs_a_retry_not_a_result(service):
     server, address = service
     theta, angles = batch(2048, seed=2, dtype=torch.float64)
-    request = to_request(Evaluation(SPEC, "local", theta, angles, "jacobians", Gradient("fd")))
-    members, pids = [m for m in server.pool._members if m.state == "live"], server.call(server.pool.pids)
+    request = to_request(Evaluation.of(SPEC, "local", theta, angles, "jacobians", Gradient("fd")))
+    members = [m for m in server.pool._members if m.state == "live"]
+    pids = replica_pids(members)
     victim = {}
 
     def kill_the_busy_one():
@@ -168,7 +177,7 @@ def test_a_replica_killed_mid_request_costs_a_retry_not_a_result(service):
     while server.pool.replicas < 2:  # Ray restarts the dead replica; the pool routes to it again
         assert time.monotonic() < deadline, "the killed replica never came back"
         time.sleep(0.2)
-    assert victim["pid"] not in server.call(server.pool.pids)
+    assert victim["pid"] not in replica_pids([m for m in server.pool._members if m.state == "live"])
 
 
 def test_replicas_follow_the_load_up_and_down(ray_address):
@@ -454,7 +463,7 @@ def test_replica_death_and_scaling_during_training_change_nothing(env, local_run
         out = tmp_path / "grpc"
         proc = train(env, out, *FOUR_STEPS, "--grad", "fd", "--qbackend", f"grpc://127.0.0.1:{port}?simulator=local")
         wait_for_first_step(proc, out)
-        os.kill(server.call(server.pool.pids)[0], signal.SIGKILL)
+        os.kill(replica_pids([m for m in server.pool._members if m.state == "live"])[0], signal.SIGKILL)
         assert proc.poll() is None, "the run ended before the fault"
         server.call(server.pool.scale, 3)
         time.sleep(1.0)

@@ -282,7 +282,11 @@ BAD = {
         "circuit: invalid circuit spec: circuit spec version 9",
     ),
     "no circuit": (pb.EvaluateRequest(), "INVALID_ARGUMENT", "circuit: required"),
-    "options for qulacs": (shots("qulacs", shots=5), "INVALID_ARGUMENT", "backend: 'qulacs' takes no options"),
+    "options for qulacs": (
+        shots("qulacs", shots=5),
+        "INVALID_ARGUMENT",
+        "backend.options: 'qulacs' takes no option shots",
+    ),
     "bad noise": (shots("shots", readout_error=2.0), "INVALID_ARGUMENT", "readout_error must be a probability"),
     "out of memory": (
         request(n=1, spec=CircuitSpec(30, 0), backend="local"),
@@ -415,13 +419,13 @@ def test_an_evaluation_past_its_deadline_stops_and_says_so(simulator, want, n, g
     spec = CircuitSpec(10, 2)
     replica = Replica((simulator,))
     replica.start()
-    ev = Evaluation(spec, simulator, torch.rand(spec.n_params), torch.rand(n, spec.n_angles), want, grad)
+    ev = Evaluation.of(spec, simulator, torch.rand(spec.n_params), torch.rand(n, spec.n_angles), want, grad)
     start = time.monotonic()
     with pytest.raises(DeadlineExceeded, match="did not finish within 0.3 s") as e:
         replica.evaluate(to_request(ev).SerializeToString(), timeout=0.3)
     assert time.monotonic() - start < 1.5
     assert status_for(e.value)[0] == grpc.StatusCode.DEADLINE_EXCEEDED
-    few = Evaluation(spec, simulator, ev.theta, ev.angles[:4])
+    few = Evaluation.of(spec, simulator, ev.theta, ev.angles[:4])
     data, *_ = replica.evaluate(to_request(few).SerializeToString(), timeout=5)
     torch.testing.assert_close(
         to_result(pb.EvaluateResponse.FromString(data)).expectations,

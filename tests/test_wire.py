@@ -99,7 +99,7 @@ def evaluation(dtype=torch.float32, want="vjp", n=6, spec=SPEC) -> Evaluation:
     angles = torch.rand(n, spec.n_angles, generator=g, dtype=dtype)
     grad = Gradient("spsa", delta=0.05, samples=3, seed=7) if want != "expectations" else None
     grad_out = torch.rand(n, spec.n_qubits, generator=g, dtype=dtype) if want == "vjp" else None
-    return Evaluation(spec, "shots", theta, angles, want, grad, grad_out, True, {"shots": 100, "seed": 3})
+    return Evaluation.of(spec, "shots", theta, angles, want, grad, grad_out, True, {"shots": 100, "seed": 3})
 
 
 @pytest.mark.parametrize("want", ["expectations", "jacobians", "vjp"])
@@ -107,15 +107,9 @@ def evaluation(dtype=torch.float32, want="vjp", n=6, spec=SPEC) -> Evaluation:
 def test_request_round_trip(want, dtype):
     ev = evaluation(dtype, want)
     req = pb.EvaluateRequest.FromString(to_request(ev).SerializeToString())
-    assert check_request(req, Limits()).token_circuits == ev.token_circuits
+    assert check_request(req, Limits()).token_circuits == ev.header.token_circuits
     back = to_evaluation(req)
-    assert (back.spec, back.backend, back.want, back.grad, back.options) == (
-        ev.spec,
-        ev.backend,
-        want,
-        ev.grad,
-        ev.options,
-    )
+    assert back.header == ev.header and back.header.want == want
     for name in ("theta", "angles", "grad_out"):
         a, b = getattr(ev, name), getattr(back, name)
         assert (a is None and b is None) or (b.dtype == dtype and torch.equal(a, b)), name
@@ -124,10 +118,11 @@ def test_request_round_trip(want, dtype):
 def test_max_tokens_fits_the_limits():
     ev = evaluation(want="jacobians", n=1000)
     limits = Limits(max_message_bytes=2**20, max_tokens_per_request=500, max_work_per_request=10**6)
-    fit = lambda limits: max_tokens(ev.spec, ev.want, True, 4, ev.circuits_per_token, limits)  # noqa: E731
+    h = ev.header
+    fit = lambda limits: max_tokens(h, limits)  # noqa: E731
     n = fit(limits)
-    assert 1 <= n <= 500 and n * ev.circuits_per_token * 2**ev.spec.n_qubits <= 10**6
-    jac_bytes = n * ev.spec.n_qubits * (ev.spec.n_params + ev.spec.n_angles) * 4
+    assert 1 <= n <= 500 and n * h.circuits_per_token * 2**h.spec.n_qubits <= 10**6
+    jac_bytes = n * h.spec.n_qubits * (h.spec.n_params + h.spec.n_angles) * 4
     assert jac_bytes < 2**20
     assert fit(Limits(max_work_per_request=1)) == 1  # never 0: one token always goes
 

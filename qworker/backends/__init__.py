@@ -26,6 +26,7 @@ from qworker.backends.registry import (
     available_backends,
     backend_class,
     get_backend,
+    register,
 )
 from qworker.backends.shots import ShotsBackend
 
@@ -46,4 +47,5 @@ __all__ = [
     "available_backends",
     "backend_class",
     "get_backend",
+    "register",
 ]

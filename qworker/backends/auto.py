@@ -16,7 +16,7 @@ class AutoBackend(Backend):
     (equal near 6); adjoint, Qulacs ~1 ms a token against local's ~4-5 ms (equal near 4). Results
     agree to float rounding, not bit for bit: pin `local` where bits matter."""
 
-    name, statevector = "auto", True
+    name, statevector, accelerated = "auto", True, True  # local on a device
     QULACS_BELOW = 5
 
     def __init__(self):

@@ -91,6 +91,7 @@ class Backend:
     statevector = False  # exposes its state vector: it can run `adjoint` (and any reverse-mode method)
     seeded = False  # its results draw random numbers (shots, noise): `reseed` and a `seed` option fix them
     thread_safe = True  # one instance may evaluate for several threads at once (no generator or cache it mutates)
+    accelerated = False  # computes where its tensors are: a replica with a GPU hands it CUDA tensors
 
     @_class_or_instance
     def methods(self) -> tuple[str, ...]:

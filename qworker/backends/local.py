@@ -29,7 +29,8 @@ from torch import Tensor
 
 from qworker import deadline
 from qworker.backends.base import Backend, promoted
-from qworker.circuit import CircuitSpec, Op, check_memory
+from qworker.backends.memory import check_memory
+from qworker.circuit import CircuitSpec, Op
 from qworker.gradients import ADJOINT
 
 CHUNK_AMPLITUDES = 2**18  # tokens x 2^n per chunk: measured best on a 2-core CPU (bench/vqc.py)
@@ -542,7 +543,7 @@ class LocalBackend(Backend):
     """Batched torch statevector simulation (this module): adjoint by autograd; a shifted batch by
     its structure (`shifted`); rows that share theta (spsa's) with shared rotation matrices."""
 
-    name, statevector = "local", True
+    name, statevector, accelerated = "local", True, True
 
     def expectations(self, spec, theta, angles):
         out = angles.dtype

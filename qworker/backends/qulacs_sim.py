@@ -13,7 +13,8 @@ from torch import Tensor
 
 from qworker import deadline
 from qworker.backends.base import Backend
-from qworker.circuit import CircuitSpec, check_memory
+from qworker.backends.memory import check_memory
+from qworker.circuit import CircuitSpec
 
 
 class _Circuit:

@@ -12,8 +12,10 @@ Any installed distribution can add a backend (a `Backend` subclass); in its pypr
 
 from __future__ import annotations
 
+import warnings
 from importlib import metadata
 
+from qworker import gradients
 from qworker.backends.auto import AutoBackend
 from qworker.backends.base import Backend
 from qworker.backends.local import LocalBackend
@@ -31,6 +33,10 @@ BACKENDS: dict[str, type[Backend]] = {
 (run from a source tree); plug-ins come from `ENTRY_POINT_GROUP` (see `available_backends`)."""
 
 ENTRY_POINT_GROUP = "hyqut.backends"
+GRADIENTS_GROUP = "hyqut.gradients"  # gradient methods: a Method class or instance per name
+
+
+_REGISTERED: dict[str, type[Backend]] = {}  # by `register`, in this process
 
 
 class PluginError(ImportError):
@@ -54,14 +60,29 @@ def get_backend(name: str | Backend, **options) -> Backend:
     return ReadoutMitigated(backend, confusion) if mitigate else backend
 
 
+def register(name: str, cls: type[Backend]) -> type[Backend]:
+    """Make `cls` the backend `name` in this process (a service's in-process pool included; a Ray
+    replica, another process, finds a backend through the entry point group instead). A built-in
+    name is refused. Returns `cls`, so it works as a decorator's body."""
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ValueError(f"register({name!r}, ...) takes a subclass of qworker.backends.Backend, got {cls!r}")
+    if name in BACKENDS or not name.isidentifier():
+        raise ValueError(f"backend name {name!r} is built in or not an identifier; choose another")
+    _REGISTERED[name] = cls
+    return cls
+
+
 def backend_class(name: str) -> type[Backend]:
-    """The Backend class registered as `name`: a built-in first, then a plug-in (imported now).
-    ValueError listing every available name if none is; PluginError if the plug-in fails to load."""
+    """The Backend class registered as `name`: a built-in first, then one `register`ed in this
+    process, then a plug-in (imported now). ValueError listing every available name if none is;
+    PluginError if the plug-in fails to load."""
     if name in BACKENDS:
         return BACKENDS[name]
+    if name in _REGISTERED:
+        return _REGISTERED[name]
     plugins = _plugins()
     if name not in plugins:
-        names = [*BACKENDS, *sorted(n for n in plugins if n not in BACKENDS)]
+        names = [*BACKENDS, *_REGISTERED, *sorted(n for n in plugins if n not in BACKENDS)]
         raise ValueError(
             f"unknown backend {name!r}; choose one of {', '.join(names)} (or ray, or grpc://host:port for a qworker "
             f"server); plug-ins register in the {ENTRY_POINT_GROUP!r} entry point group"
@@ -73,7 +94,8 @@ def available_backends() -> dict[str, type[Backend]]:
     """Every backend by name: the built-ins, then the plug-ins (each imported; PluginError names
     one that fails). A plug-in cannot replace a built-in name."""
     plugins = _plugins()
-    return {**BACKENDS, **{n: _load(plugins[n]) for n in sorted(plugins) if n not in BACKENDS}}
+    found = {n: _load(plugins[n]) for n in sorted(plugins) if n not in BACKENDS and n not in _REGISTERED}
+    return {**BACKENDS, **_REGISTERED, **found}
 
 
 def _plugins() -> dict[str, metadata.EntryPoint]:
@@ -98,3 +120,20 @@ def _load(ep: metadata.EntryPoint) -> type[Backend]:
             f"backend plug-in {ep.name!r} ({ep.value}) is {cls!r}, not a subclass of qworker.backends.Backend"
         )
     return cls
+
+
+def load_gradient_plugins() -> None:
+    """Register the gradient methods of the `hyqut.gradients` entry point group (once a process;
+    `import qworker` calls it). One that fails to load is skipped with a warning naming it."""
+    for ep in metadata.entry_points(group=GRADIENTS_GROUP):
+        if ep.name in gradients.names():
+            continue
+        try:
+            loaded = ep.load()
+            gradients.register(loaded() if isinstance(loaded, type) else loaded)
+        except Exception as e:  # noqa: BLE001 - a broken plug-in must not break the rest
+            warnings.warn(
+                f"gradient plug-in {ep.name!r} ({ep.value}, entry point group {GRADIENTS_GROUP!r}) was not loaded: "
+                f"{type(e).__name__}: {e}",
+                stacklevel=2,
+            )

@@ -20,12 +20,12 @@ request, so a retry is safe); nothing else is retried.
 from __future__ import annotations
 
 import itertools
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import torch
 from torch import Tensor
 
 from qworker.backends import Backend, Capabilities, Pending
@@ -33,8 +33,9 @@ from qworker.circuit import VERSION as CIRCUIT_VERSION
 from qworker.circuit import CircuitSpec
 from qworker.client.connection import Connection
 from qworker.gradients import Gradient, contract
+from qworker.protocol import shards
 from qworker.protocol.convert import to_request, to_result
-from qworker.protocol.evaluation import Evaluation, Result
+from qworker.protocol.evaluation import Evaluation, Header, Result
 from qworker.protocol.limits import Limits, max_tokens
 from qworker.protocol.wire import qworker_pb2 as pb
 
@@ -135,48 +136,43 @@ class RemoteBackend(Backend):
     # -- the wire --------------------------------------------------------------------------
 
     def _evaluate(self, spec, theta, angles, want, grad=None, grad_out=None) -> Result:
-        requests = self._requests(spec, theta, angles, want, grad, grad_out)
-        if len(requests) == 1:  # one shard: no thread to hand it to
-            return _merge([to_result(self.connection.call("Evaluate", requests[0]))], like=angles)
-        return self._gather(requests, angles).result()
+        header, units, requests = self._requests(spec, theta, angles, want, grad, grad_out)
+        if len(requests) == 1:  # one request: no thread to hand it to
+            return _result(header, units, [self.connection.call("Evaluate", requests[0])], angles)
+        return self._gather(header, units, requests, angles).result()
 
     def _submit(self, spec, theta, angles, want, grad=None, grad_out=None) -> Future:
-        """Send the batch as concurrent shards; a future of the merged Result, on angles' device."""
-        return self._gather(self._requests(spec, theta, angles, want, grad, grad_out), angles)
+        """Send the batch's requests concurrently; a future of its Result."""
+        return self._gather(*self._requests(spec, theta, angles, want, grad, grad_out), angles)
 
-    def _requests(self, spec, theta, angles, want, grad=None, grad_out=None) -> list[pb.EvaluateRequest]:
-        """The batch as requests, each within the server's limits (the server spreads a request
-        over its replicas itself): the cut depends on the batch alone, so results do too."""
-        whole = Evaluation(spec, self.simulator, theta, angles, want, grad, grad_out, options=self.options)
-        n = max(1, angles.shape[0])
-        size = angles.element_size()
-        step = max_tokens(spec, want, False, size, whole.circuits_per_token, self.limits, theta.dim() == 2)
-        requests = []
-        for s in range(0, n, step):
-            rows = slice(s, s + step)
-            ev = replace(
-                whole,
-                theta=theta if theta.dim() == 1 else theta[rows],
-                angles=angles[rows],
-                grad_out=None if grad_out is None else grad_out[rows],
-                options=self._call_options(),
-            )
-            requests.append(to_request(ev))
-        return requests
+    def _requests(self, spec, theta, angles, want, grad=None, grad_out=None):
+        """(header, units, requests): the batch cut into requests that fit the server's limits (the
+        server spreads each over its replicas); the cut depends on the batch alone, so results do too."""
+        ev = Evaluation.of(spec, self.simulator, theta, angles, want, grad, grad_out, options=self.options)
+        whole, header = to_request(ev), ev.header
+        units = shards.by_tokens(header.n_tokens, max_tokens(header, self.limits))
+        requests = [whole] if len(units) == 1 else [shards.piece(whole, header, u) for u in units]
+        for r in requests:
+            self._seed(r)
+        return header, units, requests
 
-    def _gather(self, requests: list[pb.EvaluateRequest], like: Tensor) -> Future:
+    def _gather(self, header: Header, units: list, requests: list, like: Tensor) -> Future:
         calls = [self._pool().submit(self.connection.call, "Evaluate", r) for r in requests]
         merged: Future = Future()
+        left, lock = [len(calls)], threading.Lock()
 
-        def gather(_done) -> None:
-            if all(c.done() for c in calls) and not merged.done():
-                try:
-                    merged.set_result(_merge([to_result(c.result()) for c in calls], like=like))
-                except BaseException as e:  # noqa: BLE001 - handed to whoever waits
-                    merged.set_exception(e)
+        def one_done(_call) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            try:
+                merged.set_result(_result(header, units, [c.result() for c in calls], like))
+            except BaseException as e:  # noqa: BLE001 - handed to whoever waits
+                merged.set_exception(e)
 
         for c in calls:
-            c.add_done_callback(gather)
+            c.add_done_callback(one_done)
         return merged
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -184,11 +180,11 @@ class RemoteBackend(Backend):
             self._executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="qworker-client")
         return self._executor
 
-    def _call_options(self) -> dict:
-        options = dict(self.options)
-        if options.get("seed") is not None:  # a fresh, reproducible seed for every request
-            options["seed"] = (options["seed"] + next(self._calls)) % 2**64
-        return options
+    def _seed(self, request: pb.EvaluateRequest) -> None:
+        """A fresh, reproducible seed for every request (a seeded backend's options): `seed`, `seed + 1`, ..."""
+        seed = self.options.get("seed")
+        if seed is not None:
+            request.backend.options["seed"].integer = (seed + next(self._calls)) % 2**63
 
     def _info(self) -> pb.InfoResponse:
         return self.connection.call("Info", pb.InfoRequest())
@@ -211,18 +207,13 @@ class RemoteBackend(Backend):
         self.__dict__.update(state, _calls=itertools.count(state["_calls"]), info=info)
 
 
-def _merge(parts: list[Result], like: Tensor) -> Result:
-    """Results of consecutive chunks of one batch -> the batch's result, dtype and device of `like`."""
-
-    def cat(tensors: list[Tensor]) -> Tensor:
-        return torch.cat(tensors).to(like)
-
-    first = parts[0]
-    exp = cat([p.expectations for p in parts]) if first.expectations is not None else None
-    jac = tuple(cat(list(ts)) for ts in zip(*(p.jacobians for p in parts))) if first.jacobians is not None else None
-    vjp = None
-    if first.vjp is not None:
-        g_theta = [p.vjp[0] for p in parts]
-        g_theta = torch.stack(g_theta).sum(0).to(like) if g_theta[0].dim() == 1 else cat(g_theta)  # summed over tokens
-        vjp = (g_theta, cat([p.vjp[1] for p in parts]))
-    return Result(exp, jac, vjp, sum(p.compute_seconds for p in parts))
+def _result(header: Header, units: list, responses: list[pb.EvaluateResponse], like: Tensor) -> Result:
+    """The Result of a batch from its requests' responses, in the dtype and on the device of `like`."""
+    r = to_result(shards.assemble(header, units, responses))
+    move = lambda t: t.to(like)  # noqa: E731
+    return Result(
+        r.expectations if r.expectations is None else move(r.expectations),
+        r.jacobians and tuple(map(move, r.jacobians)),
+        r.vjp and tuple(map(move, r.vjp)),
+        r.compute_seconds,
+    )

@@ -15,7 +15,6 @@ INVALID_ARGUMENT) or `OverLimitError` (RESOURCE_EXHAUSTED); bad bytes never reac
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from torch import Tensor
 from qworker.circuit import CircuitSpec
 from qworker.gradients import Gradient, names
 from qworker.protocol.errors import OverLimitError, WireError
-from qworker.protocol.evaluation import Evaluation, Result, circuits_per_token
+from qworker.protocol.evaluation import Evaluation, Header, Result
 from qworker.protocol.limits import Limits, max_tokens
 from qworker.protocol.wire import qworker_pb2 as pb
 from qworker.validation import CircuitInputError, check_batch, shape_problems
@@ -39,36 +38,6 @@ WANT_WIRE = {name: wire for wire, name in WANT.items()}
 MAX_DIMS = 3  # no tensor of the contract has more
 NAMED_OPTIONS = ("shots", "seed", "readout_error", "depolarizing")  # Backend's own fields, from before `options`
 OPTION_KINDS = ((bool, "flag"), (int, "integer"), (float, "number"), (str, "text"))  # bool first: it is an int
-
-
-@dataclass(frozen=True)
-class Header:
-    """What a server knows of a request without decoding its tensors: enough to check its limits,
-    label its metrics and route it."""
-
-    spec: CircuitSpec
-    backend: str
-    want: str
-    grad: Gradient | None
-    include_expectations: bool
-    n_tokens: int
-    itemsize: int
-    options: dict = field(default_factory=dict)
-    components: range | None = None
-    per_token_theta: bool = False
-
-    @property
-    def circuits_per_token(self) -> int:
-        return circuits_per_token(self.spec, self.want, self.grad, self.include_expectations, self.components)
-
-    @property
-    def token_circuits(self) -> int:
-        return self.n_tokens * self.circuits_per_token
-
-    @property
-    def work(self) -> int:
-        """Amplitude-circuits: one-token circuits x 2^n_qubits, what a simulator's time scales with."""
-        return self.token_circuits << self.spec.n_qubits
 
 
 def encode_tensor(t: Tensor) -> pb.Tensor:
@@ -142,8 +111,8 @@ def read_header(req: pb.EvaluateRequest) -> Header:
     grad = _gradient(req) if want != "expectations" else None
     components = _components(req, spec, want, grad)
     return Header(
-        spec, req.backend.name, want, grad, req.include_expectations, angles[0], itemsize, options, components,
-        len(theta) == 2,
+        spec, req.backend.name, want, grad, angles[0], itemsize, len(theta) == 2, req.include_expectations, options,
+        components,
     )  # fmt: skip
 
 
@@ -154,18 +123,7 @@ def to_evaluation(req: pb.EvaluateRequest) -> Evaluation:
     theta = decode_tensor(req.theta, "theta")  # its own dtype: the backend computes in the wider
     grad_out = decode_tensor(req.grad_out, "grad_out").to(angles.dtype) if header.want == "vjp" else None
     check_batch(header.spec, theta, angles, grad_out)  # values: NaN, inf
-    return Evaluation(
-        header.spec,
-        header.backend,
-        theta,
-        angles,
-        header.want,
-        header.grad,
-        grad_out,
-        header.include_expectations,
-        header.options,
-        header.components,
-    )
+    return Evaluation(header, theta, angles, grad_out)
 
 
 def _check_limits(header: Header, limits: Limits) -> None:
@@ -178,15 +136,7 @@ def _check_limits(header: Header, limits: Limits) -> None:
             f"angles: {header.n_tokens} tokens exceed max_tokens_per_request={limits.max_tokens_per_request}; "
             "split the batch"
         )
-    most = max_tokens(
-        header.spec,
-        header.want,
-        header.include_expectations,
-        header.itemsize,
-        header.circuits_per_token,
-        limits,
-        header.per_token_theta,
-    )
+    most = max_tokens(header, limits)
     if header.work > limits.max_work_per_request:
         seconds = limits.max_request_seconds * header.work / limits.max_work_per_request
         raise OverLimitError(
@@ -228,9 +178,11 @@ def _options(backend: pb.Backend) -> dict:
 
 
 def encode_options(options: dict) -> dict[str, pb.OptionValue]:
-    """Backend options (bool, int, float or str values) as the wire's `Backend.options` map."""
+    """Backend options (bool, int, float or str values; None: left out) as the wire's `Backend.options` map."""
     out = {}
     for name, value in options.items():
+        if value is None:
+            continue
         kind = next((k for t, k in OPTION_KINDS if isinstance(value, t)), None)
         if kind is None:
             raise ValueError(f"backend option {name}={value!r}: only bool, int, float and str values go on the wire")
@@ -265,22 +217,22 @@ def _gradient(req: pb.EvaluateRequest) -> Gradient:
 
 def to_request(ev: Evaluation) -> pb.EvaluateRequest:
     """The wire request for an Evaluation (the client's side of `to_evaluation`)."""
-    s = ev.spec
+    h, s = ev.header, ev.header.spec
     req = pb.EvaluateRequest(
         circuit=pb.Circuit(n_qubits=s.n_qubits, n_layers=s.n_layers, entangler=s.entangler, version=s.version),
-        backend=pb.Backend(name=ev.backend, options=encode_options(ev.options)),
+        backend=pb.Backend(name=h.backend, options=encode_options(h.options)),
         theta=encode_tensor(ev.theta),
         angles=encode_tensor(ev.angles),
-        want=WANT_WIRE[ev.want],
-        include_expectations=ev.include_expectations,
+        want=WANT_WIRE[h.want],
+        include_expectations=h.include_expectations,
     )
-    if ev.grad is not None:
-        g = ev.grad
+    if h.grad is not None:
+        g = h.grad
         req.gradient.CopyFrom(pb.Gradient(method=g.method, delta=g.delta, samples=g.samples, seed=g.seed))
     if ev.grad_out is not None:
         req.grad_out.CopyFrom(encode_tensor(ev.grad_out.to(ev.angles.dtype)))
-    if ev.components is not None:
-        req.first_component, req.n_components = ev.components.start, len(ev.components)
+    if h.components is not None:
+        req.first_component, req.n_components = h.components.start, len(h.components)
     return req
 
 

@@ -1,7 +1,8 @@
 """One batched evaluation as plain data, and how a Backend runs it: what a replica decodes a
 request into and executes, and what a client builds its requests from.
 
-    ev = Evaluation(spec, "qulacs", theta, angles, want="vjp", grad=Gradient("adjoint"), grad_out=g)
+    ev = Evaluation.of(spec, "qulacs", theta, angles, want="vjp", grad=Gradient("adjoint"), grad_out=g)
+    ev.header.token_circuits                        # what the server knows without the tensors
     result = run(get_backend("qulacs"), ev)        # result.vjp == (g_theta, g_angles)
 """
 
@@ -20,50 +21,79 @@ WANTS = ("expectations", "jacobians", "vjp")
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    """A validated batch: N tokens through `spec` on the backend named `backend` (built with
-    `options`), returning `want` (expectations, jacobians or vjp) by `grad`."""
+class Header:
+    """What a request asks, without its tensors: N tokens through `spec` on the backend named
+    `backend` (built with `options`), returning `want` (expectations, jacobians or vjp) by `grad`.
+    Enough for a server to check its limits, label its metrics and cut it into work units."""
 
     spec: CircuitSpec
     backend: str
-    theta: Tensor  # (|Θ|,) or (N, |Θ|), the dtype of angles
-    angles: Tensor  # (N, 2 n_q)
     want: str = "expectations"
     grad: Gradient | None = None  # required unless want == "expectations"
-    grad_out: Tensor | None = None  # (N, n_q), with want == "vjp"
-    include_expectations: bool = False
+    n_tokens: int = 0
+    itemsize: int = 4  # of the angles (the results' dtype)
+    per_token_theta: bool = False
+    include_expectations: bool = False  # with jacobians or vjp: the expectations too
     options: dict = field(default_factory=dict)  # the backend's constructor options (shots, seed, ...)
-    components: range | None = None  # shift/fd Jacobians: these columns of [theta | angles] only
+    components: range | None = None  # a Jacobian by columns: these columns of [theta | angles] only
 
     def __post_init__(self) -> None:
         assert self.want in WANTS, f"want must be one of {WANTS}, got {self.want!r}"
         assert self.want == "expectations" or self.grad is not None, f"want={self.want} needs a gradient method"
-        assert (self.want == "vjp") == (self.grad_out is not None), "grad_out goes with want='vjp' only"
-
-    @property
-    def n_tokens(self) -> int:
-        return self.angles.shape[0]
 
     @property
     def circuits_per_token(self) -> int:
-        return circuits_per_token(self.spec, self.want, self.grad, self.include_expectations, self.components)
+        """Circuit evaluations each token costs (an adjoint pass counted as one; the forward rides
+        in the batch of a method that is not reverse-mode)."""
+        if self.want == "expectations":
+            return 1
+        columns = None if self.components is None else len(self.components)  # a work unit: some columns
+        extra = int(self.include_expectations and self.grad.rule.reverse)
+        return self.grad.rule.evaluations(self.spec, self.grad, columns) + extra
 
     @property
     def token_circuits(self) -> int:
         """One-token circuit evaluations this request costs."""
         return self.n_tokens * self.circuits_per_token
 
+    @property
+    def work(self) -> int:
+        """Amplitude-circuits: one-token circuits x 2^n_qubits, what a simulator's time scales with."""
+        return self.token_circuits << self.spec.n_qubits
 
-def circuits_per_token(
-    spec: CircuitSpec, want: str, grad: Gradient | None, include_expectations: bool, components: range | None = None
-) -> int:
-    """Circuit evaluations each token of a request costs (an adjoint pass counted as one; the
-    forward rides in the batch of shift, fd and spsa)."""
-    if want == "expectations":
-        return 1
-    if components is not None:  # a shift or fd work unit
-        return 2 * len(components) + int(include_expectations)
-    return grad.evaluations(spec) + int(include_expectations and grad.rule.reverse)
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A validated batch: its `header` and its tensors."""
+
+    header: Header
+    theta: Tensor  # (|Θ|,) or (N, |Θ|)
+    angles: Tensor  # (N, 2 n_q)
+    grad_out: Tensor | None = None  # (N, n_q), with want == "vjp"
+
+    def __post_init__(self) -> None:
+        assert (self.header.want == "vjp") == (self.grad_out is not None), "grad_out goes with want='vjp' only"
+
+    @classmethod
+    def of(
+        cls,
+        spec: CircuitSpec,
+        backend: str,
+        theta: Tensor,
+        angles: Tensor,
+        want: str = "expectations",
+        grad: Gradient | None = None,
+        grad_out: Tensor | None = None,
+        include_expectations: bool = False,
+        options: dict | None = None,
+        components: range | None = None,
+    ) -> Evaluation:
+        """An Evaluation from its parts; the header's sizes are read from the tensors."""
+        header = Header(
+            spec, backend, want, grad, angles.shape[0], angles.element_size(), theta.dim() == 2,
+            include_expectations, dict(options or {}), components,
+        )  # fmt: skip
+        return cls(header, theta, angles, grad_out)
 
 
 @dataclass(frozen=True)
@@ -78,17 +108,18 @@ class Result:
 
 def run(backend: Backend, ev: Evaluation) -> Result:
     """Evaluate `ev` on `backend` (already the one it names); raises the backend's own errors."""
-    if ev.grad is not None:
-        backend.check_method(ev.grad)
+    h = ev.header
+    if h.grad is not None:
+        backend.check_method(h.grad)
     start = time.perf_counter()
     exp = jac = vjp = None
-    if ev.want == "jacobians":  # shift, fd, spsa: the expectations ride in the same batch
+    if h.want == "jacobians":  # shift, fd, spsa: the expectations ride in the same batch
         exp, *jac = backend.forward_and_jacobians(
-            ev.spec, ev.theta, ev.angles, ev.grad, ev.include_expectations, ev.components
+            h.spec, ev.theta, ev.angles, h.grad, h.include_expectations, h.components
         )
         jac = tuple(jac)
-    elif ev.want == "expectations" or ev.include_expectations:
-        exp = backend.expectations(ev.spec, ev.theta, ev.angles)
-    if ev.want == "vjp":
-        vjp = tuple(backend.vjp(ev.spec, ev.theta, ev.angles, ev.grad_out, ev.grad))
+    elif h.want == "expectations" or h.include_expectations:
+        exp = backend.expectations(h.spec, ev.theta, ev.angles)
+    if h.want == "vjp":
+        vjp = tuple(backend.vjp(h.spec, ev.theta, ev.angles, ev.grad_out, h.grad))
     return Result(exp, jac, vjp, time.perf_counter() - start)

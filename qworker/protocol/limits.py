@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qworker.circuit import CircuitSpec
+from qworker.protocol.evaluation import Header
 
 ENVELOPE_BYTES = 4096  # headroom for everything in a message but tensor data
 
@@ -31,28 +31,21 @@ class Limits:
     max_replicas: int = 0
 
 
-def message_bytes_per_token(
-    spec: CircuitSpec, want: str, include_expectations: bool, itemsize: int, per_token_theta: bool = True
-) -> int:
+def message_bytes_per_token(header: Header) -> int:
     """Bytes one token adds to the larger of a request and its response: what bounds a batch
     (with a per-token theta, its row; or its VJP's, as large)."""
+    spec, want = header.spec, header.want
     request = spec.n_angles + (spec.n_qubits if want == "vjp" else 0)  # angles (+ grad_out)
     response = {"expectations": 0, "jacobians": spec.n_qubits * (spec.n_params + spec.n_angles), "vjp": spec.n_angles}
-    response = response[want] + (spec.n_qubits if want == "expectations" or include_expectations else 0)
-    return (max(request, response) + (spec.n_params if per_token_theta else 0)) * itemsize
+    response = response[want] + (spec.n_qubits if want == "expectations" or header.include_expectations else 0)
+    return (max(request, response) + (spec.n_params if header.per_token_theta else 0)) * header.itemsize
 
 
-def max_tokens(
-    spec: CircuitSpec,
-    want: str,
-    include_expectations: bool,
-    itemsize: int,
-    circuits_per_token: int,
-    limits: Limits,
-    per_token_theta: bool = True,
-) -> int:
-    """The most tokens a request like this may carry within `limits` (>= 1)."""
-    per_token = message_bytes_per_token(spec, want, include_expectations, itemsize, per_token_theta)
-    fit = (limits.max_message_bytes - ENVELOPE_BYTES - spec.n_params * itemsize) // per_token
-    work = limits.max_work_per_request // (circuits_per_token << spec.n_qubits)
+def max_tokens(header: Header, limits: Limits) -> int:
+    """The most tokens a request like `header` may carry within `limits` (>= 1)."""
+    spec = header.spec
+    fit = (limits.max_message_bytes - ENVELOPE_BYTES - spec.n_params * header.itemsize) // message_bytes_per_token(
+        header
+    )
+    work = limits.max_work_per_request // (header.circuits_per_token << spec.n_qubits)
     return max(1, min(limits.max_tokens_per_request, fit, work))

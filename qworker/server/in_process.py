@@ -13,8 +13,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from qworker.backends import Capabilities, Usage
-from qworker.protocol.convert import Header
-from qworker.protocol.errors import PoolNotReady
+from qworker.protocol.errors import PoolNotReady, ScaleRefused
+from qworker.protocol.evaluation import Header
 from qworker.server.replica import SIMULATORS, Replica, ReplicaStats
 
 
@@ -32,10 +32,18 @@ class InProcessPool:
         self._busy_s = 0.0
         self.usage: dict[str, Usage] = {}  # by backend name: jobs, circuits and shots spent
 
+    max_replicas = 0  # it cannot scale
+
     @property
     def replicas(self) -> int:
         """Live replicas: 1 once started."""
         return int(self.live)
+
+    def default_inflight(self) -> int:
+        return self.workers
+
+    def scale(self, replicas: int) -> tuple[int, int]:
+        raise ScaleRefused("this server evaluates in its own process; serve with --replicas N to scale")
 
     def backends(self) -> dict[str, Capabilities]:
         return self._capabilities

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -33,10 +32,10 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError, TaskCancelledError
 
 from qworker.backends import Capabilities, Usage
-from qworker.protocol.convert import Header
+from qworker.protocol import shards
 from qworker.protocol.errors import PoolNotReady, ReplicasDied, ScaleRefused
+from qworker.protocol.evaluation import Header
 from qworker.protocol.wire import qworker_pb2 as pb
-from qworker.server import units
 from qworker.server.in_process import InProcessPool
 from qworker.server.replica import SIMULATORS, Replica, ReplicaStats
 
@@ -82,9 +81,6 @@ class ReplicaActor:
 
     def node(self) -> str:
         return ray.util.get_node_ip_address()
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 @dataclass(eq=False)
@@ -163,6 +159,10 @@ class RayPool:
         """Live replicas (warmed up, not draining, not restarting)."""
         return sum(m.state == "live" for m in list(self._members))
 
+    def default_inflight(self) -> int:
+        """Two requests per live replica (one evaluating, one arriving), at least two."""
+        return max(2, 2 * self.replicas)
+
     @property
     def starting(self) -> bool:
         """Whether a replica asked for is still starting (or waiting for Ray to place it)."""
@@ -211,7 +211,7 @@ class RayPool:
     ) -> bytes:
         """The encoded response of `request` (`parsed`, if the caller has parsed it). A request of
         at most `inline_work` amplitude-circuits on an exact simulator is answered here: its hop to
-        a replica would cost more than it does. A larger one is cut into work units (`units.plan`)
+        a replica would cost more than it does. A larger one is cut into work units (`shards.plan`)
         that run on the least-busy live replicas side by side; a replica that dies mid-unit costs a
         retry of that unit on another. Raises PoolNotReady when no replica is live within `timeout`
         seconds, TimeoutError past it."""
@@ -220,12 +220,14 @@ class RayPool:
         if small and self.live:
             return await self.inline.evaluate(request, header, timeout)
         until = None if timeout is None else time.monotonic() + timeout
-        plan = units.plan(header)
+        plan = shards.plan(header)
         if len(plan) == 1:
             return await self._run(request, until, timeout, header.backend)
         parsed = parsed if parsed is not None else pb.EvaluateRequest.FromString(request)
         tasks = [
-            asyncio.ensure_future(self._run(units.piece(parsed, header, u), until, timeout, header.backend))
+            asyncio.ensure_future(
+                self._run(shards.piece(parsed, header, u).SerializeToString(), until, timeout, header.backend)
+            )
             for u in plan
         ]
         try:
@@ -234,7 +236,8 @@ class RayPool:
             for task in tasks:  # one unit failed, or the caller went away: stop the others
                 task.cancel()
             raise
-        return units.assemble(header, plan, answers)
+        parts = [pb.EvaluateResponse.FromString(a) for a in answers]
+        return shards.assemble(header, plan, parts).SerializeToString()
 
     async def _run(self, request: bytes, until: float | None, timeout: float | None, backend: str) -> bytes:
         """One request (or unit) on the least-busy live replica, retried on another if it dies."""
@@ -309,11 +312,6 @@ class RayPool:
         """Every replica's, those removed (their totals kept), then the server's own ("server")."""
         (own,) = self.inline.replica_stats()
         return [_stats(m) for m in list(self._members)] + list(self._retired) + [replace(own, name="server")]
-
-    async def pids(self) -> list[int]:
-        """Process ids of the live replicas, in the order of `replica_stats` (tests, operators)."""
-        actors = [m.actor for m in self._members if m.state == "live"]
-        return list(await asyncio.gather(*(_awaitable(a.pid.remote()) for a in actors)))
 
     def close(self) -> None:
         self.live = False

@@ -46,7 +46,8 @@ def _check_finite(ev: Evaluation, result: Result) -> None:
     tensors = [result.expectations, *(result.jacobians or ()), *(result.vjp or ())]
     if all(t is None or bool(torch.isfinite(t).all()) for t in tensors):
         return
-    hint = f" (gradient.delta={ev.grad.delta:g} too small for {ev.angles.dtype}?)" if ev.grad else ""
+    grad = ev.header.grad
+    hint = f" (gradient.delta={grad.delta:g} too small for {ev.angles.dtype}?)" if grad else ""
     raise ValueError(f"the results are not finite{hint}; nothing is returned")
 
 
@@ -95,7 +96,7 @@ class Replica:
         backend = self.backend_for(ev)
         before = replace(backend.usage)  # a copy: a shared backend keeps counting
         with deadline.within(timeout, cancel):
-            result = run(backend, self._on_device(ev))
+            result = run(backend, self._on_device(backend, ev))
         _check_finite(ev, result)
         data = to_response(result).SerializeToString()
         if len(request) + len(data) > TRIM_BYTES:  # give a large request's memory back to the system now
@@ -104,19 +105,24 @@ class Replica:
 
     def backend_for(self, ev: Evaluation) -> Backend:
         """The backend `ev` names, built with its options; ValueError if not served or bad options."""
-        if ev.backend not in self.names:
-            raise ValueError(f"backend.name: {ev.backend!r} is not served here; choose one of {', '.join(self.names)}")
-        if not ev.options and backend_class(ev.backend).thread_safe:
-            return self._backends[ev.backend] if ev.backend in self._backends else get_backend(ev.backend)
+        name, options = ev.header.backend, ev.header.options
+        if name not in self.names:
+            raise ValueError(f"backend.name: {name!r} is not served here; choose one of {', '.join(self.names)}")
+        cls = backend_class(name)
+        if not options and cls.thread_safe:
+            return self._backends[name] if name in self._backends else get_backend(name)
+        unknown = sorted(set(options) - set(cls.option_names()) - {"mitigate", "confusion"})  # the registry's wrapper
+        if unknown:
+            takes = ", ".join(cls.option_names()) or "none"
+            raise ValueError(f"backend.options: {name!r} takes no option {', '.join(unknown)} (its options: {takes})")
         try:
-            return get_backend(ev.backend, **ev.options)
-        except TypeError:
-            raise ValueError(f"backend: {ev.backend!r} takes no options (got {', '.join(ev.options)})") from None
-        except ValueError as e:
-            raise ValueError(f"backend: {e}") from None
+            return get_backend(name, **options)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"backend.options: {e}") from None
 
-    def _on_device(self, ev: Evaluation) -> Evaluation:
-        if self.device == "cpu" or ev.backend != "local":
+    def _on_device(self, backend: Backend, ev: Evaluation) -> Evaluation:
+        """`ev` on this replica's device when its backend computes on torch devices (`local`)."""
+        if self.device == "cpu" or not backend.accelerated:
             return ev
         move = lambda t: None if t is None else t.to(self.device)  # noqa: E731
         return replace(ev, theta=move(ev.theta), angles=move(ev.angles), grad_out=move(ev.grad_out))

@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from qworker.circuit import VERSION as CIRCUIT_VERSION
 from qworker.protocol.convert import check_request
-from qworker.protocol.errors import ScaleRefused, status_for
+from qworker.protocol.errors import status_for
 from qworker.protocol.limits import REPLICA_WORK_RATE, Limits
 from qworker.protocol.metadata import REQUEST_ID, RETRY_AFTER
 from qworker.protocol.wire import qworker_pb2 as pb
@@ -41,6 +41,7 @@ from qworker.server.auth import TokenAuthInterceptor
 from qworker.server.autoscale import Autoscaler, Policy
 from qworker.server.in_process import InProcessPool
 from qworker.server.metrics import ServiceMetrics
+from qworker.server.pool import Pool
 from qworker.server.replica import SIMULATORS, malloc_trim
 
 log = logging.getLogger("qworker.service")
@@ -101,7 +102,7 @@ class QWorkerServicer:
     mapping, so a malformed request is INVALID_ARGUMENT (grpc's own deserializer would say
     INTERNAL); Evaluate answers with the replica's bytes."""
 
-    def __init__(self, pool, cfg: ServerConfig, metrics: ServiceMetrics):
+    def __init__(self, pool: Pool, cfg: ServerConfig, metrics: ServiceMetrics):
         self.pool, self.cfg, self.limits, self.metrics = pool, cfg, cfg.limits, metrics
         queue = lambda: cfg.max_queue if cfg.max_queue is not None else 4 * self._max_inflight()  # noqa: E731
         self.admission = Admission(self._max_inflight, queue)
@@ -110,7 +111,7 @@ class QWorkerServicer:
     def _max_inflight(self) -> int:
         if self.cfg.max_inflight:
             return self.cfg.max_inflight
-        return getattr(self.pool, "workers", 0) or max(2, 2 * self.pool.replicas)
+        return self.pool.default_inflight()
 
     async def Evaluate(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         labels = {"backend": "?", "gradient": "none", "circuits": 0}
@@ -162,7 +163,7 @@ class QWorkerServicer:
                             self.limits,
                             max_inflight=self._max_inflight(),
                             max_queue=self.admission.queue(),
-                            max_replicas=getattr(self.pool, "max_replicas", 0),
+                            max_replicas=self.pool.max_replicas,
                         )
                     )
                 ),
@@ -176,8 +177,6 @@ class QWorkerServicer:
     async def Scale(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.ScaleResponse:
         async def work() -> pb.ScaleResponse:
             wanted = pb.ScaleRequest.FromString(request).replicas
-            if not hasattr(self.pool, "scale"):
-                raise ScaleRefused("this server evaluates in its own process; serve with --replicas N to scale")
             live, target = self.pool.scale(wanted)
             log.info("scaled to %d replicas (%d live)", target, live)
             return pb.ScaleResponse(replicas=live, target=target)

@@ -1,15 +1,15 @@
-"""Work units: a request cut into token x column blocks and put back together gives what the
+"""Shards (qworker/protocol/shards.py): a request cut into token x column blocks and put back together gives what the
 whole request gives; the cut depends on the request alone."""
 
 import pytest
 import torch
 
 from qworker import CircuitSpec, Gradient
+from qworker.protocol import shards
 from qworker.protocol.convert import check_request, to_request, to_result
 from qworker.protocol.evaluation import Evaluation
 from qworker.protocol.limits import Limits
 from qworker.protocol.wire import qworker_pb2 as pb
-from qworker.server import units
 from qworker.server.replica import Replica
 
 SPEC = CircuitSpec(10, 2)
@@ -23,16 +23,16 @@ def request(want, n, method=None, per_token=False, include=False, seed=0):
     angles = torch.rand(n, SPEC.n_angles, generator=g, dtype=torch.float64) * 6.28
     grad_out = torch.randn(n, SPEC.n_qubits, generator=g, dtype=torch.float64) if want == "vjp" else None
     grad = Gradient(method) if method else None
-    return to_request(Evaluation(SPEC, "local", theta, angles, want, grad, grad_out, include))
+    return to_request(Evaluation.of(SPEC, "local", theta, angles, want, grad, grad_out, include))
 
 
 def whole_and_cut(req: pb.EvaluateRequest):
     header = check_request(req, Limits())
-    plan = units.plan(header)
-    answers = [REPLICA.evaluate(units.piece(req, header, u))[0] for u in plan]
+    plan = shards.plan(header)
+    answers = [REPLICA.evaluate(shards.piece(req, header, u).SerializeToString())[0] for u in plan]
     whole, *_ = REPLICA.evaluate(req.SerializeToString())
-    cut = units.assemble(header, plan, answers)
-    return plan, to_result(pb.EvaluateResponse.FromString(whole)), to_result(pb.EvaluateResponse.FromString(cut))
+    cut = shards.assemble(header, plan, [pb.EvaluateResponse.FromString(a) for a in answers])
+    return plan, to_result(pb.EvaluateResponse.FromString(whole)), to_result(cut)
 
 
 @pytest.mark.parametrize(
@@ -63,8 +63,8 @@ def test_cut_and_assembled_equals_whole(want, n, method, per_token, include):
 
 def test_the_cut_depends_on_the_request_alone():
     header = check_request(request("jacobians", 256, "fd"), Limits())
-    plan = units.plan(header)
+    plan = shards.plan(header)
     assert len(plan) == 2 * 6 and all(len(u.tokens) == 128 for u in plan)  # 256 tokens x 60 columns
-    assert units.plan(header) == plan
+    assert shards.plan(header) == plan
     small = check_request(request("jacobians", 4, "fd"), Limits())
-    assert units.plan(small) == [units.Unit(range(4))]  # not worth cutting
+    assert shards.plan(small) == [shards.Unit(range(4))]  # not worth cutting

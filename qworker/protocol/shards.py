@@ -1,14 +1,18 @@
-"""Work units: a request cut into pieces that replicas run side by side, and their answers put
-back together, in numpy on the request's own bytes (no tensor is rebuilt in torch).
+"""A request cut into shards, and their answers put back together: one place for the client
+(which cuts a batch to fit the server's limits) and the server (which cuts a request into work
+units that replicas run side by side). Both work on wire messages, in numpy on the request's own
+bytes: no tensor is rebuilt in torch.
 
-    units = plan(header)                          # [Unit(tokens=range(0, 128), components=range(0, 10)), ...]
-    pieces = [piece(req, header, u) for u in units]   # encoded EvaluateRequests
-    data = assemble(header, units, answers)       # the encoded EvaluateResponse of the whole request
+    units = plan(header)                             # the server's: [Unit(range(0, 128), range(0, 10)), ...]
+    units = by_tokens(header.n_tokens, size)         # the client's: token blocks of at most `size`
+    pieces = [piece(req, header, u) for u in units]  # EvaluateRequests
+    whole = assemble(header, units, answers)         # the EvaluateResponse of the whole request
 
-A unit is a block of tokens and, for a shift or fd Jacobian, a block of its columns (the
-parameters' shifts). The cut depends on the request alone, never on how many replicas there are,
-and sums over token blocks (a shared theta's VJP) run in unit order: the same request gives the
-same bits whatever the pool's size, through a rescale or a restart (docs/design.md, "The service").
+A unit is a block of tokens and, for a Jacobian computed by columns (shift, fd), a block of its
+columns (the parameters' shifts). The cut depends on the request alone, never on how many
+replicas there are, and sums over token blocks (a shared theta's VJP) run in unit order: the same
+request gives the same bits whatever the pool's size, through a rescale or a restart
+(docs/design.md, "The service").
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qworker.protocol.convert import DTYPES, Header
+from qworker.protocol.convert import DTYPES
+from qworker.protocol.evaluation import Header
 from qworker.protocol.wire import qworker_pb2 as pb
 
 UNIT_WORK = 2**22  # amplitude-circuits a unit aims at (4,096 one-token circuits of 10 qubits, ~0.1 s)
@@ -39,22 +44,28 @@ class Unit:
 
 def plan(header: Header) -> list[Unit]:
     """The units of a request: one when it is small; else token blocks of a power-of-two size
-    sized to UNIT_WORK, times column blocks of UNIT_COMPONENTS for a shift or fd Jacobian."""
-    n = header.n_tokens
+    sized to UNIT_WORK, times column blocks of UNIT_COMPONENTS for a Jacobian computed by columns."""
+    n, spec = header.n_tokens, header.spec
     shifted = header.want == "jacobians" and header.grad.rule.columns and header.components is None
-    columns = header.spec.n_params + header.spec.n_angles
+    columns = spec.n_params + spec.n_angles
     blocks = [range(k, min(k + UNIT_COMPONENTS, columns)) for k in range(0, columns, UNIT_COMPONENTS)]
-    per_token = (2 * UNIT_COMPONENTS + 1 if shifted else header.circuits_per_token) << header.spec.n_qubits
+    unit = header.grad.rule.evaluations(spec, header.grad, UNIT_COMPONENTS) if shifted else header.circuits_per_token
+    per_token = unit << spec.n_qubits
     size = max(MIN_UNIT_TOKENS, 2 ** int(math.log2(max(1, UNIT_WORK // per_token))))
     if n <= size and not (shifted and n * header.circuits_per_token << header.spec.n_qubits > 2 * UNIT_WORK):
         return [Unit(range(n))]
-    tokens = [range(s, min(s + size, n)) for s in range(0, n, size)]
+    tokens = by_tokens(n, size)
     if not shifted or len(blocks) == 1:
-        return [Unit(t) for t in tokens]
-    return [Unit(t, c) for t in tokens for c in blocks]
+        return tokens
+    return [Unit(t.tokens, c) for t in tokens for c in blocks]
 
 
-def piece(req: pb.EvaluateRequest, header: Header, unit: Unit) -> bytes:
+def by_tokens(n_tokens: int, size: int) -> list[Unit]:
+    """Blocks of `size` consecutive tokens (the last may be shorter); one empty unit for no tokens."""
+    return [Unit(range(s, min(s + size, n_tokens))) for s in range(0, n_tokens, size)] or [Unit(range(0))]
+
+
+def piece(req: pb.EvaluateRequest, header: Header, unit: Unit) -> pb.EvaluateRequest:
     """The encoded request of one unit: its rows of angles (and of a per-token theta, of grad_out),
     its columns, the expectations only with its token block's first columns."""
     out = pb.EvaluateRequest()
@@ -65,14 +76,15 @@ def piece(req: pb.EvaluateRequest, header: Header, unit: Unit) -> bytes:
     if unit.components is not None:
         out.first_component, out.n_components = unit.components.start, len(unit.components)
         out.include_expectations = req.include_expectations and unit.first
-    return out.SerializeToString()
+    return out
 
 
-def assemble(header: Header, units: list[Unit], answers: list[bytes]) -> bytes:
-    """The encoded response of the whole request from its units' answers (in unit order)."""
+def assemble(header: Header, units: list[Unit], parts: list[pb.EvaluateResponse]) -> pb.EvaluateResponse:
+    """The response of the whole request from its units' answers (in unit order)."""
+    if len(parts) == 1 and units[0].components is None:
+        return parts[0]
     spec, n = header.spec, header.n_tokens
     dtype = DTYPES[pb.DTYPE_FLOAT64 if header.itemsize == 8 else pb.DTYPE_FLOAT32][1]
-    parts = [pb.EvaluateResponse.FromString(a) for a in answers]
     out = pb.EvaluateResponse(compute_seconds=sum(p.compute_seconds for p in parts))
     if parts[0].HasField("expectations"):
         z = np.empty((n, spec.n_qubits), dtype)
@@ -104,7 +116,7 @@ def assemble(header: Header, units: list[Unit], answers: list[bytes]) -> bytes:
                 g_theta += t
         _put(out.vjp_theta, g_theta)
         _put(out.vjp_angles, np.concatenate([_array(p.vjp_angles) for p in parts]))
-    return out.SerializeToString()
+    return out
 
 
 def _rows(dst: pb.Tensor, src: pb.Tensor, tokens: range) -> None:
