@@ -163,8 +163,9 @@ def train(cfg: ModelConfig, t: TrainConfig, plan: HardwarePlan | None, shots_bef
     model = build_model(cfg, t.circuits)
     config = t.deepspeed(bf16=torch.cuda.is_available())
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model), config=config)
-    run = Run(t, engine, corpus, rank, world)
+    run = None
     try:
+        run = Run(t, engine, corpus, rank, world)
         if resume:
             run.resume()
         if rank == 0:
