@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--max-inflight", type=int, help="requests evaluating at once (default: 2 per live replica)")
     s.add_argument("--max-queue", type=int, help="admitted requests waiting (default: 4 x max-inflight)")
     s.add_argument("--max-replicas", type=int, help="Scale's bound (default: what the Ray cluster can place now)")
+    s.add_argument(
+        "--max-resident-mb", type=int, default=d.max_resident_mb, help="kept Jacobians a replica holds (MiB)"
+    )
+    s.add_argument(
+        "--resident-ttl", type=float, default=d.resident_ttl_s, help="seconds before unused kept Jacobians expire"
+    )
     s.add_argument("--simulators", default=",".join(d.simulators), help=f"comma-separated, from {SIMULATORS}")
     s.add_argument("--replicas", type=int, default=1, help="replicas of the Ray pool (each a process)")
     s.add_argument("--in-process", action="store_true", help="no Ray: evaluate in the server's own process")
@@ -115,6 +121,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_inflight=args.max_inflight,
         max_queue=args.max_queue,
         max_replicas=args.max_replicas,
+        max_resident_mb=args.max_resident_mb,
+        resident_ttl_s=args.resident_ttl,
         autoscale=autoscale,
         simulators=tuple(n for n in args.simulators.split(",") if n),
         replicas=None if args.in_process else args.replicas,

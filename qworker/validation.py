@@ -64,14 +64,22 @@ def check_batch(spec: CircuitSpec, theta: Tensor, angles: Tensor, grad_out: Tens
         shape = [p for p in wrong_shape if p.startswith(name + " ")]
         problems += shape
         if not shape and t.dtype in FLOAT_DTYPES and t.numel():
-            bad = ~torch.isfinite(t.detach())
-            if bad.any():
-                first = tuple(int(i) for i in bad.nonzero()[0])
-                problems.append(f"{name} has {int(bad.sum())} non-finite value(s) (NaN or inf), first at index {first}")
+            try:
+                check_values(t, name)
+            except CircuitInputError as e:
+                problems.append(str(e))
     if isinstance(theta, Tensor) and isinstance(angles, Tensor) and theta.device != angles.device:
         problems.append(f"theta is on {theta.device} but angles on {angles.device}")
     if problems:
         raise CircuitInputError("; ".join(problems))
+
+
+def check_values(t: Tensor, name: str) -> None:
+    """CircuitInputError naming `name` if `t` has a non-finite value."""
+    bad = ~torch.isfinite(t.detach())
+    if bad.any():
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise CircuitInputError(f"{name} has {int(bad.sum())} non-finite value(s) (NaN or inf), first at index {first}")
 
 
 def _describe(spec: CircuitSpec) -> str:

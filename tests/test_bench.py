@@ -4,6 +4,7 @@ method, what each variant of a model computes. (The speeds themselves are for be
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,6 +12,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from test_train import validation_loss  # a run's validation loss from its saved weights, in plain torch
+
+from trainer.model.config import from_preset
 
 ROOT = Path(__file__).parents[1]
 
@@ -52,7 +56,11 @@ def test_vqc_contended_measures_each_cell_twice():
     out = rows(bench("bench/vqc.py", "--quick", "--json", "--backends", "local", "--contended"))
     measured = [r for r in out if r["backend"] == "local" and r["status"] == "ok"]
     assert len(measured) == 5  # forward, adjoint, shift, fd, spsa
-    assert all(r["contended_circuits_per_s"] > 0 and r["contended_vs_quiet"] > 0 for r in measured)
+    for r in measured:  # the same N both times: the ratio of the times is the ratio of the two rates
+        assert r["contended_circuits_per_s"] is not None, r  # measured beside the competitor too (else: its note)
+        assert r["contended_circuits_per_s"] > 0 and r["circuits_per_s"] > 0, r
+        quiet_over_busy = r["contended_circuits_per_s"] / r["circuits_per_s"]
+        assert r["contended_vs_quiet"] == pytest.approx(quiet_over_busy, rel=1e-2, abs=1e-3), r
 
 
 @pytest.mark.slow
@@ -60,8 +68,12 @@ def test_train_step_costs_follow_the_gradient_methods():
     out = rows(bench("bench/train_step.py", "--models", "tiny", "--steps", "1", "--batch", "2", "--json"))
     cells = {(r["quantum"], r["grad"]): r for r in out}
     assert set(cells) == {("none", "-"), ("wq", "adjoint"), ("wgate", "adjoint"), ("wq", "fd")}
-    assert all(r["tokens_per_step"] == 2 * 128 for r in out)  # batch 2 x tiny's context
-    assert cells["none", "-"]["quantum_share"] == 0  # no circuit, no circuit time
+    classical = cells["none", "-"]
+    for r in out:
+        assert r["tokens_per_step"] == 2 * from_preset("tiny").context  # batch 2 x tiny's context
+        assert r["tokens_per_s"] == pytest.approx(r["tokens_per_step"] / r["step_s"])
+        assert r["ratio_vs_classical"] == pytest.approx(r["tokens_per_s"] / classical["tokens_per_s"])
+    assert classical["quantum_share"] == 0  # no circuit, no circuit time
     adjoint, fd = cells["wq", "adjoint"], cells["wq", "fd"]
     assert 0 < adjoint["quantum_share"] < fd["quantum_share"] < 1  # fd: 121 circuit runs a token, adjoint ~3
     assert fd["tokens_per_s"] < adjoint["tokens_per_s"]
@@ -79,16 +91,21 @@ def test_service_figures_match_the_wire_format():
     # fd: angles out, <Z> back; angles out, the Jacobians back (10 x (40 + 20) values)
     payload = {"adjoint": 4 * (20 + 10 + 20 + 10 + 20), "fd": 4 * (20 + 10 + 20 + 10 * 60)}
     for grad, r in by_grad.items():
-        assert set(r["token_circuits_per_s"]) == paths and all(v > 0 for v in r["token_circuits_per_s"].values())
+        rates = r["token_circuits_per_s"]
+        assert set(rates) == paths and all(v > 0 for v in rates.values())
+        # one round: each path's ratio is its rate over the in-process one's
+        assert r["ratio"] == pytest.approx({name: v / rates["in-process"] for name, v in rates.items()})
         envelope = r["bytes_per_token"] - payload[grad]  # headers, shapes, theta: a few hundred bytes a call
         assert 0 < envelope * n < 1000, (grad, r["bytes_per_token"])
         assert set(r["service_cpu_ms_per_request"]) == paths - {"in-process"}
     (over,) = [r for r in out if "overhead_ms" in r]
     assert set(over["one_token_ms"]) == paths and set(over["overhead_ms"]) == paths - {"in-process"}
+    ms = over["one_token_ms"]  # the overhead: a one-token call through the service less one in-process
+    assert over["overhead_ms"] == pytest.approx({k: v - ms["in-process"] for k, v in ms.items() if k != "in-process"})
 
 
 @pytest.mark.slow
-def test_study_runs_a_grid_resumes_and_reports(tmp_path, cache_dir):
+def test_study_runs_a_grid_resumes_and_reports(tmp_path, cache_dir, corpus):
     env = {**os.environ, "HYQUT_CACHE": str(cache_dir)}
     variants = ["none", "wq", "wq-control", "none-like-wq"]
     argv = ["bench/study.py", "--model", "tiny", "--variants", *variants, "--seeds", "0", "1", "--steps", "3"]
@@ -106,7 +123,11 @@ def test_study_runs_a_grid_resumes_and_reports(tmp_path, cache_dir):
     bench(*argv, env=env, timeout=900)
     study = json.loads((tmp_path / "s.json").read_text())
     assert sorted((r["variant"], r["seed"]) for r in study["runs"]) == sorted((v, s) for v in variants for s in (0, 1))
-    assert all(r["steps"] == 3 and r["final_val_loss"] > 0 for r in study["runs"])
+    assert all(r["steps"] == 3 for r in study["runs"])
+    for r in study["runs"]:  # the loss of each run's saved weights on its 1 x 2 validation windows, in plain torch
+        run = tmp_path / "runs" / f"{r['variant']}-s{r['seed']}"
+        assert r["final_val_loss"] == pytest.approx(validation_loss(run, corpus.validation, 1 * 2), rel=1e-5), r
+        assert r["final_val_ppl"] == pytest.approx(math.exp(r["final_val_loss"])) and r["val"][-1][0] == 3
     params = {r["variant"]: r["params"] for r in study["summary"]}
     # narrowed to within one FFN unit (3 x d_model x n_layers = 3 x 64 x 2 weights) of the hybrid's count
     assert abs(params["none-like-wq"] - params["wq"]) <= 3 * 64 * 2 // 2 < abs(params["none"] - params["wq"])
@@ -212,8 +233,12 @@ def test_scaling_spreads_one_request_over_the_replicas():
     assert len(out[2]["replica_busy_s"]) == 2 and min(out[2]["replica_busy_s"]) > 0
     for r in (1, 2):
         row = out[r]
-        assert row["evaluations_per_s_efficiency"] * r == pytest.approx(row["evaluations_per_s_speedup"])
         assert row["tokens_per_s"] > 0 and row["evaluations_per_s"] > 0
+        for key in ("evaluations_per_s", "tokens_per_s"):  # against R = 1 and the in-process row (R = 0)
+            assert row[f"{key}_speedup"] == pytest.approx(row[key] / out[1][key])
+            assert row[f"{key}_efficiency"] * r == pytest.approx(row[f"{key}_speedup"])
+            assert row[f"{key}_vs_in_process"] == pytest.approx(row[key] / out[0][key])
+    assert out[1]["evaluations_per_s_speedup"] == out[1]["tokens_per_s_speedup"] == 1
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from trainer.generate import load
 from trainer.model.circuits import Circuits
 from trainer.model.config import from_preset
 from trainer.model.convert import build_model
+from trainer.model.transformer import Transformer
 from trainer.run import checkpoint as ckpt
 from trainer.run.config import TrainConfig
 
@@ -39,30 +40,34 @@ OLD_TRAIN = {"dataset": "chitchat", "steps": 300, "batch_size": 16, "grad_accum"
 OLD_TRAIN |= {"weight_decay": 0.1, "clip": 1.0, "seed": 0, "world_size": 1}
 
 
-def old_run(tmp_path: Path, corpus, qbackend: str = OLD_MODEL["qbackend"]) -> Path:
-    """A run directory of the old layout, with weights of its model."""
+def old_run(tmp_path: Path, corpus, qbackend: str = OLD_MODEL["qbackend"]) -> tuple[Path, Transformer]:
+    """A run directory of the old layout, with weights of its model; and that model (circuits on `local`)."""
     run = tmp_path / "old"
     model = {**OLD_MODEL, "qbackend": qbackend}
     ckpt.write_run(run, {"model": model, "train": OLD_TRAIN}, corpus.tokenizer.to_json())
     branch = "classical" if qbackend == "classical" else "circuit"  # the control was a qbackend then
     cfg = from_preset("tiny", quantum="wq", n_qubits=4, branch=branch)
     torch.manual_seed(0)
-    ckpt.save_weights(run, build_model(cfg), step=300)
-    return run
+    saved = build_model(cfg)
+    ckpt.save_weights(run, saved, step=300)
+    return run, saved
 
 
 @pytest.mark.parametrize("qbackend, branch", [("grpc://10.0.0.5:50051", "circuit"), ("classical", "classical")])
 def test_an_old_run_directory_loads_and_samples_locally(tmp_path, corpus, qbackend, branch):
-    run = old_run(tmp_path, corpus, qbackend)
+    run, saved = old_run(tmp_path, corpus, qbackend)
     model, tokenizer = load(run)  # the circuits now run here (local), not on the old address
     assert model.cfg.branch == branch and model.cfg.quantum == "wq"
+    tokens = torch.tensor([tokenizer.encode("hello")])
     with torch.no_grad():
-        logits, _ = model(torch.tensor([tokenizer.encode("hello")]))
+        logits, _ = model(tokens)
+        want, _ = saved(tokens)  # the model whose weights the old run holds
     assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, want)
 
 
 def test_an_old_run_resumes_under_the_new_layout(tmp_path, corpus):
-    run = old_run(tmp_path, corpus)
+    run, _ = old_run(tmp_path, corpus)
     cfg = from_preset("tiny", quantum="wq", n_qubits=4)
     same = TrainConfig(circuits=Circuits(backend="local", grad="fd"))  # what the old run trained with, elsewhere
     assert ckpt.check_resumable(run, ckpt.run_record(cfg, same, world_size=1)) is False  # no ckpt/ yet: a start

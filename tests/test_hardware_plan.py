@@ -145,6 +145,8 @@ def test_a_resumed_run_counts_every_shot_paid_for(tmp_path):
 def test_trainer_metrics_count_hardware_usage_by_backend():
     import urllib.request
 
+    from prometheus_client.parser import text_string_to_metric_families
+
     from qworker.backends import Usage
     from trainer.run.metrics import TrainMetrics
 
@@ -155,6 +157,8 @@ def test_trainer_metrics_count_hardware_usage_by_backend():
         text = urllib.request.urlopen(f"http://127.0.0.1:{m.server.server_port}/metrics", timeout=10).read().decode()
     finally:
         m.close()
-    assert 'hyqut_hardware_jobs_total{backend="shots"} 3.0' in text
-    assert 'hyqut_hardware_circuits_total{backend="shots"} 400.0' in text
-    assert 'hyqut_hardware_shots_total{backend="shots"} 40000.0' in text
+    got = {(s.name, s.labels.get("backend")): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    # the two steps' usage summed: 2 + 1 jobs, 300 + 100 circuits, 30,000 + 10,000 shots
+    assert got[("hyqut_hardware_jobs_total", "shots")] == 3
+    assert got[("hyqut_hardware_circuits_total", "shots")] == 400
+    assert got[("hyqut_hardware_shots_total", "shots")] == 40_000

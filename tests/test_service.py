@@ -19,6 +19,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from prometheus_client.parser import text_string_to_metric_families
 
 from qworker import CircuitSpec, Gradient, get_backend
 from qworker.client import RemoteBackend, RemoteError, RemoteInvalidArgument
@@ -26,6 +27,7 @@ from qworker.deadline import DeadlineExceeded
 from qworker.protocol.convert import encode_tensor, to_request, to_result
 from qworker.protocol.errors import status_for
 from qworker.protocol.evaluation import Evaluation
+from qworker.protocol.limits import REPLICA_WORK_RATE
 from qworker.protocol.metadata import bearer
 from qworker.protocol.wire import qworker_pb2 as pb
 from qworker.protocol.wire import qworker_pb2_grpc as pb_grpc
@@ -188,7 +190,9 @@ def test_info(channel):
     assert methods == {"auto": exact, "qulacs": exact, "local": exact, "shots": ["shift", "fd", "spsa"]}
     assert [b.hardware for b in info.backends] == [False, False, False, True]
     assert info.limits.max_qubits == 30 and info.limits.max_message_bytes == 64 * 2**20
-    assert info.limits.max_tokens_per_request > 0 and info.limits.max_work_per_request > 0
+    assert info.limits.max_tokens_per_request == 65_536  # README, "Every limit": --max-tokens (65,536)
+    # the work limit is what one replica does in max_request_seconds (docs/design.md, "The service")
+    assert info.limits.max_work_per_request == info.limits.max_request_seconds * REPLICA_WORK_RATE
     assert info.limits.max_request_seconds == 600 and info.limits.default_deadline_s == 600
     assert info.limits.max_inflight == 4 and info.limits.max_queue == 16  # workers, and 4 x that
     assert info.limits.max_replicas == 0 and info.queue_depth == 0  # an in-process pool does not scale
@@ -212,33 +216,53 @@ def test_reflection_lists_and_describes_the_service(channel):
     assert [m.name for m in described.methods] == ["Evaluate", "Info", "Scale"]
 
 
-def scrape(server) -> str:
+def scrape(server) -> dict[tuple[str, frozenset], float]:
+    """The server's /metrics page: {(sample name, its labels): value}, read by prometheus-client's parser."""
     with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics.port}/metrics", timeout=5) as r:
-        return r.read().decode()
+        families = text_string_to_metric_families(r.read().decode())
+    return {(s.name, frozenset(s.labels.items())): s.value for f in families for s in f.samples}
 
 
-def replica_figure(text: str, name: str) -> float:
-    (line,) = [x for x in text.splitlines() if x.startswith(name + "{") and 'replica="in-process"' in x]
-    return float(line.split()[-1])
+def value(page: dict, name: str, **labels) -> float:
+    """One series of a scraped page (0 for one not there yet: a counter before its first count)."""
+    return page.get((name, frozenset(labels.items())), 0.0)
+
+
+def replica_figure(page: dict, name: str) -> float:
+    (figure,) = [v for (n, labels), v in page.items() if n == name and ("replica", "in-process") in labels]
+    return figure
 
 
 def test_metrics_count_requests_circuits_and_errors(server, channel):
     stub = pb_grpc.QWorkerStub(channel)
     before = scrape(server[0])
+    start = time.monotonic()
     stub.Evaluate(request(n=5, want=pb.WANT_JACOBIANS, method="shift"), timeout=10)
+    seconds = time.monotonic() - start
     with pytest.raises(grpc.RpcError):
         stub.Evaluate(request(backend="nope"), timeout=10)
-    text = scrape(server[0])
-    assert 'hyqut_qworker_requests_total{code="OK",rpc="Evaluate"}' in text
-    assert 'hyqut_qworker_requests_total{code="INVALID_ARGUMENT",rpc="Evaluate"}' in text
+    # a refused call is counted as its handler ends, just after its status went out: until the
+    # latency of both calls (its last figure) is in, the page may not hold it yet
+    deadline, latency = time.monotonic() + 10, ("hyqut_qworker_request_seconds_count", frozenset({("rpc", "Evaluate")}))
+    while (after := scrape(server[0])).get(latency, 0) < before.get(latency, 0) + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    def added(name: str, **labels) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert added("hyqut_qworker_requests_total", rpc="Evaluate", code="OK") == 1
+    assert added("hyqut_qworker_requests_total", rpc="Evaluate", code="INVALID_ARGUMENT") == 1
+    assert added("hyqut_qworker_request_seconds_count", rpc="Evaluate") == 2
+    # shift: every token's forward and both shifts of each of its |Θ| + 2 n_q angles
     shift_circuits = 5 * (2 * (SPEC.n_params + SPEC.n_angles) + 1)
-    line = next(x for x in text.splitlines() if x.startswith("hyqut_qworker_token_circuits_total{") and "shift" in x)
-    assert float(line.split()[-1]) >= shift_circuits
-    assert "hyqut_qworker_request_seconds_bucket" in text and "hyqut_qworker_in_flight 0.0" in text
+    circuits = added("hyqut_qworker_token_circuits_total", backend="qulacs", gradient="shift", code="OK")
+    assert circuits == shift_circuits
+    assert value(after, "hyqut_qworker_in_flight") == 0
     evaluations = "hyqut_qworker_replica_evaluations_total"  # the refused request never reached the replica
-    assert replica_figure(text, evaluations) == replica_figure(before, evaluations) + 1
-    assert replica_figure(text, "hyqut_qworker_replica_busy_seconds_total") > 0
-    assert replica_figure(text, "hyqut_qworker_replica_up") == 1
+    assert replica_figure(after, evaluations) == replica_figure(before, evaluations) + 1
+    busy = "hyqut_qworker_replica_busy_seconds_total"  # measured in the replica, within the call's time
+    assert 0 < replica_figure(after, busy) - replica_figure(before, busy) <= seconds
+    assert replica_figure(after, "hyqut_qworker_replica_up") == 1
 
 
 # -- bad input: the right code, a message naming the field, the server still healthy -------------
@@ -358,6 +382,7 @@ def test_status_mapping():
 
 @pytest.mark.parametrize("metadata, words", [(None, "missing token"), (bearer("guess"), "wrong token")])
 def test_token_required(limited, metadata, words):
+    refused_before = value(scrape(limited[0]), "hyqut_qworker_requests_total", rpc="Evaluate", code="UNAUTHENTICATED")
     with grpc.insecure_channel(f"127.0.0.1:{limited[1]}") as ch:
         for call in (lambda: pb_grpc.QWorkerStub(ch).Info(pb.InfoRequest(), timeout=5, metadata=metadata),
                      lambda: pb_grpc.QWorkerStub(ch).Evaluate(request(), timeout=5, metadata=metadata)):  # fmt: skip
@@ -370,7 +395,8 @@ def test_token_required(limited, metadata, words):
                 reflect(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5, metadata=metadata)
             )
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert 'hyqut_qworker_requests_total{code="UNAUTHENTICATED",rpc="Evaluate"}' in scrape(limited[0])
+    refused = value(scrape(limited[0]), "hyqut_qworker_requests_total", rpc="Evaluate", code="UNAUTHENTICATED")
+    assert refused == refused_before + 1
     assert_healthy(limited[1], bearer(TOKEN))  # health itself needs no token
 
 

@@ -50,7 +50,8 @@ def test_cut_and_assembled_equals_whole(want, n, method, per_token, include):
     plan, whole, cut = whole_and_cut(request(want, n, method, per_token, include))
     assert len(plan) > 1
     covered = sorted((t, c) for u in plan for t in u.tokens for c in (u.components or [None]))
-    assert len(covered) == len(set(covered))  # no token-column twice
+    columns = range(SPEC.n_params + SPEC.n_angles) if plan[0].components is not None else [None]
+    assert covered == [(t, c) for t in range(n) for c in columns]  # every token-column once, none twice
     for field in ("expectations", "jacobians", "vjp"):
         a, b = getattr(whole, field), getattr(cut, field)
         assert (a is None) == (b is None), field

@@ -107,7 +107,9 @@ def evaluation(dtype=torch.float32, want="vjp", n=6, spec=SPEC) -> Evaluation:
 def test_request_round_trip(want, dtype):
     ev = evaluation(dtype, want)
     req = pb.EvaluateRequest.FromString(to_request(ev).SerializeToString())
-    assert check_request(req, Limits()).token_circuits == ev.header.token_circuits
+    # 6 tokens: one circuit each for expectations; spsa's forward and both sides of its 3 directions
+    circuits = {"expectations": 6 * 1, "jacobians": 6 * (1 + 2 * 3), "vjp": 6 * (1 + 2 * 3)}[want]
+    assert check_request(req, Limits()).token_circuits == ev.header.token_circuits == circuits
     back = to_evaluation(req)
     assert back.header == ev.header and back.header.want == want
     for name in ("theta", "angles", "grad_out"):
@@ -124,6 +126,11 @@ def test_max_tokens_fits_the_limits():
     assert 1 <= n <= 500 and n * h.circuits_per_token * 2**h.spec.n_qubits <= 10**6
     jac_bytes = n * h.spec.n_qubits * (h.spec.n_params + h.spec.n_angles) * 4
     assert jac_bytes < 2**20
+    # the most that fit, not merely some: a token of this request is 1 + 2 x 3 spsa circuits of 3
+    # qubits (7 x 2^3 amplitude-circuits) and ~0.3 kB, so here the token limit binds...
+    assert n == 500
+    # ...and with room for 123 tokens' work and a little more, the work limit does
+    assert fit(Limits(max_work_per_request=123 * 7 * 2**3 + 55)) == 123
     assert fit(Limits(max_work_per_request=1)) == 1  # never 0: one token always goes
 
 

@@ -42,6 +42,13 @@ RETRIES = Counter(
 )
 
 
+RECOMPUTES = Counter(
+    "hyqut_qworker_client_recomputes",
+    "VJPs of kept Jacobians this process's clients sent again with their inputs (the handle was gone)",
+    registry=REGISTRY,
+)
+
+
 class Connection:
     """A channel to one qworker server: the token, TLS, a deadline and an id for every call, and
     retries of UNAVAILABLE and of a full server's RESOURCE_EXHAUSTED (counted in RETRIES).

@@ -22,19 +22,20 @@ from __future__ import annotations
 import itertools
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import grpc
 from torch import Tensor
 
 from qworker.backends import Backend, Capabilities, Pending
 from qworker.circuit import VERSION as CIRCUIT_VERSION
 from qworker.circuit import CircuitSpec
-from qworker.client.connection import Connection
-from qworker.gradients import Gradient, contract
+from qworker.client.connection import RECOMPUTES, Connection, RemoteError
+from qworker.gradients import Gradient
 from qworker.protocol import shards
-from qworker.protocol.convert import to_request, to_result
+from qworker.protocol.convert import encode_tensor, to_request, to_result
 from qworker.protocol.evaluation import Evaluation, Header, Result
 from qworker.protocol.limits import Limits, max_tokens
 from qworker.protocol.wire import qworker_pb2 as pb
@@ -124,14 +125,36 @@ class RemoteBackend(Backend):
         self._calls = itertools.count()
 
     def start(self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient) -> Pending:
-        """Expectations now; the gradient evaluations sent with them and awaited in `vjp`. With
-        adjoint (which needs the upstream gradient) the VJP is requested in `vjp` instead."""
+        """Expectations now; the Jacobians started with them and kept by the server
+        (keep_jacobians), whose VJP `Pending.vjp` asks for with the upstream gradient. With adjoint
+        (reverse mode) the VJP is requested in `vjp` instead."""
         self.check_method(grad)
         if grad.rule.reverse:
             return Pending(self.expectations(spec, theta, angles), lambda g: self.vjp(spec, theta, angles, g, grad))
-        jacobians = self._submit(spec, theta, angles, "jacobians", grad)
+        header, units, requests = self._requests(spec, theta, angles, "jacobians", grad, keep=True)
+        kept = [self._pool().submit(self.connection.call, "Evaluate", r) for r in requests]
         z = self._evaluate(spec, theta, angles, "expectations").expectations
-        return Pending(z, lambda g: contract(*jacobians.result().jacobians, g))
+        return Pending(z, lambda g: self._vjp_of_kept(header, units, requests, kept, g, like=angles))
+
+    def _vjp_of_kept(self, header: Header, units: list, requests: list, kept: list[Future], g: Tensor, like: Tensor):
+        """The VJP of each request's kept Jacobians; one whose handle is gone (NOT_FOUND: evicted,
+        expired, its replica or the server restarted) is sent again with its inputs, which gives
+        the same bits (counted in RECOMPUTES)."""
+        g = g.to(like.dtype)
+
+        def one(i: int) -> pb.EvaluateResponse:
+            rows = g[units[i].tokens.start : units[i].tokens.stop]
+            handle = kept[i].result().handle  # a failed keep request raises its own error here
+            try:
+                return self.connection.call("Evaluate", _by_handle(requests[i], handle, rows))
+            except RemoteError as e:
+                if e.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+            RECOMPUTES.inc()
+            return self.connection.call("Evaluate", _with_inputs(requests[i], rows))
+
+        answers = [one(0)] if len(units) == 1 else list(self._pool().map(one, range(len(units))))
+        return _result(replace(header, want="vjp", keep_jacobians=False), units, answers, like).vjp
 
     # -- the wire --------------------------------------------------------------------------
 
@@ -145,12 +168,15 @@ class RemoteBackend(Backend):
         """Send the batch's requests concurrently; a future of its Result."""
         return self._gather(*self._requests(spec, theta, angles, want, grad, grad_out), angles)
 
-    def _requests(self, spec, theta, angles, want, grad=None, grad_out=None):
+    def _requests(self, spec, theta, angles, want, grad=None, grad_out=None, keep=False):
         """(header, units, requests): the batch cut into requests that fit the server's limits (the
-        server spreads each over its replicas); the cut depends on the batch alone, so results do too."""
+        server spreads each over its replicas); the cut depends on the batch alone, so results do
+        too. Kept Jacobians are cut as their VJP requests will be (those must fit as well)."""
         ev = Evaluation.of(spec, self.simulator, theta, angles, want, grad, grad_out, options=self.options)
+        ev = replace(ev, header=replace(ev.header, keep_jacobians=keep))
         whole, header = to_request(ev), ev.header
-        units = shards.by_tokens(header.n_tokens, max_tokens(header, self.limits))
+        size = max_tokens(replace(header, want="vjp", keep_jacobians=False) if keep else header, self.limits)
+        units = shards.by_tokens(header.n_tokens, size)
         requests = [whole] if len(units) == 1 else [shards.piece(whole, header, u) for u in units]
         for r in requests:
             self._seed(r)
@@ -217,3 +243,24 @@ def _result(header: Header, units: list, responses: list[pb.EvaluateResponse], l
         r.vjp and tuple(map(move, r.vjp)),
         r.compute_seconds,
     )
+
+
+def _by_handle(kept: pb.EvaluateRequest, handle: str, grad_out: Tensor) -> pb.EvaluateRequest:
+    """The VJP request of the Jacobians `kept` left under `handle`: no theta, no angles."""
+    return pb.EvaluateRequest(
+        circuit=kept.circuit,
+        backend=kept.backend,
+        gradient=kept.gradient,
+        want=pb.WANT_VJP,
+        grad_out=encode_tensor(grad_out),
+        handle=handle,
+    )
+
+
+def _with_inputs(kept: pb.EvaluateRequest, grad_out: Tensor) -> pb.EvaluateRequest:
+    """The VJP request that recomputes what `kept` asked for: its inputs (and seed) with grad_out."""
+    out = pb.EvaluateRequest()
+    out.CopyFrom(kept)
+    out.want, out.keep_jacobians = pb.WANT_VJP, False
+    out.grad_out.CopyFrom(encode_tensor(grad_out))
+    return out

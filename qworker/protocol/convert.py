@@ -26,7 +26,7 @@ from qworker.protocol.errors import OverLimitError, WireError
 from qworker.protocol.evaluation import Evaluation, Header, Result
 from qworker.protocol.limits import Limits, max_tokens
 from qworker.protocol.wire import qworker_pb2 as pb
-from qworker.validation import CircuitInputError, check_batch, shape_problems
+from qworker.validation import CircuitInputError, check_batch, check_values, shape_problems
 
 DTYPES = {  # wire dtype -> (torch dtype, numpy little-endian dtype)
     pb.DTYPE_FLOAT32: (torch.float32, np.dtype("<f4")),
@@ -92,33 +92,54 @@ def read_header(req: pb.EvaluateRequest) -> Header:
     want = WANT.get(req.want)
     if want is None:
         raise WireError("want", f"unknown value {req.want}; send WANT_EXPECTATIONS, WANT_JACOBIANS or WANT_VJP")
-    for name, what in (("angles", "(N, 2 n_qubits) input angles"), ("theta", "(|theta|,) trainable angles")):
-        if not req.HasField(name):
+    grad = _gradient(req) if want != "expectations" else None
+    _check_resident(req, want, grad)
+    inputs = (("angles", "(N, 2 n_qubits) input angles"), ("theta", "(|theta|,) trainable angles"))
+    for name, what in inputs:
+        if req.handle and req.HasField(name):
+            raise WireError(name, "is left out with a handle (the kept Jacobians are of the inputs already sent)")
+        if not req.handle and not req.HasField(name):
             raise WireError(name, f"required: the {what}")
-    angles, itemsize = tensor_header(req.angles, "angles")
-    theta, _ = tensor_header(req.theta, "theta")
-    grad_out = None
+    angles = theta = grad_out = None
+    if not req.handle:
+        angles, itemsize = tensor_header(req.angles, "angles")
+        theta, _ = tensor_header(req.theta, "theta")
     if want == "vjp":
         if not req.HasField("grad_out"):
             raise WireError("grad_out", "required with WANT_VJP: the (N, n_qubits) upstream gradient")
-        grad_out, _ = tensor_header(req.grad_out, "grad_out")
+        grad_out, out_itemsize = tensor_header(req.grad_out, "grad_out")
+        if req.handle:  # the kept tokens are grad_out's rows; results come in its dtype
+            angles, itemsize = (grad_out[0] if grad_out else 0, spec.n_angles), out_itemsize
     elif req.HasField("grad_out"):
         raise WireError("grad_out", "is only read with WANT_VJP; leave it unset")
     problems = shape_problems(spec, theta, angles, grad_out)
     if problems:
         raise CircuitInputError("; ".join(problems))
     options = _options(req.backend)
-    grad = _gradient(req) if want != "expectations" else None
     components = _components(req, spec, want, grad)
     return Header(
-        spec, req.backend.name, want, grad, angles[0], itemsize, len(theta) == 2, req.include_expectations, options,
-        components,
+        spec, req.backend.name, want, grad, angles[0], itemsize, theta is not None and len(theta) == 2,
+        req.include_expectations, options, components, req.keep_jacobians, req.handle,
     )  # fmt: skip
+
+
+def _check_resident(req: pb.EvaluateRequest, want: str, grad: Gradient | None) -> None:
+    """keep_jacobians goes with WANT_JACOBIANS, a handle with WANT_VJP; both by a method that
+    computes Jacobians ahead of the upstream gradient (not reverse-mode)."""
+    for name, set_, wanted in (("keep_jacobians", req.keep_jacobians, "jacobians"), ("handle", req.handle, "vjp")):
+        if set_ and (want != wanted or grad.rule.reverse):
+            raise WireError(
+                name, f"goes with WANT_{wanted.upper()} by a method that is not reverse-mode (shift, fd, spsa)"
+            )
 
 
 def to_evaluation(req: pb.EvaluateRequest) -> Evaluation:
     """Decode and check a whole request (its structure, shapes and values); the replica's side."""
     header = read_header(req)
+    if header.handle:  # the kept Jacobians stand for theta and the angles
+        grad_out = decode_tensor(req.grad_out, "grad_out")
+        check_values(grad_out, "grad_out")
+        return Evaluation(header, None, None, grad_out)
     angles = decode_tensor(req.angles, "angles")
     theta = decode_tensor(req.theta, "theta")  # its own dtype: the backend computes in the wider
     grad_out = decode_tensor(req.grad_out, "grad_out").to(angles.dtype) if header.want == "vjp" else None
@@ -195,9 +216,10 @@ def _components(req: pb.EvaluateRequest, spec: CircuitSpec, want: str, grad: Gra
         return None
     total = spec.n_params + spec.n_angles
     first, n = req.first_component, req.n_components if req.HasField("n_components") else total
-    if want != "jacobians" or not grad.rule.columns:
+    if want == "expectations" or not grad.rule.columns:
         raise WireError(
-            "first_component", "a range of Jacobian columns goes with WANT_JACOBIANS by a method computed by columns"
+            "first_component",
+            "a range of Jacobian columns goes with WANT_JACOBIANS or WANT_VJP by a method computed by columns",
         )
     if not (n >= 1 and first + n <= total):
         raise WireError("n_components", f"columns {first}..{first + n - 1} are not within the {total} parameters")
@@ -221,16 +243,19 @@ def to_request(ev: Evaluation) -> pb.EvaluateRequest:
     req = pb.EvaluateRequest(
         circuit=pb.Circuit(n_qubits=s.n_qubits, n_layers=s.n_layers, entangler=s.entangler, version=s.version),
         backend=pb.Backend(name=h.backend, options=encode_options(h.options)),
-        theta=encode_tensor(ev.theta),
-        angles=encode_tensor(ev.angles),
         want=WANT_WIRE[h.want],
         include_expectations=h.include_expectations,
+        keep_jacobians=h.keep_jacobians,
+        handle=h.handle,
     )
+    if not h.handle:
+        req.theta.CopyFrom(encode_tensor(ev.theta))
+        req.angles.CopyFrom(encode_tensor(ev.angles))
     if h.grad is not None:
         g = h.grad
         req.gradient.CopyFrom(pb.Gradient(method=g.method, delta=g.delta, samples=g.samples, seed=g.seed))
     if ev.grad_out is not None:
-        req.grad_out.CopyFrom(encode_tensor(ev.grad_out.to(ev.angles.dtype)))
+        req.grad_out.CopyFrom(encode_tensor(ev.grad_out if h.handle else ev.grad_out.to(ev.angles.dtype)))
     if h.components is not None:
         req.first_component, req.n_components = h.components.start, len(h.components)
     return req
@@ -238,7 +263,7 @@ def to_request(ev: Evaluation) -> pb.EvaluateRequest:
 
 def to_response(result: Result) -> pb.EvaluateResponse:
     """The wire response for a Result."""
-    resp = pb.EvaluateResponse(compute_seconds=result.compute_seconds)
+    resp = pb.EvaluateResponse(compute_seconds=result.compute_seconds, handle=result.handle)
     if result.expectations is not None:
         resp.expectations.CopyFrom(encode_tensor(result.expectations))
     if result.jacobians is not None:
@@ -258,4 +283,4 @@ def to_result(resp: pb.EvaluateResponse) -> Result:
 
     jac = (get("jacobian_theta"), get("jacobian_angles")) if resp.HasField("jacobian_theta") else None
     vjp = (get("vjp_theta"), get("vjp_angles")) if resp.HasField("vjp_theta") else None
-    return Result(get("expectations"), jac, vjp, resp.compute_seconds)
+    return Result(get("expectations"), jac, vjp, resp.compute_seconds, resp.handle)

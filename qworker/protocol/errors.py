@@ -32,6 +32,10 @@ class ReplicasDied(Exception):
     """Several replicas died running one request: the request itself kills them (RESOURCE_EXHAUSTED)."""
 
 
+class HandleGone(Exception):
+    """Kept Jacobians that are no longer where their handle says (NOT_FOUND): send the inputs."""
+
+
 class ScaleRefused(Exception):
     """A Scale call this server cannot carry out (FAILED_PRECONDITION): the message says why."""
 
@@ -48,6 +52,7 @@ STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (TimeoutError, StatusCode.DEADLINE_EXCEEDED),
     (Cancelled, StatusCode.CANCELLED),
     (ScaleRefused, StatusCode.FAILED_PRECONDITION),
+    (HandleGone, StatusCode.NOT_FOUND),
     (DecodeError, StatusCode.INVALID_ARGUMENT),
     (ValueError, StatusCode.INVALID_ARGUMENT),  # CircuitInputError, WireError and the backends' own checks
 )

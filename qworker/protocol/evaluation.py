@@ -15,7 +15,7 @@ from torch import Tensor
 
 from qworker.backends.base import Backend
 from qworker.circuit import CircuitSpec
-from qworker.gradients import Gradient
+from qworker.gradients import Gradient, contract
 
 WANTS = ("expectations", "jacobians", "vjp")
 
@@ -36,6 +36,8 @@ class Header:
     include_expectations: bool = False  # with jacobians or vjp: the expectations too
     options: dict = field(default_factory=dict)  # the backend's constructor options (shots, seed, ...)
     components: range | None = None  # a Jacobian by columns: these columns of [theta | angles] only
+    keep_jacobians: bool = False  # jacobians: keep them where computed, answer a handle
+    handle: str = ""  # vjp: of the Jacobians kept under this handle (no theta, no angles)
 
     def __post_init__(self) -> None:
         assert self.want in WANTS, f"want must be one of {WANTS}, got {self.want!r}"
@@ -67,8 +69,8 @@ class Evaluation:
     """A validated batch: its `header` and its tensors."""
 
     header: Header
-    theta: Tensor  # (|Θ|,) or (N, |Θ|)
-    angles: Tensor  # (N, 2 n_q)
+    theta: Tensor | None  # (|Θ|,) or (N, |Θ|); None with a handle
+    angles: Tensor | None  # (N, 2 n_q); None with a handle
     grad_out: Tensor | None = None  # (N, n_q), with want == "vjp"
 
     def __post_init__(self) -> None:
@@ -87,13 +89,20 @@ class Evaluation:
         include_expectations: bool = False,
         options: dict | None = None,
         components: range | None = None,
+        keep_jacobians: bool = False,
     ) -> Evaluation:
         """An Evaluation from its parts; the header's sizes are read from the tensors."""
         header = Header(
             spec, backend, want, grad, angles.shape[0], angles.element_size(), theta.dim() == 2,
-            include_expectations, dict(options or {}), components,
+            include_expectations, dict(options or {}), components, keep_jacobians,
         )  # fmt: skip
         return cls(header, theta, angles, grad_out)
+
+    @classmethod
+    def of_handle(cls, spec: CircuitSpec, backend: str, grad: Gradient, handle: str, grad_out: Tensor) -> Evaluation:
+        """The VJP of the Jacobians kept under `handle` (a keep_jacobians request's answer)."""
+        header = Header(spec, backend, "vjp", grad, grad_out.shape[0], grad_out.element_size(), handle=handle)
+        return cls(header, None, None, grad_out)
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,7 @@ class Result:
     jacobians: tuple[Tensor, Tensor] | None = None  # (N, n_q, |Θ|), (N, n_q, 2 n_q)
     vjp: tuple[Tensor, Tensor] | None = None  # (|Θ|,), (N, 2 n_q)
     compute_seconds: float = 0.0
+    handle: str = ""  # with keep_jacobians: what names the kept Jacobians
 
 
 def run(backend: Backend, ev: Evaluation) -> Result:
@@ -120,6 +130,15 @@ def run(backend: Backend, ev: Evaluation) -> Result:
         jac = tuple(jac)
     elif h.want == "expectations" or h.include_expectations:
         exp = backend.expectations(h.spec, ev.theta, ev.angles)
-    if h.want == "vjp":
+    if h.want == "vjp" and h.grad.rule.reverse:
         vjp = tuple(backend.vjp(h.spec, ev.theta, ev.angles, ev.grad_out, h.grad))
+    elif h.want == "vjp":  # from the Jacobians as kept Jacobians would give it: a recomputation has the same bits
+        _, j_theta, j_angles = backend.forward_and_jacobians(h.spec, ev.theta, ev.angles, h.grad, False, h.components)
+        vjp = vjp_of(j_theta, j_angles, ev.grad_out.to(j_theta), h.per_token_theta)
     return Result(exp, jac, vjp, time.perf_counter() - start)
+
+
+def vjp_of(j_theta: Tensor, j_angles: Tensor, grad_out: Tensor, per_token: bool) -> tuple[Tensor, Tensor]:
+    """The VJP of Jacobians (of some columns, with `components`), in their dtype: what a kept
+    handle and a recomputation both answer."""
+    return contract(j_theta, j_angles, grad_out, per_token)

@@ -29,6 +29,8 @@ class Limits:
     max_inflight: int = 0  # 0: not reported (a client's own Limits)
     max_queue: int = 0
     max_replicas: int = 0
+    max_resident_bytes: int = 2**30  # kept Jacobians a replica holds (EvaluateRequest.keep_jacobians)
+    resident_ttl_s: float = 600.0  # unused kept Jacobians expire after this (their trainer is gone)
 
 
 def message_bytes_per_token(header: Header) -> int:
@@ -36,7 +38,8 @@ def message_bytes_per_token(header: Header) -> int:
     (with a per-token theta, its row; or its VJP's, as large)."""
     spec, want = header.spec, header.want
     request = spec.n_angles + (spec.n_qubits if want == "vjp" else 0)  # angles (+ grad_out)
-    response = {"expectations": 0, "jacobians": spec.n_qubits * (spec.n_params + spec.n_angles), "vjp": spec.n_angles}
+    jacobians = 0 if header.keep_jacobians else spec.n_qubits * (spec.n_params + spec.n_angles)  # kept: a handle
+    response = {"expectations": 0, "jacobians": jacobians, "vjp": spec.n_angles}
     response = response[want] + (spec.n_qubits if want == "expectations" or header.include_expectations else 0)
     return (max(request, response) + (spec.n_params if header.per_token_theta else 0)) * header.itemsize
 

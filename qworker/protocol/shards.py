@@ -46,7 +46,7 @@ def plan(header: Header) -> list[Unit]:
     """The units of a request: one when it is small; else token blocks of a power-of-two size
     sized to UNIT_WORK, times column blocks of UNIT_COMPONENTS for a Jacobian computed by columns."""
     n, spec = header.n_tokens, header.spec
-    shifted = header.want == "jacobians" and header.grad.rule.columns and header.components is None
+    shifted = header.want != "expectations" and header.grad.rule.columns and header.components is None
     columns = spec.n_params + spec.n_angles
     blocks = [range(k, min(k + UNIT_COMPONENTS, columns)) for k in range(0, columns, UNIT_COMPONENTS)]
     unit = header.grad.rule.evaluations(spec, header.grad, UNIT_COMPONENTS) if shifted else header.circuits_per_token
@@ -97,9 +97,7 @@ def assemble(header: Header, units: list[Unit], parts: list[pb.EvaluateResponse]
         j_angles = np.empty((n, spec.n_qubits, spec.n_angles), dtype)
         for u, p in zip(units, parts):
             rows = slice(u.tokens.start, u.tokens.stop)
-            cols = u.components or range(spec.n_params + spec.n_angles)
-            theta_cols = range(cols.start, min(cols.stop, spec.n_params))
-            angle_cols = range(max(cols.start, spec.n_params) - spec.n_params, cols.stop - spec.n_params)
+            theta_cols, angle_cols = _split(spec, u.components)
             if len(theta_cols):
                 j_theta[rows, :, theta_cols.start : theta_cols.stop] = _array(p.jacobian_theta)
             if len(angle_cols):
@@ -107,15 +105,7 @@ def assemble(header: Header, units: list[Unit], parts: list[pb.EvaluateResponse]
         _put(out.jacobian_theta, j_theta)
         _put(out.jacobian_angles, j_angles)
     if parts[0].HasField("vjp_theta"):
-        thetas = [_array(p.vjp_theta) for p in parts]
-        if header.per_token_theta:
-            g_theta = np.concatenate(thetas)
-        else:  # summed over token blocks in unit order: the same bits for any number of replicas
-            g_theta = thetas[0].copy()
-            for t in thetas[1:]:
-                g_theta += t
-        _put(out.vjp_theta, g_theta)
-        _put(out.vjp_angles, np.concatenate([_array(p.vjp_angles) for p in parts]))
+        _put_vjp(out, header, units, parts, dtype)
     return out
 
 
@@ -134,3 +124,31 @@ def _put(dst: pb.Tensor, array: np.ndarray) -> None:
     dst.shape[:] = array.shape
     dst.dtype = pb.DTYPE_FLOAT64 if array.dtype.itemsize == 8 else pb.DTYPE_FLOAT32
     dst.data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _put_vjp(out: pb.EvaluateResponse, header: Header, units: list[Unit], parts, dtype) -> None:
+    """The VJP of the whole request: a shared theta's part summed over token blocks in unit order
+    (the same bits for any number of replicas), the rest placed by tokens and columns."""
+    spec, n = header.spec, header.n_tokens
+    thetas = [_array(p.vjp_theta) for p in parts]
+    per_token = thetas[0].ndim == 2
+    g_theta = np.zeros((n, spec.n_params) if per_token else (spec.n_params,), dtype)
+    g_angles = np.empty((n, spec.n_angles), dtype)
+    for u, p, t in zip(units, parts, thetas):
+        rows = slice(u.tokens.start, u.tokens.stop)
+        theta_cols, angle_cols = _split(spec, u.components)
+        if per_token:
+            g_theta[rows, theta_cols.start : theta_cols.stop] = t
+        elif len(theta_cols):
+            g_theta[theta_cols.start : theta_cols.stop] += t
+        g_angles[rows, angle_cols.start : angle_cols.stop] = _array(p.vjp_angles)
+    _put(out.vjp_theta, g_theta)
+    _put(out.vjp_angles, g_angles)
+
+
+def _split(spec, components: range | None) -> tuple[range, range]:
+    """A unit's columns of [theta | angles] (all of them if None) as theta's and the angles'."""
+    cols = components or range(spec.n_params + spec.n_angles)
+    theta_cols = range(cols.start, min(cols.stop, spec.n_params))
+    angle_cols = range(max(cols.start, spec.n_params) - spec.n_params, cols.stop - spec.n_params)
+    return theta_cols, angle_cols

@@ -15,15 +15,22 @@ from concurrent.futures import ThreadPoolExecutor
 from qworker.backends import Capabilities, Usage
 from qworker.protocol.errors import PoolNotReady, ScaleRefused
 from qworker.protocol.evaluation import Header
+from qworker.protocol.limits import Limits
 from qworker.server.replica import SIMULATORS, Replica, ReplicaStats
+from qworker.server.resident import Resident
 
 
 class InProcessPool:
     """`workers` evaluations at a time on this process's Replica; a cancelled request (its
     client gave up, or its deadline passed) stops at the simulators' next check."""
 
-    def __init__(self, names: tuple[str, ...] = SIMULATORS, workers: int = 4):
-        self.replica = Replica(names)
+    def __init__(
+        self,
+        names: tuple[str, ...] = SIMULATORS,
+        workers: int = 4,
+        resident: tuple[int, float] = (Limits.max_resident_bytes, Limits.resident_ttl_s),
+    ):
+        self.replica = Replica(names, resident=Resident(*resident))
         self.names, self.workers = self.replica.names, workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qworker-eval")
         self._capabilities = self.replica.capabilities()

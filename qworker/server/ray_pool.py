@@ -33,11 +33,13 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError, T
 
 from qworker.backends import Capabilities, Usage
 from qworker.protocol import shards
-from qworker.protocol.errors import PoolNotReady, ReplicasDied, ScaleRefused
+from qworker.protocol.errors import HandleGone, PoolNotReady, ReplicasDied, ScaleRefused
 from qworker.protocol.evaluation import Header
+from qworker.protocol.limits import Limits
 from qworker.protocol.wire import qworker_pb2 as pb
 from qworker.server.in_process import InProcessPool
 from qworker.server.replica import SIMULATORS, Replica, ReplicaStats
+from qworker.server.resident import Handles, Held, Resident
 
 log = logging.getLogger("qworker.ray_pool")
 
@@ -45,6 +47,7 @@ WARMUP_TIMEOUT_S = 180.0  # the pool's start waits this long for its replicas
 PENDING_S = 5.0  # a replica not started by then is reported pending (Info)
 MAX_RETIRED = 1000  # removed replicas whose totals stay in the metrics
 MAX_ATTEMPTS = 3  # replicas a request may see die before it fails
+INLINE = "inline"  # where a unit kept by the server's own replica is
 
 
 class ReplicaActor:
@@ -52,12 +55,12 @@ class ReplicaActor:
     one. Evaluations run one at a time on the `compute` concurrency group's thread; pings and
     cancellations are answered on the default group's meanwhile."""
 
-    def __init__(self, names: tuple[str, ...], threads: int):
+    def __init__(self, names: tuple[str, ...], threads: int, resident: tuple[int, float]):
         import torch
 
         torch.set_num_threads(max(1, threads))
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        self.replica = Replica(names, device)
+        self.replica = Replica(names, device, Resident(*resident))
         self.replica.start()
         self._running: tuple[int, threading.Event] | None = None
 
@@ -118,12 +121,14 @@ class RayPool:
         resource: str | None = None,
         inline_work: int = 0,
         max_replicas: int | None = None,
+        resident: tuple[int, float] = (Limits.max_resident_bytes, Limits.resident_ttl_s),
     ):
         if replicas < 0 or cpus < 0 or gpus < 0:
             raise ValueError(f"replicas, cpus and gpus must be >= 0 (got {replicas}, {cpus}, {gpus})")
         # the server's own replica: it validates the names here, and answers requests too small to
         # be worth a hop to a replica (`inline_work`)
-        self.inline = InProcessPool(names)
+        self.inline = InProcessPool(names, resident=resident)
+        self.resident, self.handles = resident, Handles(resident[1])
         self._capabilities = self.inline.backends()
         self.inline_work = inline_work
         self.names, self.target = tuple(names), replicas
@@ -213,36 +218,75 @@ class RayPool:
         at most `inline_work` amplitude-circuits on an exact simulator is answered here: its hop to
         a replica would cost more than it does. A larger one is cut into work units (`shards.plan`)
         that run on the least-busy live replicas side by side; a replica that dies mid-unit costs a
-        retry of that unit on another. Raises PoolNotReady when no replica is live within `timeout`
-        seconds, TimeoutError past it."""
+        retry of that unit on another. A keep_jacobians request leaves each unit's Jacobians on its
+        replica and answers one handle for them; a request with a handle goes to those replicas.
+        Raises PoolNotReady when no replica is live within `timeout` seconds, TimeoutError past
+        it, HandleGone when a handle's Jacobians are gone."""
+        parsed = parsed if parsed is not None else pb.EvaluateRequest.FromString(request)
+        until = None if timeout is None else time.monotonic() + timeout
+        if header.handle:
+            return await self._gather(parsed, header, self.handles.take(header.handle), until, timeout)
         served = self._capabilities.get(header.backend)  # None: the replica names the error
         small = header.work <= self.inline_work and not (served and served.hardware)
         if small and self.live:
-            return await self.inline.evaluate(request, header, timeout)
-        until = None if timeout is None else time.monotonic() + timeout
+            data = await self.inline.evaluate(request, header, timeout)
+            if not header.keep_jacobians:
+                return data
+            answer = pb.EvaluateResponse.FromString(data)
+            return self._with_handle(answer, [Held(shards.Unit(range(header.n_tokens)), INLINE, answer.handle)])
         plan = shards.plan(header)
-        if len(plan) == 1:
-            return await self._run(request, until, timeout, header.backend)
-        parsed = parsed if parsed is not None else pb.EvaluateRequest.FromString(request)
-        tasks = [
-            asyncio.ensure_future(
-                self._run(shards.piece(parsed, header, u).SerializeToString(), until, timeout, header.backend)
-            )
-            for u in plan
-        ]
+        if len(plan) == 1 and not header.keep_jacobians:
+            return (await self._run(request, until, timeout, header))[0]
+        return await self._gather(parsed, header, [Held(u, None, "") for u in plan], until, timeout)
+
+    async def _gather(
+        self, parsed: pb.EvaluateRequest, header: Header, units: list[Held], until: float | None, timeout: float | None
+    ) -> bytes:
+        """The units run side by side (each on its `replica` with its `key`, if set), assembled."""
+
+        def unit_request(h: Held) -> bytes:
+            piece = shards.piece(parsed, header, h.unit)
+            piece.handle = h.key
+            return piece.SerializeToString()
+
+        tasks = [asyncio.ensure_future(self._run(unit_request(h), until, timeout, header, h.replica)) for h in units]
         try:
             answers = await asyncio.gather(*tasks)
         except BaseException:
             for task in tasks:  # one unit failed, or the caller went away: stop the others
                 task.cancel()
             raise
-        parts = [pb.EvaluateResponse.FromString(a) for a in answers]
-        return shards.assemble(header, plan, parts).SerializeToString()
+        plan = [h.unit for h in units]
+        parts = [pb.EvaluateResponse.FromString(data) for data, _ in answers]
+        whole = shards.assemble(header, plan, parts)
+        if not header.keep_jacobians:
+            return whole.SerializeToString()
+        return self._with_handle(whole, [Held(u, r, p.handle) for u, (_, r), p in zip(plan, answers, parts)])
 
-    async def _run(self, request: bytes, until: float | None, timeout: float | None, backend: str) -> bytes:
-        """One request (or unit) on the least-busy live replica, retried on another if it dies."""
+    def _with_handle(self, response: pb.EvaluateResponse, held: list[Held]) -> bytes:
+        """`response` with one handle that names where each unit's Jacobians are kept."""
+        out = pb.EvaluateResponse()
+        out.CopyFrom(response)
+        out.handle = self.handles.add(held)
+        return out.SerializeToString()
+
+    async def _run(
+        self, request: bytes, until: float | None, timeout: float | None, header: Header, pinned=None
+    ) -> tuple[bytes, object]:
+        """One request (or unit) on the least-busy live replica, retried on another if it dies; or
+        on `pinned`, the replica holding its kept Jacobians (INLINE: the server's own), where a
+        death means they are gone (HandleGone). Returns the answer and the replica that gave it."""
+        if pinned is INLINE:
+            return await self.inline.evaluate(request, header, timeout), INLINE
         for attempt in itertools.count(1):
-            member = await self._acquire(until)
+            if pinned is None:
+                member = await self._acquire(until)
+            elif pinned.state == "live":
+                member = pinned
+                member.in_flight += 1
+                member.served += 1
+            else:
+                raise HandleGone(f"handle: replica {pinned.name}, which held its Jacobians, is gone; send the inputs")
             left = None if until is None else max(0.0, until - time.monotonic())
             key = next(self._keys)
             ref = member.actor.evaluate.remote(request, None if left is None else time.time() + left, key)
@@ -252,8 +296,8 @@ class RayPool:
                 member.busy_s += seconds  # measured in the replica
                 self.busy_s += seconds
                 if usage.jobs:
-                    self.usage[backend] = self.usage.get(backend, Usage()) + usage
-                return data
+                    self.usage[header.backend] = self.usage.get(header.backend, Usage()) + usage
+                return data, member
             except RayTaskError as e:  # the evaluation itself raised: the same error as in-process
                 raise e.cause if isinstance(e.cause, Exception) else e from None
             except (asyncio.TimeoutError, asyncio.CancelledError) as e:
@@ -264,6 +308,8 @@ class RayPool:
                 raise TimeoutError(f"the evaluation did not finish within {timeout:g} s (deadline)") from None
             except (RayActorError, TaskCancelledError) as e:  # died (or restarting) mid-request
                 self._failed(member)
+                if pinned is not None:
+                    raise HandleGone(f"handle: replica {member.name} died holding its Jacobians; send inputs") from e
                 if attempt == MAX_ATTEMPTS:  # the request itself kills replicas (out of memory?)
                     raise ReplicasDied(
                         f"{MAX_ATTEMPTS} replicas died running this request (out of memory?); send smaller batches"
@@ -271,6 +317,7 @@ class RayPool:
                 log.warning("replica %s died mid-request (%s); retrying on another", member.name, type(e).__name__)
             finally:
                 self._release(member)
+        raise AssertionError("unreachable")
 
     def scale(self, replicas: int) -> tuple[int, int]:
         """Aim for `replicas` replicas: start new ones (they join once warm) or drain the least busy
@@ -291,7 +338,7 @@ class RayPool:
         self.target = replicas
         active = [m for m in self._members if m.state in ("warming", "live", "failed")]
         for _ in range(replicas - len(active)):
-            member = _Member(self._actor_class.remote(self.names, self._threads), f"r{next(self._ids)}")
+            member = _Member(self._actor_class.remote(self.names, self._threads, self.resident), f"r{next(self._ids)}")
             self._members.append(member)
             asyncio.get_running_loop().create_task(self._warm_up(member))
         order = {"warming": 0, "failed": 1, "live": 2}

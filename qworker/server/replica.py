@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -18,8 +19,10 @@ from qworker import deadline
 from qworker.backends import Backend, Capabilities, Usage, backend_class, get_backend
 from qworker.circuit import CircuitSpec
 from qworker.protocol.convert import to_evaluation, to_response
-from qworker.protocol.evaluation import Evaluation, Result, run
+from qworker.protocol.evaluation import Evaluation, Result, run, vjp_of
+from qworker.protocol.limits import Limits
 from qworker.protocol.wire import qworker_pb2 as pb
+from qworker.server.resident import Resident
 
 SIMULATORS = ("auto", "qulacs", "local", "shots")
 
@@ -64,13 +67,15 @@ class Replica:
     options (shots, seed, noise), or for a backend that is not thread-safe (a random generator, a
     cache), gets a fresh backend, so a seeded request always returns the same result (what makes
     retries safe) and no generator is shared by threads.
-    `device` "cuda" runs the `local` simulator on the GPU."""
+    `device` "cuda" runs the `local` simulator on the GPU. `resident` keeps the Jacobians of
+    keep_jacobians requests until their VJP is asked for (server/resident.py)."""
 
-    def __init__(self, names: tuple[str, ...] = SIMULATORS, device: str = "cpu"):
+    def __init__(self, names: tuple[str, ...] = SIMULATORS, device: str = "cpu", resident: Resident | None = None):
         for name in names:  # ValueError naming the available ones, or PluginError naming a broken plug-in
             backend_class(name)
         self.names, self.device = tuple(names), device
         self._backends: dict[str, Backend] = {}
+        self.resident = resident or Resident(Limits.max_resident_bytes, Limits.resident_ttl_s)
 
     def capabilities(self) -> dict[str, Capabilities]:
         """Served name -> what it can do (known before the replica has started)."""
@@ -91,17 +96,35 @@ class Replica:
         """The encoded EvaluateResponse of an encoded EvaluateRequest, the compute seconds and what
         the backend spent on it (jobs, circuits, shots: zero on an exact simulator). Past `timeout`
         seconds, or once `cancel` is set, the simulators stop at their next check (DeadlineExceeded,
-        Cancelled); bad requests raise the errors `to_evaluation` names."""
+        Cancelled); bad requests raise the errors `to_evaluation` names. A keep_jacobians request's
+        Jacobians stay here, its answer carries their key; a request with a handle gets the VJP of
+        the Jacobians kept under it (HandleGone when they are not here)."""
         ev = to_evaluation(pb.EvaluateRequest.FromString(request))
+        if ev.header.handle:
+            return self._vjp_of_kept(ev)
         backend = self.backend_for(ev)
         before = replace(backend.usage)  # a copy: a shared backend keeps counting
         with deadline.within(timeout, cancel):
             result = run(backend, self._on_device(backend, ev))
         _check_finite(ev, result)
+        if ev.header.keep_jacobians:
+            key = self.resident.put(result.jacobians, ev.header.per_token_theta)
+            result = replace(result, jacobians=None, handle=key)
         data = to_response(result).SerializeToString()
         if len(request) + len(data) > TRIM_BYTES:  # give a large request's memory back to the system now
             malloc_trim()
         return data, result.compute_seconds, backend.usage - before
+
+    def _vjp_of_kept(self, ev: Evaluation) -> tuple[bytes, float, Usage]:
+        start = time.perf_counter()
+        j_theta, j_angles, per_token = self.resident.take(ev.header.handle)
+        g_theta, g_angles = vjp_of(j_theta, j_angles, ev.grad_out.to(j_theta), per_token)
+        seconds = time.perf_counter() - start
+        return (
+            to_response(Result(vjp=(g_theta, g_angles), compute_seconds=seconds)).SerializeToString(),
+            seconds,
+            Usage(),
+        )
 
     def backend_for(self, ev: Evaluation) -> Backend:
         """The backend `ev` names, built with its options; ValueError if not served or bad options."""

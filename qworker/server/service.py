@@ -85,6 +85,8 @@ class ServerConfig:
     workers: int = 4  # in-process pool: evaluations running at once
     inline_work: int = 2**15  # Ray pool: requests of at most this many amplitude-circuits (token-circuits
     # x 2^n_qubits; 32 one-token circuits of 10 qubits) run in the server: a hop to a replica costs more
+    max_resident_mb: int = Limits.max_resident_bytes // 2**20  # kept Jacobians a replica holds (keep_jacobians)
+    resident_ttl_s: float = Limits.resident_ttl_s  # unused kept Jacobians expire after this
     metrics_port: int | None = None  # Prometheus metrics over HTTP on this port (0: any free one)
     grace_s: float = 10.0  # on stop/SIGTERM, in-flight calls get this long to finish
 
@@ -94,7 +96,12 @@ class ServerConfig:
         same = {f.name: getattr(self, f.name) for f in fields(Limits) if hasattr(self, f.name)}
         same = {k: v for k, v in same.items() if v is not None}
         work = int(self.max_request_seconds * REPLICA_WORK_RATE)
-        return Limits(max_message_bytes=self.max_message_mb * 2**20, max_work_per_request=work, **same)
+        return Limits(
+            max_message_bytes=self.max_message_mb * 2**20,
+            max_work_per_request=work,
+            max_resident_bytes=self.max_resident_mb * 2**20,
+            **same,
+        )
 
 
 class QWorkerServicer:
@@ -363,8 +370,9 @@ def create_server(cfg: ServerConfig) -> tuple[QWorkerServer, int]:
         raise ValueError("--autoscale sets the replicas of a Ray pool: serve with --replicas N, not --in-process")
     if cfg.autoscale is not None and cfg.max_replicas is not None and cfg.autoscale.high > cfg.max_replicas:
         raise ValueError(f"--autoscale MAX {cfg.autoscale.high} is above --max-replicas {cfg.max_replicas}")
+    resident = (cfg.max_resident_mb * 2**20, cfg.resident_ttl_s)
     if cfg.replicas is None:
-        pool = InProcessPool(cfg.simulators, cfg.workers)
+        pool = InProcessPool(cfg.simulators, cfg.workers, resident)
     else:
         mmap_large_blocks()  # the replicas compute; this process only holds request and answer bytes
         from qworker.server.ray_pool import RayPool  # here: Ray is a heavy import the in-process pool does not need
@@ -378,6 +386,7 @@ def create_server(cfg: ServerConfig) -> tuple[QWorkerServer, int]:
             cfg.replica_resource,
             cfg.inline_work,
             cfg.max_replicas if cfg.max_replicas is not None or cfg.autoscale is None else cfg.autoscale.high,
+            resident,
         )
     metrics = ServiceMetrics(cfg.metrics_port, cfg.host)
     metrics.watch(pool)

@@ -93,7 +93,7 @@ class Gradient(_message.Message):
     def __init__(self, method: _Optional[str] = ..., delta: _Optional[float] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("circuit", "backend", "theta", "angles", "want", "grad_out", "gradient", "include_expectations", "first_component", "n_components")
+    __slots__ = ("circuit", "backend", "theta", "angles", "want", "grad_out", "gradient", "include_expectations", "first_component", "n_components", "keep_jacobians", "handle")
     CIRCUIT_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     THETA_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,8 @@ class EvaluateRequest(_message.Message):
     INCLUDE_EXPECTATIONS_FIELD_NUMBER: _ClassVar[int]
     FIRST_COMPONENT_FIELD_NUMBER: _ClassVar[int]
     N_COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_JACOBIANS_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
     circuit: Circuit
     backend: Backend
     theta: Tensor
@@ -114,23 +116,27 @@ class EvaluateRequest(_message.Message):
     include_expectations: bool
     first_component: int
     n_components: int
-    def __init__(self, circuit: _Optional[_Union[Circuit, _Mapping]] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., theta: _Optional[_Union[Tensor, _Mapping]] = ..., angles: _Optional[_Union[Tensor, _Mapping]] = ..., want: _Optional[_Union[Want, str]] = ..., grad_out: _Optional[_Union[Tensor, _Mapping]] = ..., gradient: _Optional[_Union[Gradient, _Mapping]] = ..., include_expectations: _Optional[bool] = ..., first_component: _Optional[int] = ..., n_components: _Optional[int] = ...) -> None: ...
+    keep_jacobians: bool
+    handle: str
+    def __init__(self, circuit: _Optional[_Union[Circuit, _Mapping]] = ..., backend: _Optional[_Union[Backend, _Mapping]] = ..., theta: _Optional[_Union[Tensor, _Mapping]] = ..., angles: _Optional[_Union[Tensor, _Mapping]] = ..., want: _Optional[_Union[Want, str]] = ..., grad_out: _Optional[_Union[Tensor, _Mapping]] = ..., gradient: _Optional[_Union[Gradient, _Mapping]] = ..., include_expectations: _Optional[bool] = ..., first_component: _Optional[int] = ..., n_components: _Optional[int] = ..., keep_jacobians: _Optional[bool] = ..., handle: _Optional[str] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
-    __slots__ = ("expectations", "jacobian_theta", "jacobian_angles", "vjp_theta", "vjp_angles", "compute_seconds")
+    __slots__ = ("expectations", "jacobian_theta", "jacobian_angles", "vjp_theta", "vjp_angles", "compute_seconds", "handle")
     EXPECTATIONS_FIELD_NUMBER: _ClassVar[int]
     JACOBIAN_THETA_FIELD_NUMBER: _ClassVar[int]
     JACOBIAN_ANGLES_FIELD_NUMBER: _ClassVar[int]
     VJP_THETA_FIELD_NUMBER: _ClassVar[int]
     VJP_ANGLES_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
     expectations: Tensor
     jacobian_theta: Tensor
     jacobian_angles: Tensor
     vjp_theta: Tensor
     vjp_angles: Tensor
     compute_seconds: float
-    def __init__(self, expectations: _Optional[_Union[Tensor, _Mapping]] = ..., jacobian_theta: _Optional[_Union[Tensor, _Mapping]] = ..., jacobian_angles: _Optional[_Union[Tensor, _Mapping]] = ..., vjp_theta: _Optional[_Union[Tensor, _Mapping]] = ..., vjp_angles: _Optional[_Union[Tensor, _Mapping]] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
+    handle: str
+    def __init__(self, expectations: _Optional[_Union[Tensor, _Mapping]] = ..., jacobian_theta: _Optional[_Union[Tensor, _Mapping]] = ..., jacobian_angles: _Optional[_Union[Tensor, _Mapping]] = ..., vjp_theta: _Optional[_Union[Tensor, _Mapping]] = ..., vjp_angles: _Optional[_Union[Tensor, _Mapping]] = ..., compute_seconds: _Optional[float] = ..., handle: _Optional[str] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
@@ -157,7 +163,7 @@ class BackendInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., gradient_methods: _Optional[_Iterable[str]] = ..., hardware: _Optional[bool] = ..., max_shots: _Optional[int] = ..., max_batch: _Optional[int] = ..., queue_latency_s: _Optional[float] = ..., seeded: _Optional[bool] = ..., options: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_qubits", "max_layers", "max_message_bytes", "max_tokens_per_request", "max_shots", "max_work_per_request", "max_request_seconds", "default_deadline_s", "max_deadline_s", "max_inflight", "max_queue", "max_replicas")
+    __slots__ = ("max_qubits", "max_layers", "max_message_bytes", "max_tokens_per_request", "max_shots", "max_work_per_request", "max_request_seconds", "default_deadline_s", "max_deadline_s", "max_inflight", "max_queue", "max_replicas", "max_resident_bytes", "resident_ttl_s")
     MAX_QUBITS_FIELD_NUMBER: _ClassVar[int]
     MAX_LAYERS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +176,8 @@ class Limits(_message.Message):
     MAX_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_TTL_S_FIELD_NUMBER: _ClassVar[int]
     max_qubits: int
     max_layers: int
     max_message_bytes: int
@@ -182,7 +190,9 @@ class Limits(_message.Message):
     max_inflight: int
     max_queue: int
     max_replicas: int
-    def __init__(self, max_qubits: _Optional[int] = ..., max_layers: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_tokens_per_request: _Optional[int] = ..., max_shots: _Optional[int] = ..., max_work_per_request: _Optional[int] = ..., max_request_seconds: _Optional[float] = ..., default_deadline_s: _Optional[float] = ..., max_deadline_s: _Optional[float] = ..., max_inflight: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_replicas: _Optional[int] = ...) -> None: ...
+    max_resident_bytes: int
+    resident_ttl_s: float
+    def __init__(self, max_qubits: _Optional[int] = ..., max_layers: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_tokens_per_request: _Optional[int] = ..., max_shots: _Optional[int] = ..., max_work_per_request: _Optional[int] = ..., max_request_seconds: _Optional[float] = ..., default_deadline_s: _Optional[float] = ..., max_deadline_s: _Optional[float] = ..., max_inflight: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_replicas: _Optional[int] = ..., max_resident_bytes: _Optional[int] = ..., resident_ttl_s: _Optional[float] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("server_version", "proto_version", "circuit_version", "backends", "limits", "replicas", "queue_depth", "pending_replicas", "pending_reason")
