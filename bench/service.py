@@ -1,24 +1,26 @@
 """The qworker service against the in-process simulator, measured in one run.
 
-    python bench/service.py                  # N = 16384 tokens, adjoint and fd
+    python bench/service.py                  # N = 16384 tokens, adjoint, fd and shift
     python bench/service.py --quick          # N = 4096, 3 rounds
     python bench/service.py --json           # one JSON object a line
 
 The work per cell is what a training step asks of one quantum layer: the forward expectations
-and the gradients (`Backend.start`, then `Pending.vjp`): for adjoint a forward and a VJP call,
-for fd a forward call and the Jacobians (started with the forward). It runs in-process (the
-`local` simulator, torch threads = all cores, in a process of its own, like a trainer's) and
-through `python -m qworker serve` on 127.0.0.1, each server a process of its own with its own
-local Ray pool: 1 replica (all cores) and 2 replicas (one core each), the same simulator in every
-replica.
+and the gradients (`Backend.start`, then `Pending.vjp`): for adjoint a forward and a VJP call;
+for fd and shift a forward call and the Jacobians started with it, either kept on the replicas
+(the default: the backward sends the upstream gradient with their handle and gets the VJP) or
+sent back whole ("dense", the path before resident Jacobians) to be contracted by the client.
+It runs in-process (the `local` simulator, torch threads = all cores, in a process of its own,
+like a trainer's) and through `python -m qworker serve` on 127.0.0.1, each server a process of its
+own with its own local Ray pool: 1 replica (all cores), kept and dense, and 2 replicas (one core
+each), kept; the same simulator in every replica.
 
-Reported: token-circuits/s (tokens x (1 + gradient evaluations), adjoint counted as one); the
-service/in-process ratio (target >= 0.9 at N = 16384); the per-request overhead, a one-token call
-through the service minus in-process (target <= 2 ms); the service's own CPU per request (the
-server process alone, replicas excluded, over the Evaluate calls its metrics count); the bytes on
-the wire per token (request + response, as protobuf encodes them). The paths take turns, round
-after round, and medians are reported (of the ratios per round): this machine's speed drifts by
-2x within minutes.
+Reported per path and method: token-circuits/s (tokens x (1 + gradient evaluations), adjoint
+counted as one); the service/in-process ratio; the bytes on the wire per token and quantum layer
+(every request and response of the step, both ways, as the client sent and received them); the
+frontend's CPU per token (the server process alone, replicas excluded) and per request; and the
+per-request overhead, a one-token call through the service minus in-process. The paths take
+turns, round after round, and medians are reported (of the ratios per round): this machine's
+speed drifts by 2x within minutes.
 """
 
 from __future__ import annotations
@@ -33,11 +35,10 @@ import statistics
 import time
 
 import torch
+from prometheus_client import REGISTRY
 from servers import Server
 
 from qworker import CircuitSpec, Gradient, get_backend
-from qworker.protocol.convert import to_request, to_response
-from qworker.protocol.evaluation import Evaluation, Result
 
 SPEC = CircuitSpec(10, 2)
 
@@ -53,22 +54,10 @@ def seconds_of(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def wire_bytes_per_token(n: int, grad: Gradient) -> float:
-    """Request + response bytes of one layer's step (forward call and gradient call), per token."""
-    theta, angles = torch.zeros(SPEC.n_params), torch.zeros(n, SPEC.n_angles)
-    z = torch.zeros(n, SPEC.n_qubits)
-    forward = Evaluation.of(SPEC, "local", theta, angles)
-    total = to_request(forward).ByteSize() + to_response(Result(expectations=z)).ByteSize()
-    if grad.method == "adjoint":
-        ev = Evaluation.of(SPEC, "local", theta, angles, "vjp", grad, grad_out=z)
-        result = Result(vjp=(theta, angles))
-    else:
-        ev = Evaluation.of(SPEC, "local", theta, angles, "jacobians", grad)
-        result = Result(
-            jacobians=(torch.zeros(n, SPEC.n_qubits, SPEC.n_params), torch.zeros(n, SPEC.n_qubits, SPEC.n_angles))
-        )
-    total += to_request(ev).ByteSize() + to_response(result).ByteSize()
-    return total / n
+def wire_bytes() -> float:
+    """Bytes this process's qworker clients have sent and received so far (their own counter)."""
+    return sum(REGISTRY.get_sample_value("hyqut_qworker_client_bytes_total", {"direction": d}) or 0.0
+               for d in ("sent", "received"))  # fmt: skip
 
 
 def batch(n: int):
@@ -115,10 +104,12 @@ def main() -> None:
             cpus = max(1, cores // replicas)
             server = Server("--simulators", "local", "--replicas", str(replicas), "--replica-cpus", str(cpus))
             servers.append(server)
-            remote = get_backend(f"{server.address}?simulator=local&deadline=600")
             name = f"service, {replicas} replica{'s' if replicas > 1 else ''}"
-            paths[name] = (functools.partial(through, remote, theta, angles, grad_out), server)
-        rows = [measure(paths, method, n, rounds) for method in ("adjoint", "fd")]
+            for jacobians in ("dense", "kept") if replicas == 1 else ("kept",):
+                remote = get_backend(f"{server.address}?simulator=local&deadline=600&jacobians={jacobians}")
+                label = f"{name}, dense" if jacobians == "dense" else name
+                paths[label] = (functools.partial(through, remote, theta, angles, grad_out), server)
+        rows = [measure(paths, method, n, rounds) for method in ("adjoint", "fd", "shift")]
         rows.append(overhead(paths, rounds))
     finally:
         conn.send(None)
@@ -136,18 +127,19 @@ def through(remote, theta, angles, grad_out, what: str) -> float:
     return seconds_of(step_work, remote, theta, angles, grad_out, Gradient(what))
 
 
-def timed_calls(run, server, what: str, calls: int = 1) -> tuple[list[float], tuple[float, float] | None]:
-    """Seconds of `calls` calls, and the server's (CPU seconds, Evaluate requests) over them."""
-    before = (server.cpu_s(), server.evaluate_calls()) if server else None
+def timed_calls(run, server, what: str, calls: int = 1) -> tuple[list[float], tuple[float, float, float] | None]:
+    """Seconds of `calls` calls, and the server's (CPU seconds, Evaluate requests) and the bytes
+    on the wire over them."""
+    before = (server.cpu_s(), server.evaluate_calls(), wire_bytes()) if server else None
     seconds = [run(what) for _ in range(calls)]
     if server is None:
         return seconds, None
-    return seconds, (server.cpu_s() - before[0], server.evaluate_calls() - before[1])
+    return seconds, (server.cpu_s() - before[0], server.evaluate_calls() - before[1], wire_bytes() - before[2])
 
 
 def cpu_ms_per_request(spent: list[tuple[float, float]]) -> float:
     """CPU ms per request over all rounds together (the kernel counts CPU time in 10 ms ticks)."""
-    return 1e3 * sum(c for c, _ in spent) / max(1.0, sum(r for _, r in spent))
+    return 1e3 * sum(c for c, _, _ in spent) / max(1.0, sum(r for _, r, _ in spent))
 
 
 def measure(paths: dict, method: str, n: int, rounds: int) -> dict:
@@ -170,7 +162,8 @@ def measure(paths: dict, method: str, n: int, rounds: int) -> dict:
         token_circuits_per_s={name: statistics.median(r) for name, r in rates.items()},
         ratio={name: statistics.median(a / b for a, b in zip(r, base)) for name, r in rates.items()},
         service_cpu_ms_per_request={name: cpu_ms_per_request(c) for name, c in cpu_ms.items()},
-        bytes_per_token=wire_bytes_per_token(n, Gradient(method)),
+        frontend_cpu_us_per_token={name: 1e6 * sum(x[0] for x in c) / (n * len(c)) for name, c in cpu_ms.items()},
+        bytes_per_token={name: statistics.median(x[2] for x in c) / n for name, c in cpu_ms.items()},
     )
 
 
@@ -203,9 +196,14 @@ def format_row(row: dict) -> str:
             for name, ms in row["one_token_ms"].items()
         )
     return "\n".join(
-        f"{name:<22} {row['grad']:<8} N={row['tokens']:<6} {rate:>10,.0f} token-circuits/s "
-        f"{row['ratio'][name]:5.2f}x  {0 if name == 'in-process' else row['bytes_per_token']:6.0f} B/token"
-        + (f"  service CPU {cpu[name]:6.2f} ms/request" if name in cpu else "")
+        f"{name:<29} {row['grad']:<8} N={row['tokens']:<6} {rate:>10,.0f} token-circuits/s "
+        f"{row['ratio'][name]:5.2f}x"
+        + (
+            f"  {row['bytes_per_token'][name]:6.0f} B/token  frontend CPU {row['frontend_cpu_us_per_token'][name]:6.1f}"
+            f" us/token, {cpu[name]:6.2f} ms/request"
+            if name in cpu
+            else ""
+        )
         for name, rate in row["token_circuits_per_s"].items()
     )
 

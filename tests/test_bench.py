@@ -83,21 +83,25 @@ def test_train_step_costs_follow_the_gradient_methods():
 def test_service_figures_match_the_wire_format():
     n = 256
     out = rows(bench("bench/service.py", "--tokens", str(n), "--rounds", "1", "--json"))
-    paths = {"in-process", "service, 1 replica", "service, 2 replicas"}
+    paths = {"in-process", "service, 1 replica, dense", "service, 1 replica", "service, 2 replicas"}
     by_grad = {r["grad"]: r for r in out if "grad" in r}
-    assert set(by_grad) == {"adjoint", "fd"}
+    assert set(by_grad) == {"adjoint", "fd", "shift"}
     # float32 payload per token of one layer's step (docs/design.md, "The wire contract"), 10 qubits:
     # adjoint: angles out, <Z> back; angles and grad_out out, the angles' VJP back
-    # fd: angles out, <Z> back; angles out, the Jacobians back (10 x (40 + 20) values)
-    payload = {"adjoint": 4 * (20 + 10 + 20 + 10 + 20), "fd": 4 * (20 + 10 + 20 + 10 * 60)}
+    # fd, shift kept: angles out, <Z> back; angles out (a handle back); grad_out out, the angles' VJP back
+    # fd, shift dense: angles out, <Z> back; angles out, the Jacobians back (10 x (40 + 20) values)
+    kept, dense = 4 * (20 + 10 + 20 + 10 + 20), 4 * (20 + 10 + 20 + 10 * 60)
     for grad, r in by_grad.items():
         rates = r["token_circuits_per_s"]
         assert set(rates) == paths and all(v > 0 for v in rates.values())
         # one round: each path's ratio is its rate over the in-process one's
         assert r["ratio"] == pytest.approx({name: v / rates["in-process"] for name, v in rates.items()})
-        envelope = r["bytes_per_token"] - payload[grad]  # headers, shapes, theta: a few hundred bytes a call
-        assert 0 < envelope * n < 1000, (grad, r["bytes_per_token"])
-        assert set(r["service_cpu_ms_per_request"]) == paths - {"in-process"}
+        assert set(r["bytes_per_token"]) == set(r["service_cpu_ms_per_request"]) == paths - {"in-process"}
+        for path, measured in r["bytes_per_token"].items():
+            payload = dense if grad != "adjoint" and path.endswith("dense") else kept
+            envelope = measured - payload  # headers, shapes, theta, handles: a few hundred bytes a call
+            assert 0 < envelope * n < 1500, (grad, path, measured)
+            assert r["frontend_cpu_us_per_token"][path] >= 0
     (over,) = [r for r in out if "overhead_ms" in r]
     assert set(over["one_token_ms"]) == paths and set(over["overhead_ms"]) == paths - {"in-process"}
     ms = over["one_token_ms"]  # the overhead: a one-token call through the service less one in-process

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from qworker import CircuitSpec, Gradient
+from qworker.gradients import contract
 from qworker.protocol import shards
-from qworker.protocol.convert import check_request, to_request, to_result
+from qworker.protocol.convert import check_request, to_evaluation, to_request, to_result
+from qworker.protocol.errors import HandleGone
 from qworker.protocol.evaluation import Evaluation
 from qworker.protocol.limits import Limits
 from qworker.protocol.wire import qworker_pb2 as pb
@@ -43,6 +45,8 @@ def whole_and_cut(req: pb.EvaluateRequest):
         ("jacobians", 600, "spsa", False, True),  # token blocks only: its directions are per call
         ("vjp", 9000, "adjoint", False, True),  # theta's VJP summed over token blocks
         ("vjp", 5000, "adjoint", True, False),
+        ("vjp", 300, "fd", False, False),  # a VJP by a column method: cut as its Jacobians are
+        ("vjp", 200, "shift", True, False),
         ("expectations", 10000, None, False, False),
     ],
 )
@@ -69,3 +73,44 @@ def test_the_cut_depends_on_the_request_alone():
     assert shards.plan(header) == plan
     small = check_request(request("jacobians", 4, "fd"), Limits())
     assert shards.plan(small) == [shards.Unit(range(4))]  # not worth cutting
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_kept_jacobians_answer_the_vjp_a_recomputation_does(per_token):
+    """keep_jacobians, then a VJP by handle, unit by unit, equals the VJP request with the inputs
+    (cut into the same units) bit for bit, and the dense Jacobians contracted here to rounding; a
+    handle answers once."""
+    n, method = 300, "fd"
+    keep = request("jacobians", n, method, per_token)
+    keep.keep_jacobians = True
+    header = check_request(keep, Limits())
+    plan = shards.plan(header)
+    kept = [pb.EvaluateResponse.FromString(REPLICA.evaluate(shards.piece(keep, header, u).SerializeToString())[0])
+            for u in plan]  # fmt: skip
+    assert all(k.handle and not k.HasField("jacobian_theta") for k in kept)  # the Jacobians stayed here
+    with_inputs = request("vjp", n, method, per_token)  # the same inputs (seeded), and an upstream gradient
+    vjp_header = check_request(with_inputs, Limits())
+    assert shards.plan(vjp_header) == plan
+    by_handle = []
+    for u, k in zip(plan, kept):
+        piece = shards.piece(with_inputs, vjp_header, u)
+        piece.ClearField("theta")
+        piece.ClearField("angles")
+        piece.handle = k.handle
+        by_handle.append(pb.EvaluateResponse.FromString(REPLICA.evaluate(piece.SerializeToString())[0]))
+    recomputed = [REPLICA.evaluate(shards.piece(with_inputs, vjp_header, u).SerializeToString())[0] for u in plan]
+    a = to_result(shards.assemble(vjp_header, plan, by_handle)).vjp
+    b = to_result(shards.assemble(vjp_header, plan, [pb.EvaluateResponse.FromString(r) for r in recomputed])).vjp
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    dense = to_result(pb.EvaluateResponse.FromString(REPLICA.evaluate(request("jacobians", n, method, per_token)
+                                                                      .SerializeToString())[0])).jacobians  # fmt: skip
+    g = to_evaluation(with_inputs).grad_out
+    want = contract(*dense, g, per_token)
+    for x, y in zip(a, want):
+        torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-12)
+    with pytest.raises(HandleGone):  # answered once: its Jacobians are freed
+        piece = shards.piece(with_inputs, vjp_header, plan[0])
+        piece.ClearField("theta")
+        piece.ClearField("angles")
+        piece.handle = kept[0].handle
+        REPLICA.evaluate(piece.SerializeToString())

@@ -42,6 +42,12 @@ RETRIES = Counter(
 )
 
 
+WIRE_BYTES = Counter(
+    "hyqut_qworker_client_bytes",
+    "Bytes of the qworker messages this process's clients sent and received (protobuf-encoded; retries included)",
+    ["direction"],
+    registry=REGISTRY,
+)
 RECOMPUTES = Counter(
     "hyqut_qworker_client_recomputes",
     "VJPs of kept Jacobians this process's clients sent again with their inputs (the handle was gone)",
@@ -80,7 +86,10 @@ class Connection:
         while True:
             left = deadline - time.monotonic()
             try:
-                return method(request, timeout=max(left, 0.001), metadata=metadata, wait_for_ready=True)
+                WIRE_BYTES.labels("sent").inc(request.ByteSize())
+                response = method(request, timeout=max(left, 0.001), metadata=metadata, wait_for_ready=True)
+                WIRE_BYTES.labels("received").inc(response.ByteSize())
+                return response
             except grpc.RpcError as e:
                 wait = self._retry_after(e, delay)
                 if wait is not None and deadline - time.monotonic() > wait:

@@ -33,20 +33,23 @@ from qworker.backends import Backend, Capabilities, Pending
 from qworker.circuit import VERSION as CIRCUIT_VERSION
 from qworker.circuit import CircuitSpec
 from qworker.client.connection import RECOMPUTES, Connection, RemoteError
-from qworker.gradients import Gradient
+from qworker.gradients import Gradient, contract
 from qworker.protocol import shards
 from qworker.protocol.convert import encode_tensor, to_request, to_result
 from qworker.protocol.evaluation import Evaluation, Header, Result
 from qworker.protocol.limits import Limits, max_tokens
 from qworker.protocol.wire import qworker_pb2 as pb
 
-QUERY_KEYS = ("simulator", "deadline", "tls_root_cert")
+QUERY_KEYS = ("simulator", "deadline", "tls_root_cert", "jacobians")
+JACOBIANS = ("kept", "dense")  # where a shifted method's Jacobians live between forward and backward
 
 
 class RemoteBackend(Backend):
     """The client of a qworker server. `simulator` picks the server's backend (qulacs, local,
     shots, a plug-in); `simulator_options` are that backend's (Info lists them: shots, seed, ...).
-    `deadline_s` bounds every call; `connect_timeout_s` bounds the first connection."""
+    `deadline_s` bounds every call; `connect_timeout_s` bounds the first connection. `jacobians`:
+    a shifted method's Jacobians stay on the server between forward and backward ("kept", the
+    default: the backward sends the upstream gradient and gets the VJP), or come back ("dense")."""
 
     def __init__(
         self,
@@ -56,6 +59,7 @@ class RemoteBackend(Backend):
         simulator: str | None = None,
         deadline_s: float | None = None,
         connect_timeout_s: float = 10.0,
+        jacobians: str | None = None,
         **simulator_options,
     ):
         parts = urlsplit(address)
@@ -65,6 +69,10 @@ class RemoteBackend(Backend):
             raise ValueError(
                 f"bad qworker address {address!r}: expected grpc://host:port[?{'=..&'.join(QUERY_KEYS)}=..]"
             )
+        where = jacobians or query.get("jacobians", "kept")
+        if where not in JACOBIANS:
+            raise ValueError(f"jacobians={where!r}: choose one of {', '.join(JACOBIANS)}")
+        self.kept = where == "kept"
         self.name = f"grpc://{parts.netloc}"
         self.simulator = simulator or query.get("simulator", "auto")
         self.options = simulator_options
@@ -131,6 +139,10 @@ class RemoteBackend(Backend):
         self.check_method(grad)
         if grad.rule.reverse:
             return Pending(self.expectations(spec, theta, angles), lambda g: self.vjp(spec, theta, angles, g, grad))
+        if not self.kept:  # the Jacobians come back with the forward and are contracted here
+            jacobians = self._submit(spec, theta, angles, "jacobians", grad)
+            z = self._evaluate(spec, theta, angles, "expectations").expectations
+            return Pending(z, lambda g: contract(*jacobians.result().jacobians, g.to(z), theta.dim() == 2))
         header, units, requests = self._requests(spec, theta, angles, "jacobians", grad, keep=True)
         kept = [self._pool().submit(self.connection.call, "Evaluate", r) for r in requests]
         z = self._evaluate(spec, theta, angles, "expectations").expectations

@@ -141,7 +141,8 @@ def _put_vjp(out: pb.EvaluateResponse, header: Header, units: list[Unit], parts,
             g_theta[rows, theta_cols.start : theta_cols.stop] = t
         elif len(theta_cols):
             g_theta[theta_cols.start : theta_cols.stop] += t
-        g_angles[rows, angle_cols.start : angle_cols.stop] = _array(p.vjp_angles)
+        if len(angle_cols):
+            g_angles[rows, angle_cols.start : angle_cols.stop] = _array(p.vjp_angles)
     _put(out.vjp_theta, g_theta)
     _put(out.vjp_angles, g_angles)
 
@@ -150,5 +151,5 @@ def _split(spec, components: range | None) -> tuple[range, range]:
     """A unit's columns of [theta | angles] (all of them if None) as theta's and the angles'."""
     cols = components or range(spec.n_params + spec.n_angles)
     theta_cols = range(cols.start, min(cols.stop, spec.n_params))
-    angle_cols = range(max(cols.start, spec.n_params) - spec.n_params, cols.stop - spec.n_params)
+    angle_cols = range(max(cols.start, spec.n_params) - spec.n_params, max(cols.stop, spec.n_params) - spec.n_params)
     return theta_cols, angle_cols
