@@ -16,7 +16,8 @@
 #    .md, .png) and the runs' logs (study-runs.tgz, for `bench/study.py` to collect again here);
 # then one table of it all. The GPU machine has torch (CUDA) but no package registry: wheels it
 # lacks travel in .whl/ (DeepSpeed and what it needs, grpcio and protobuf of the versions
-# qworker's stubs were made with) and the tokenized corpus in .cache/hyqut (a run then needs
+# qworker's stubs were made with) and the tokenized corpus in .cache/hyqut (ignored by git: name it in
+# the device call's carry; a run then needs
 # neither `datasets` nor the corpus package). Whatever is still missing is skipped, saying so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -85,8 +86,9 @@ if [[ $WANT == *" study "* ]]; then
                 -- --lr $TRAIN_LR --eval-batches 4 --save-every $TRAIN_STEPS >>"$LOG" 2>&1 || { say "study, seeds $seeds: stopped (exit $?)"; break; }
             say "study, seeds $seeds: done at ${SECONDS} s"
         done
-        (cd "$RUNS" && for run in ./*/; do  # finished runs only: their logs, flags and summaries
+        (cd "$RUNS" && for run in ./*/; do  # finished runs only: their logs, flags, summaries, whole-split validation
             if [ -f "${run}summary.json" ]; then printf '%s\n' "${run}"{log.jsonl,run.json,summary.json}; fi
+            if [ -f "${run}validation.json" ]; then printf '%s\n' "${run}validation.json"; fi
         done | tar -czf "$OUT/study-runs.tgz" -T -)
     else
         say "study: skipped (DeepSpeed is missing, or both the cached corpus and datasets)"

@@ -30,7 +30,8 @@ def rows(proc) -> list[dict]:
 
 
 def load_study(monkeypatch):
-    """bench/study.py as a module."""
+    """bench/study.py as a module (its sibling bench/validation.py importable, as when run as a script)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("study", ROOT / "bench" / "study.py")
     study = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "study", study)  # dataclasses look their module up there
@@ -122,6 +123,8 @@ def test_study_runs_a_grid_resumes_and_reports(tmp_path, cache_dir, corpus):
         str(tmp_path / "runs"),
         "--results",
         str(tmp_path / "s"),
+        "--val-windows",
+        "8",
     ]
     argv += ["--", "--context", "32", "--eval-batches", "1"]
     bench(*argv, env=env, timeout=900)
@@ -132,6 +135,17 @@ def test_study_runs_a_grid_resumes_and_reports(tmp_path, cache_dir, corpus):
         run = tmp_path / "runs" / f"{r['variant']}-s{r['seed']}"
         assert r["final_val_loss"] == pytest.approx(validation_loss(run, corpus.validation, 1 * 2), rel=1e-5), r
         assert r["final_val_ppl"] == pytest.approx(math.exp(r["final_val_loss"])) and r["val"][-1][0] == 3
+    # the final weights on 8 windows, the first 2 (--eval-batches 1 x --batch-size 2) those the trainer logged
+    assert study["config"]["validation"] == {
+        "measure": "split",
+        "windows": 8,
+        "split_windows": study["config"]["validation"]["split_windows"],
+        "logged_windows": 2,
+    }
+    for r in study["runs"]:
+        split = r["val_split"]
+        assert split["windows"] == len(split["losses"]) == 8 and split["se"] > 0
+        assert sum(split["losses"][:2]) / 2 == pytest.approx(r["final_val_loss"], abs=2e-5)
     params = {r["variant"]: r["params"] for r in study["summary"]}
     # narrowed to within one FFN unit (3 x d_model x n_layers = 3 x 64 x 2 weights) of the hybrid's count
     assert abs(params["none-like-wq"] - params["wq"]) <= 3 * 64 * 2 // 2 < abs(params["none"] - params["wq"])
@@ -157,8 +171,9 @@ def test_study_reports_the_largest_gap_between_gradient_methods(monkeypatch):
     study = load_study(monkeypatch)
 
     def run(variant, seed, train, val):
-        return {"variant": variant, "seed": seed, "params": 1, "final_val_loss": val[-1][1], "final_val_ppl": 1.0,
-                "tokens_per_s": 1.0, "train_s": 1.0, "circuit_evaluations": 0, "train": train, "val": val}  # fmt: skip
+        return {"variant": variant, "seed": seed, "lr": 3e-3, "params": 1, "final_val_loss": val[-1][1],
+                "final_val_ppl": 1.0, "tokens_per_s": 1.0, "train_s": 1.0, "circuit_evaluations": 0, "train": train,
+                "val": val}  # fmt: skip
 
     runs = [
         run("wq", 0, [[1, 5.0], [2, 4.0], [3, 3.0]], [[3, 3.5]]),
@@ -178,9 +193,134 @@ def test_study_reports_the_largest_gap_between_gradient_methods(monkeypatch):
     assert fd["gap_vs"] == "wq" and fd["max_train_gap_step"] == 2 and fd["max_val_gap_step"] == 3
     assert fd["max_train_gap"] == pytest.approx(0.05) and fd["max_val_gap"] == pytest.approx(0.02)
     config = {"model": "8m", "dataset": "chitchat", "seeds": [0, 1, 2], "steps": 4, "batch_size": 8, "context": 256}
-    text = study.report({"config": {**config, "extra": []}, "summary": list(rows.values())})
+    config.update(extra=[], lrs=[3e-3], validation={"measure": "logged", "windows": 64, "split_windows": 255})
+    text = study.report({"config": config, "summary": list(rows.values())})
     assert "wq+fd@ray vs wq (same seeds, same steps): largest gap in training loss 0.0500 (step 2)" in text
-    assert "| wq | 1 | 4.000 ± 0.707 | 1.0 |  | +0.150 [-0.485, +0.785] |" in text
+    # the MDE of two seeds: (t(0.975, 1) + t(0.80, 1)) x 0.05
+    assert "| wq | 0.003 | 1 | 4.000 ± 0.707 | 54.6 |  | +0.150 [-0.485, +0.785], 0.704 |" in text
+    assert "on the first 64 of the validation split's 255 windows of 256 tokens (16,384 tokens)" in text
+
+
+def test_study_compares_each_variant_at_the_rate_its_held_out_training_loss_chooses(monkeypatch):
+    """With several learning rates, a variant's rate is the one with the lowest training loss over
+    the last 10% of steps (mean over seeds), not the lowest validation loss; the comparisons then
+    pair each variant at its own rate with `none` at its own, seed by seed. On the whole split, each
+    paired difference has its standard error over windows: that of the per-window difference averaged
+    over seeds."""
+    study = load_study(monkeypatch)
+
+    def run(variant, seed, lr, tail, val, windows):
+        train = [[step, 9.0] for step in range(1, 19)] + [[19, tail], [20, tail]]  # the last 10%: 2 of 20 steps
+        split = {"windows": len(windows), "loss": sum(windows) / len(windows), "se": 0.1, "losses": windows}
+        return {"variant": variant, "seed": seed, "lr": lr, "params": 1, "final_val_loss": val, "final_val_ppl": 1.0,
+                "tokens_per_s": 1.0, "train_s": 1.0, "circuit_evaluations": 0, "train": train, "val": [[20, val]],
+                "val_split": split}  # fmt: skip
+
+    runs = [
+        # none: 1e-3 is lower on the training tail (4.0 < 4.5) though higher on validation
+        run("none", 0, 1e-3, 4.0, 5.0, [5.0, 5.2]),
+        run("none", 1, 1e-3, 4.0, 5.0, [5.0, 5.0]),
+        run("none", 0, 3e-3, 4.5, 4.0, [4.0, 4.0]),
+        run("none", 1, 3e-3, 4.5, 4.0, [4.0, 4.0]),
+        # wq: 3e-3 by the mean over seeds (3.9 < 4.05), though seed 1 alone prefers 1e-3
+        run("wq", 0, 1e-3, 4.3, 9.0, [9.0, 9.0]),
+        run("wq", 1, 1e-3, 3.8, 9.0, [9.0, 9.0]),
+        run("wq", 0, 3e-3, 3.9, 4.5, [4.6, 4.8]),
+        run("wq", 1, 3e-3, 3.9, 4.5, [4.8, 4.8]),
+    ]
+    config = {"variants": ["none", "wq"], "lrs": [1e-3, 3e-3], "validation": {"measure": "split"}}
+    out = study.analyse(runs, config)
+    assert {r["variant"]: r["lr"] for r in out["summary"]} == {"none": 1e-3, "wq": 3e-3}
+    assert [(r["variant"], r["lr"], r["chosen"]) for r in out["sweep"]] == [
+        ("none", 1e-3, True), ("none", 3e-3, False), ("wq", 1e-3, False), ("wq", 3e-3, True)
+    ]  # fmt: skip
+    assert out["sweep"][2]["selection_loss_mean"] == pytest.approx(4.05)
+    wq = out["summary"][1]
+    # whole-split losses: wq 4.7, 4.8 against none 5.1, 5.0 -> differences -0.4, -0.2
+    assert wq["diff_vs_none"] == pytest.approx(-0.3)
+    sd = 0.2 / 2**0.5
+    assert wq["diff_ci95"] == pytest.approx([-0.3 - 12.706 * sd / 2**0.5, -0.3 + 12.706 * sd / 2**0.5])
+    assert wq["diff_mde"] == pytest.approx((12.706 + 1.376) * sd / 2**0.5)
+    # per window, averaged over seeds: (-0.4 - 0.2) / 2 = -0.3 and (-0.4 - 0.2) / 2 = -0.3 -> no spread
+    assert wq["diff_se_windows"] == pytest.approx(0.0, abs=1e-12)
+    assert out["summary"][0]["val_ppl"] == pytest.approx(math.exp(5.05))
+    # one rate: no sweep; the logged validation when asked
+    one = study.analyse(runs[:2], {**config, "lrs": [1e-3], "validation": {"measure": "logged"}})
+    assert "sweep" not in one and one["summary"][0]["val_loss_mean"] == 5.0
+
+
+def test_validation_takes_the_trainers_windows_in_order_one_loss_each(monkeypatch):
+    """bench/validation.py: window i of the split is tokens[i·T : i·T + T + 1], as the trainer's
+    evaluate() takes them, and its loss is the model's mean cross-entropy on that window alone (so
+    the mean of the first n is the trainer's logged loss over n windows)."""
+    import numpy as np
+    import torch
+
+    from trainer.data.batches import BatchSampler
+    from trainer.model.config import from_preset
+    from trainer.model.transformer import Transformer
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    validation = importlib.import_module("validation")
+    cfg = from_preset("tiny", context=16, vocab_size=64)
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    tokens = np.random.default_rng(0).integers(0, 64, size=5 * 16 + 3).astype(np.uint16)  # 5 windows, 2 spare
+    losses = validation.window_losses(model, tokens, 16, batch=2)
+    assert len(losses) == 5
+    with torch.no_grad():
+        for loss, (x, y) in zip(losses, BatchSampler(tokens, 1, 16, shuffle=False)):
+            assert loss == pytest.approx(model(x, y)[1].item(), abs=1e-5)
+    assert validation.window_losses(model, tokens, 16, windows=3) == pytest.approx(losses[:3], abs=1e-6)
+    mean, se = validation.mean_se([1.0, 2.0, 3.0])
+    assert mean == 2.0 and se == pytest.approx(1.0 / 3**0.5)
+
+
+def test_study_reads_the_validation_a_run_came_back_with(tmp_path, monkeypatch):
+    """A run collected without its weights (a GPU machine's logs) keeps its whole-split validation
+    if validation.json is of its final step; an earlier step's is not used."""
+    study = load_study(monkeypatch)
+    (tmp_path / "validation.json").write_text(json.dumps({"step": 300, "windows": 127, "loss": 5.0}))
+    assert study.whole_split(tmp_path, 300, None)["loss"] == 5.0
+    assert study.whole_split(tmp_path, 400, None) is None
+
+
+@pytest.mark.slow
+def test_study_sweeps_learning_rates_and_keeps_the_runs_it_has(tmp_path, cache_dir):
+    """--lrs: every variant x rate x seed, each in its own directory, except that the runs at the
+    trainer's default rate are those of a study without --lrs, found where they are and not run
+    again; the JSON, table and plot carry the rates."""
+    env = {**os.environ, "HYQUT_CACHE": str(cache_dir)}
+    common = ["--model", "tiny", "--seeds", "0", "1", "--steps", "3", "--eval-every", "3", "--batch-size", "2"]
+    common += ["--out", str(tmp_path / "runs"), "--val-windows", "4"]
+    tail = ["--", "--context", "32", "--eval-batches", "1"]
+    bench("bench/study.py", *common, "--variants", "none", "--results", str(tmp_path / "one"), *tail, env=env)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/log.jsonl")}
+    assert {p.parent.name for p in before} == {"none-s0", "none-s1"}
+    argv = [*common, "--variants", "none", "wq", "--lrs", "1e-3", "3e-3", "--results", str(tmp_path / "s"), *tail]
+    bench("bench/study.py", *argv, env=env, timeout=900)
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # found, not run again
+    dirs = {p.name for p in (tmp_path / "runs").iterdir()}
+    assert dirs == {f"{v}{lr}-s{s}" for v in ("none", "wq") for lr in ("", "-lr1e-3") for s in (0, 1)}
+    for d in dirs:
+        lr = json.loads((tmp_path / "runs" / d / "run.json").read_text())["train"]["lr"]
+        assert lr == (1e-3 if "-lr1e-3" in d else 3e-3), d
+    study = json.loads((tmp_path / "s.json").read_text())
+    assert study["config"]["lrs"] == [1e-3, 3e-3] and len(study["runs"]) == 8
+    assert len(study["sweep"]) == 4 and all(r["seeds"] == 2 for r in study["sweep"])
+    for row in study["summary"]:  # each at the rate with the lowest mean training loss over the last step (10% of 3)
+        tails = {
+            lr: sum(r["train"][-1][1] for r in study["runs"] if r["variant"] == row["variant"] and r["lr"] == lr) / 2
+            for lr in (1e-3, 3e-3)
+        }
+        assert row["lr"] == min(tails, key=tails.get)
+    table = (tmp_path / "s.md").read_text()
+    assert "learning rates 0.001, 0.003" in table and "| wq | 0.001 | 2 |" in table and "✓" in table
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+    refused = subprocess.run(
+        [sys.executable, "bench/study.py", *argv, "--lr", "1e-3"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "--lrs, not --lr" in refused.stderr
 
 
 def test_reproduction_shows_the_tables_its_results_generate(monkeypatch):
@@ -194,7 +334,10 @@ def test_reproduction_shows_the_tables_its_results_generate(monkeypatch):
     for path in results:
         data = json.loads(path.read_text())
         assert json.loads(study.dumps(data)) == data, path.name
-        assert data["summary"] == study.summarize(data["runs"], data["config"]["variants"]), path.name
+        assert {k: v for k, v in data.items() if k not in ("config", "runs")} == study.analyse(
+            data["runs"], data["config"]
+        ), path.name
+        assert {r["lr"] for r in data["runs"]} == set(data["config"]["lrs"]), path.name
         table = study.report(data)
         assert table == path.with_suffix(".md").read_text(), path.name
         assert "\n".join(line for line in table.splitlines() if line.startswith("|")) in doc, path.name
@@ -202,6 +345,33 @@ def test_reproduction_shows_the_tables_its_results_generate(monkeypatch):
         hours, tokens = sum(r["train_s"] for r in runs) / 3600, sum(r["tokens"] for r in runs) / 1e6
         evaluations = sum(r["circuit_evaluations"] for r in runs) / 1e6
         assert f"| {len(runs)} | {hours:.2f} | {tokens:.1f}M | {evaluations:.1f}M |\n" in doc, path.name
+
+
+@pytest.mark.slow
+def test_fd_check_compares_the_gradients_of_the_runs_own_weights(tmp_path, cache_dir):
+    """bench/fd_check.py at tiny size: the checkpoints' weights and batches are the run's (their loss
+    on the next batch is the loss the run logged for that step), and the fd gradient of the circuits'
+    θ is the adjoint one shrunk by sin(δ)/δ (each θ enters one rotation: the expectation is a sinusoid
+    in it), along the same direction."""
+    env = {**os.environ, "HYQUT_CACHE": str(cache_dir)}
+    argv = ["--model", "tiny", "--steps", "4", "--save-every", "2", "--checkpoints", "0", "2", "4"]
+    argv += ["--deltas", "0.1", "0.001", "--batch-size", "2", "--check-batch", "1"]
+    bench("bench/fd_check.py", *argv, "--out", str(tmp_path), "--results", str(tmp_path / "r"), env=env, timeout=900)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["step"], r["delta"]) for r in result["rows"]] == [(s, d) for s in (0, 2, 4) for d in (0.1, 0.001)]
+    checks = {w["step"]: w for w in result["weights_check"]}
+    for step in (0, 2):
+        assert checks[step]["loss"] == pytest.approx(checks[step]["logged"], abs=1e-4), checks[step]
+    assert checks[4]["logged"] is None  # the run's last step: no next step logged
+    for r in result["rows"]:
+        theta, whole = r["groups"]["circuit θ"], r["groups"]["whole model"]
+        assert theta["cosine"] > 1 - 1e-6 and whole["cosine"] > 1 - 1e-6, r
+        if r["delta"] == 0.1:
+            assert theta["rel_error"] == pytest.approx(1 - math.sin(0.1) / 0.1, rel=0.05), r
+        assert whole["rel_error"] < 1e-2 and whole["params"] == sum(
+            r["groups"][g]["params"] for g in ("circuit θ", "compress", "expand", "classical rest")
+        )
+    assert "| 2 | 0.1 | 1.7e-03 |" in (tmp_path / "r.md").read_text()
 
 
 @pytest.mark.slow

@@ -66,13 +66,18 @@ def by_tokens(n_tokens: int, size: int) -> list[Unit]:
 
 
 def piece(req: pb.EvaluateRequest, header: Header, unit: Unit) -> pb.EvaluateRequest:
-    """The encoded request of one unit: its rows of angles (and of a per-token theta, of grad_out),
-    its columns, the expectations only with its token block's first columns."""
+    """The request of one unit: its rows of angles (and of a per-token theta, of grad_out), its
+    columns, the expectations only with its token block's first columns. The request's other
+    fields are copied, its tensors' bytes only where the unit's rows are."""
     out = pb.EvaluateRequest()
-    out.CopyFrom(req)
-    for name in ("angles", "grad_out", "theta"):
-        if out.HasField(name) and (name != "theta" or header.per_token_theta):
-            _rows(getattr(out, name), getattr(req, name), unit.tokens)
+    rows = {"angles", "grad_out", *(("theta",) if header.per_token_theta else ())}
+    for field, value in req.ListFields():
+        if field.name in rows:
+            _rows(getattr(out, field.name), value, unit.tokens)
+        elif field.message_type is not None:
+            getattr(out, field.name).CopyFrom(value)
+        else:
+            setattr(out, field.name, value)
     if unit.components is not None:
         out.first_component, out.n_components = unit.components.start, len(unit.components)
         out.include_expectations = req.include_expectations and unit.first
@@ -112,8 +117,9 @@ def assemble(header: Header, units: list[Unit], parts: list[pb.EvaluateResponse]
 def _rows(dst: pb.Tensor, src: pb.Tensor, tokens: range) -> None:
     """dst = rows `tokens` of src, by slicing its bytes (row-major: a row is contiguous)."""
     row = len(src.data) // src.shape[0] if src.shape[0] else 0
+    dst.dtype = src.dtype
+    dst.shape[:] = [len(tokens), *src.shape[1:]]
     dst.data = src.data[tokens.start * row : tokens.stop * row]
-    dst.shape[0] = len(tokens)
 
 
 def _array(msg: pb.Tensor) -> np.ndarray:
