@@ -33,6 +33,7 @@ class Capabilities:
     max_batch: int = 0  # most tokens per batch; 0 for no limit of its own
     queue_latency_s: float = 0.0  # typical wait in the device's queue before a job runs
     shots: int = 0  # shots each circuit is sampled with; 0 for exact expectations
+    fused: str = ""  # what runs in fused GPU kernels, and what falls back ("" where nothing does)
 
 
 @dataclass
