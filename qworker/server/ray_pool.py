@@ -48,6 +48,7 @@ PENDING_S = 5.0  # a replica not started by then is reported pending (Info)
 MAX_RETIRED = 1000  # removed replicas whose totals stay in the metrics
 MAX_ATTEMPTS = 3  # replicas a request may see die before it fails
 INLINE = "inline"  # where a unit kept by the server's own replica is
+BATCHES_PER_REPLICA = 2  # calls a request's units go in, per live replica: few calls, and the load still spread
 
 
 class ReplicaActor:
@@ -65,13 +66,16 @@ class ReplicaActor:
         self._running: tuple[int, threading.Event] | None = None
 
     @ray.method(concurrency_group="compute")
-    def evaluate(self, request: bytes, until: float | None, key: int) -> tuple[bytes, float, Usage]:
-        """Stopped once the wall clock passes `until` (the caller's deadline: nodes keep their
-        clocks in sync) or when the caller cancels `key`."""
+    def evaluate(self, requests: list[bytes], until: float | None, key: int) -> list[tuple[bytes, float, Usage]]:
+        """The requests in turn (several: the units of one handle this replica holds, in one call);
+        stopped once the wall clock passes `until` (the caller's deadline: nodes keep their clocks
+        in sync) or when the caller cancels `key`."""
         cancel = threading.Event()
         self._running = (key, cancel)
         try:
-            return self.replica.evaluate(request, None if until is None else until - time.time(), cancel)
+            return [
+                self.replica.evaluate(r, None if until is None else until - time.time(), cancel) for r in requests
+            ]
         finally:
             self._running = None
 
@@ -236,32 +240,46 @@ class RayPool:
             return self._with_handle(answer, [Held(shards.Unit(range(header.n_tokens)), INLINE, answer.handle)])
         plan = shards.plan(header)
         if len(plan) == 1 and not header.keep_jacobians:
-            return (await self._run(request, until, timeout, header))[0]
+            return (await self._run([request], until, timeout, header))[0][0]
         return await self._gather(parsed, header, [Held(u, None, "") for u in plan], until, timeout)
 
     async def _gather(
         self, parsed: pb.EvaluateRequest, header: Header, units: list[Held], until: float | None, timeout: float | None
     ) -> bytes:
-        """The units run side by side (each on its `replica` with its `key`, if set), assembled."""
+        """The units run side by side, assembled: each on the least-busy replica, or the units a
+        replica holds (`replica`, with their `key`) in one call to it."""
 
         def unit_request(h: Held) -> bytes:
             piece = shards.piece(parsed, header, h.unit)
             piece.handle = h.key
             return piece.SerializeToString()
 
-        tasks = [asyncio.ensure_future(self._run(unit_request(h), until, timeout, header, h.replica)) for h in units]
+        # one call per replica holding units; free units in BATCHES_PER_REPLICA calls per live replica
+        # (each to the least busy), so a request costs the server few calls whatever its units
+        free = [i for i, h in enumerate(units) if h.replica is None]
+        calls = max(1, min(len(free), BATCHES_PER_REPLICA * self.replicas))
+        groups: dict[object, list[int]] = {("free", k): free[k::calls] for k in range(calls) if free[k::calls]}
+        for i, h in enumerate(units):
+            if h.replica is not None:
+                groups.setdefault(id(h.replica), []).append(i)
+        calls = [([unit_request(units[i]) for i in idx], units[idx[0]].replica) for idx in groups.values()]
+        tasks = [asyncio.ensure_future(self._run(requests, until, timeout, header, where)) for requests, where in calls]
         try:
             answers = await asyncio.gather(*tasks)
         except BaseException:
             for task in tasks:  # one unit failed, or the caller went away: stop the others
                 task.cancel()
             raise
+        data, where = [b""] * len(units), [None] * len(units)
+        for idx, (answer, replica) in zip(groups.values(), answers):
+            for i, d in zip(idx, answer):
+                data[i], where[i] = d, replica
         plan = [h.unit for h in units]
-        parts = [pb.EvaluateResponse.FromString(data) for data, _ in answers]
+        parts = [pb.EvaluateResponse.FromString(d) for d in data]
         whole = shards.assemble(header, plan, parts)
         if not header.keep_jacobians:
             return whole.SerializeToString()
-        return self._with_handle(whole, [Held(u, r, p.handle) for u, (_, r), p in zip(plan, answers, parts)])
+        return self._with_handle(whole, [Held(u, r, p.handle) for u, r, p in zip(plan, where, parts)])
 
     def _with_handle(self, response: pb.EvaluateResponse, held: list[Held]) -> bytes:
         """`response` with one handle that names where each unit's Jacobians are kept."""
@@ -271,13 +289,13 @@ class RayPool:
         return out.SerializeToString()
 
     async def _run(
-        self, request: bytes, until: float | None, timeout: float | None, header: Header, pinned=None
-    ) -> tuple[bytes, object]:
-        """One request (or unit) on the least-busy live replica, retried on another if it dies; or
-        on `pinned`, the replica holding its kept Jacobians (INLINE: the server's own), where a
-        death means they are gone (HandleGone). Returns the answer and the replica that gave it."""
+        self, requests: list[bytes], until: float | None, timeout: float | None, header: Header, pinned=None
+    ) -> tuple[list[bytes], object]:
+        """Requests (units) in one call to the least-busy live replica, retried on another if it
+        dies; or on `pinned`, the replica holding their kept Jacobians (INLINE: the server's own),
+        where a death means they are gone (HandleGone). Returns the answers and the replica."""
         if pinned is INLINE:
-            return await self.inline.evaluate(request, header, timeout), INLINE
+            return [await self.inline.evaluate(r, header, timeout) for r in requests], INLINE
         for attempt in itertools.count(1):
             if pinned is None:
                 member = await self._acquire(until)
@@ -289,15 +307,16 @@ class RayPool:
                 raise HandleGone(f"handle: replica {pinned.name}, which held its Jacobians, is gone; send the inputs")
             left = None if until is None else max(0.0, until - time.monotonic())
             key = next(self._keys)
-            ref = member.actor.evaluate.remote(request, None if left is None else time.time() + left, key)
+            ref = member.actor.evaluate.remote(requests, None if left is None else time.time() + left, key)
             try:
-                data, seconds, usage = await asyncio.wait_for(_awaitable(ref), left)
-                member.evaluations += 1
-                member.busy_s += seconds  # measured in the replica
-                self.busy_s += seconds
-                if usage.jobs:
-                    self.usage[header.backend] = self.usage.get(header.backend, Usage()) + usage
-                return data, member
+                answers = await asyncio.wait_for(_awaitable(ref), left)
+                for _, seconds, usage in answers:
+                    member.evaluations += 1
+                    member.busy_s += seconds  # measured in the replica
+                    self.busy_s += seconds
+                    if usage.jobs:
+                        self.usage[header.backend] = self.usage.get(header.backend, Usage()) + usage
+                return [data for data, _, _ in answers], member
             except RayTaskError as e:  # the evaluation itself raised: the same error as in-process
                 raise e.cause if isinstance(e.cause, Exception) else e from None
             except (asyncio.TimeoutError, asyncio.CancelledError) as e:
