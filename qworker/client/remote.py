@@ -19,6 +19,7 @@ request, so a retry is safe); nothing else is retried.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -133,9 +134,10 @@ class RemoteBackend(Backend):
         self._calls = itertools.count()
 
     def start(self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient) -> Pending:
-        """Expectations now; the Jacobians started with them and kept by the server
-        (keep_jacobians), whose VJP `Pending.vjp` asks for with the upstream gradient. With adjoint
-        (reverse mode) the VJP is requested in `vjp` instead."""
+        """Expectations now, from one request that also starts the Jacobians, which the server
+        keeps (keep_jacobians) and goes on computing while the classical model goes on;
+        `Pending.vjp` sends the upstream gradient with their handle. With adjoint (reverse mode)
+        the VJP is requested in `vjp` instead."""
         self.check_method(grad)
         if grad.rule.reverse:
             return Pending(self.expectations(spec, theta, angles), lambda g: self.vjp(spec, theta, angles, g, grad))
@@ -144,11 +146,15 @@ class RemoteBackend(Backend):
             z = self._evaluate(spec, theta, angles, "expectations").expectations
             return Pending(z, lambda g: contract(*jacobians.result().jacobians, g.to(z), theta.dim() == 2))
         header, units, requests = self._requests(spec, theta, angles, "jacobians", grad, keep=True)
-        kept = [self._pool().submit(self.connection.call, "Evaluate", r) for r in requests]
-        z = self._evaluate(spec, theta, angles, "expectations").expectations
-        return Pending(z, lambda g: self._vjp_of_kept(header, units, requests, kept, g, like=angles))
+        if len(requests) == 1:
+            answers = [self.connection.call("Evaluate", requests[0])]
+        else:
+            answers = list(self._pool().map(functools.partial(self.connection.call, "Evaluate"), requests))
+        z = _result(header, units, answers, angles).expectations
+        handles = [a.handle for a in answers]
+        return Pending(z, lambda g: self._vjp_of_kept(header, units, requests, handles, g, like=angles))
 
-    def _vjp_of_kept(self, header: Header, units: list, requests: list, kept: list[Future], g: Tensor, like: Tensor):
+    def _vjp_of_kept(self, header: Header, units: list, requests: list, handles: list[str], g: Tensor, like: Tensor):
         """The VJP of each request's kept Jacobians; one whose handle is gone (NOT_FOUND: evicted,
         expired, its replica or the server restarted) is sent again with its inputs, which gives
         the same bits (counted in RECOMPUTES)."""
@@ -156,9 +162,8 @@ class RemoteBackend(Backend):
 
         def one(i: int) -> pb.EvaluateResponse:
             rows = g[units[i].tokens.start : units[i].tokens.stop]
-            handle = kept[i].result().handle  # a failed keep request raises its own error here
             try:
-                return self.connection.call("Evaluate", _by_handle(requests[i], handle, rows))
+                return self.connection.call("Evaluate", _by_handle(requests[i], handles[i], rows))
             except RemoteError as e:
                 if e.code != grpc.StatusCode.NOT_FOUND:
                     raise
@@ -166,7 +171,8 @@ class RemoteBackend(Backend):
             return self.connection.call("Evaluate", _with_inputs(requests[i], rows))
 
         answers = [one(0)] if len(units) == 1 else list(self._pool().map(one, range(len(units))))
-        return _result(replace(header, want="vjp", keep_jacobians=False), units, answers, like).vjp
+        vjp_header = replace(header, want="vjp", keep_jacobians=False, include_expectations=False)
+        return _result(vjp_header, units, answers, like).vjp
 
     # -- the wire --------------------------------------------------------------------------
 
@@ -184,7 +190,7 @@ class RemoteBackend(Backend):
         """(header, units, requests): the batch cut into requests that fit the server's limits (the
         server spreads each over its replicas); the cut depends on the batch alone, so results do
         too. Kept Jacobians are cut as their VJP requests will be (those must fit as well)."""
-        ev = Evaluation.of(spec, self.simulator, theta, angles, want, grad, grad_out, options=self.options)
+        ev = Evaluation.of(spec, self.simulator, theta, angles, want, grad, grad_out, keep, self.options)
         ev = replace(ev, header=replace(ev.header, keep_jacobians=keep))
         whole, header = to_request(ev), ev.header
         size = max_tokens(replace(header, want="vjp", keep_jacobians=False) if keep else header, self.limits)
@@ -273,6 +279,6 @@ def _with_inputs(kept: pb.EvaluateRequest, grad_out: Tensor) -> pb.EvaluateReque
     """The VJP request that recomputes what `kept` asked for: its inputs (and seed) with grad_out."""
     out = pb.EvaluateRequest()
     out.CopyFrom(kept)
-    out.want, out.keep_jacobians = pb.WANT_VJP, False
+    out.want, out.keep_jacobians, out.include_expectations = pb.WANT_VJP, False, False
     out.grad_out.CopyFrom(encode_tensor(grad_out))
     return out

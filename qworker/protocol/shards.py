@@ -49,14 +49,15 @@ def plan(header: Header) -> list[Unit]:
     blocks has its columns cut too (blocks of UNIT_COMPONENTS), so that replicas share it; with
     more, a unit takes all of its tokens' columns, and each token's inputs go to one replica."""
     n, spec = header.n_tokens, header.spec
-    size = _tokens_per_unit(header.circuits_per_token << spec.n_qubits)
+    size = _tokens_per_unit(header.work_per_token)
     if n <= size:
         return [Unit(range(n))]
     tokens = by_tokens(n, size)
     by_columns = header.want != "expectations" and header.grad.rule.columns and header.components is None
     if not by_columns or len(tokens) >= MIN_TOKEN_BLOCKS:
         return tokens
-    per_token = header.grad.rule.evaluations(spec, header.grad, UNIT_COMPONENTS) << spec.n_qubits
+    per_circuit = header.work_per_token // header.circuits_per_token
+    per_token = header.grad.rule.evaluations(spec, header.grad, UNIT_COMPONENTS) * per_circuit
     columns = spec.n_params + spec.n_angles
     blocks = [range(k, min(k + UNIT_COMPONENTS, columns)) for k in range(0, columns, UNIT_COMPONENTS)]
     return [Unit(t.tokens, c) for t in by_tokens(n, _tokens_per_unit(per_token)) for c in blocks]

@@ -73,9 +73,7 @@ class ReplicaActor:
         cancel = threading.Event()
         self._running = (key, cancel)
         try:
-            return [
-                self.replica.evaluate(r, None if until is None else until - time.time(), cancel) for r in requests
-            ]
+            return [self.replica.evaluate(r, None if until is None else until - time.time(), cancel) for r in requests]
         finally:
             self._running = None
 
@@ -223,13 +221,18 @@ class RayPool:
         a replica would cost more than it does. A larger one is cut into work units (`shards.plan`)
         that run on the least-busy live replicas side by side; a replica that dies mid-unit costs a
         retry of that unit on another. A keep_jacobians request leaves each unit's Jacobians on its
-        replica and answers one handle for them; a request with a handle goes to those replicas.
-        Raises PoolNotReady when no replica is live within `timeout` seconds, TimeoutError past
-        it, HandleGone when a handle's Jacobians are gone."""
+        replica and answers one handle for them (with include_expectations, as soon as the
+        expectations are there: the Jacobians go on being computed, and a VJP of the handle waits
+        for them); a request with a handle goes to those replicas. Raises PoolNotReady when no
+        replica is live within `timeout` seconds, TimeoutError past it, HandleGone when a handle's
+        Jacobians are gone."""
         parsed = parsed if parsed is not None else pb.EvaluateRequest.FromString(request)
         until = None if timeout is None else time.monotonic() + timeout
         if header.handle:
-            return await self._gather(parsed, header, self.handles.take(header.handle), until, timeout)
+            held = await self._held(self.handles.take(header.handle), timeout)
+            return (await self._gather(parsed, header, held, until, timeout))[0].SerializeToString()
+        if header.keep_jacobians and header.include_expectations and self.live:
+            return await self._forward_and_keep(parsed, header, until, timeout)
         served = self._capabilities.get(header.backend)  # None: the replica names the error
         small = header.work <= self.inline_work and not (served and served.hardware)
         if small and self.live:
@@ -241,13 +244,15 @@ class RayPool:
         plan = shards.plan(header)
         if len(plan) == 1 and not header.keep_jacobians:
             return (await self._run([request], until, timeout, header))[0][0]
-        return await self._gather(parsed, header, [Held(u, None, "") for u in plan], until, timeout)
+        whole, held = await self._gather(parsed, header, [Held(u, None, "") for u in plan], until, timeout)
+        return self._with_handle(whole, held) if header.keep_jacobians else whole.SerializeToString()
 
     async def _gather(
         self, parsed: pb.EvaluateRequest, header: Header, units: list[Held], until: float | None, timeout: float | None
-    ) -> bytes:
-        """The units run side by side, assembled: each on the least-busy replica, or the units a
-        replica holds (`replica`, with their `key`) in one call to it."""
+    ) -> tuple[pb.EvaluateResponse, list[Held]]:
+        """The units run side by side: each on the least-busy replica, or the units a replica
+        holds (`replica`, with their `key`) in one call to it. Their answers assembled, and where
+        each unit ran with the key its answer carries (a kept unit's)."""
 
         def unit_request(h: Held) -> bytes:
             piece = shards.piece(parsed, header, h.unit)
@@ -276,13 +281,46 @@ class RayPool:
                 data[i], where[i] = d, replica
         plan = [h.unit for h in units]
         parts = [pb.EvaluateResponse.FromString(d) for d in data]
-        whole = shards.assemble(header, plan, parts)
-        if not header.keep_jacobians:
-            return whole.SerializeToString()
-        return self._with_handle(whole, [Held(u, r, p.handle) for u, r, p in zip(plan, where, parts)])
+        return shards.assemble(header, plan, parts), [Held(u, r, p.handle) for u, r, p in zip(plan, where, parts)]
 
-    def _with_handle(self, response: pb.EvaluateResponse, held: list[Held]) -> bytes:
-        """`response` with one handle that names where each unit's Jacobians are kept."""
+    async def _forward_and_keep(
+        self, parsed: pb.EvaluateRequest, header: Header, until: float | None, timeout: float | None
+    ) -> bytes:
+        """The expectations now, and a handle to the Jacobians, which go on being computed (within
+        the resident TTL) and kept where computed: the classical model's work overlaps them."""
+        forward = pb.EvaluateRequest()
+        forward.CopyFrom(parsed)
+        forward.want, forward.keep_jacobians, forward.include_expectations = pb.WANT_EXPECTATIONS, False, False
+        forward.ClearField("gradient")
+        keep = pb.EvaluateRequest()
+        keep.CopyFrom(parsed)
+        keep.include_expectations = False
+        keep_header = replace(header, include_expectations=False)
+        background = time.monotonic() + self.resident[1]
+        units = [Held(u, None, "") for u in shards.plan(keep_header)]
+        expectations = asyncio.ensure_future(self._run([forward.SerializeToString()], until, timeout, header))
+        held = asyncio.ensure_future(self._gather(keep, keep_header, units, background, None))  # queued after it
+        try:
+            (answer,), _ = await expectations
+        except BaseException:
+            held.cancel()
+            raise
+        return self._with_handle(pb.EvaluateResponse.FromString(answer), held)
+
+    async def _held(self, held, timeout: float | None) -> list[Held]:
+        """Where a handle's units are kept, once their Jacobians are (HandleGone if they failed)."""
+        if not isinstance(held, asyncio.Future):
+            return held
+        try:
+            return (await asyncio.wait_for(asyncio.shield(held), timeout))[1]
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            raise
+        except Exception as e:  # noqa: BLE001 - recomputing from the inputs will report it, if it recurs
+            raise HandleGone(f"handle: its Jacobians were not computed ({type(e).__name__}: {e}); send inputs") from e
+
+    def _with_handle(self, response: pb.EvaluateResponse, held) -> bytes:
+        """`response` with one handle that names where each unit's Jacobians are kept (or a task
+        that will say it)."""
         out = pb.EvaluateResponse()
         out.CopyFrom(response)
         out.handle = self.handles.add(held)
