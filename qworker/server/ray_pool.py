@@ -138,7 +138,7 @@ class RayPool:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         self._threads = max(1, int(cpus))
         # OpenMP set before the replica imports torch: its CPUs as threads, and idle threads that
-        # sleep instead of spinning against whatever shares the node (trainer/threads.py)
+        # sleep instead of spinning against whatever shares the node (trainer/run/threads.py)
         openmp = {"OMP_NUM_THREADS": str(self._threads), "OMP_WAIT_POLICY": "PASSIVE"}
         self._actor_class = ray.remote(concurrency_groups={"compute": 1})(ReplicaActor).options(
             num_cpus=cpus,
