@@ -190,8 +190,9 @@ class RemoteBackend(Backend):
         """(header, units, requests): the batch cut into requests that fit the server's limits (the
         server spreads each over its replicas); the cut depends on the batch alone, so results do
         too. Kept Jacobians are cut as their VJP requests will be (those must fit as well)."""
-        ev = Evaluation.of(spec, self.simulator, theta, angles, want, grad, grad_out, keep, self.options)
-        ev = replace(ev, header=replace(ev.header, keep_jacobians=keep))
+        ev = Evaluation.of(
+            spec, self.simulator, theta, angles, want, grad, grad_out, keep, self.options, keep_jacobians=keep
+        )  # kept Jacobians come with the expectations: one request
         whole, header = to_request(ev), ev.header
         size = max_tokens(replace(header, want="vjp", keep_jacobians=False) if keep else header, self.limits)
         units = shards.by_tokens(header.n_tokens, size)
