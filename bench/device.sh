@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The GPU path, run on a machine with an NVIDIA GPU, each part prepared to fit one 10-minute call
-# (vqc and train_step together ~4 minutes; the study STUDY_S seconds, 470 by default):
+# (vqc with the kernels' first compile and train_step together ~8 minutes, an estimate: not yet
+# run on a GPU; the study STUDY_S seconds, 470 by default):
 #
 #   bench/device.sh                  # on the GPU machine; outputs under $OUT (default runs/device)
 #   bench/device.sh study            # only the named steps (vqc, train_step, study)
 #   bench/device.sh --cpu-dry-run    # here, on the CPU, at tiny sizes: the same steps, checked
 #
 # 1. the `local` simulator on CUDA through bench/vqc.py: forward, adjoint and a shift Jacobian
-#    (one batch), float32, N up to 2^20 tokens;
+#    (one batch), float32, N = 4,096 to 2^20 tokens: its fused kernels (`local`, qworker/backends/
+#    fused.py) against the torch path they replace (`local-torch`) in the same run, the kernels
+#    compiled first, one process each side by side (Triton keeps them on disk for the cells);
 # 2. the model's train step through bench/train_step.py: 8m and 150m, classical against wq (and
 #    wgate, and wq with fd), bf16 autocast;
 # 3. if DeepSpeed and the corpus are there: bench/study.py (DeepSpeed, bf16) for the 150m model,
@@ -42,9 +45,9 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
 
 if [ "$DRY" = 1 ]; then
-    DEVICE=cpu VQC_N="256 1024" MODELS="tiny" STEPS=2 TRAIN_MODEL=tiny TRAIN_STEPS=4 TRAIN_LR=3e-3 LIMIT=600 STUDY_S=600 LAST_SEED=1
+    DEVICE=cpu VQC_N="256 1024" MODELS="tiny" STEPS=2 TRAIN_MODEL=tiny TRAIN_STEPS=4 TRAIN_LR=3e-3 LIMIT=600 VQC_LIMIT=600 STUDY_S=600 LAST_SEED=1
 else
-    DEVICE=cuda VQC_N="65536 1048576" MODELS="8m 150m" STEPS=5 TRAIN_MODEL=150m TRAIN_STEPS=300 TRAIN_LR=1e-3 LIMIT=120 STUDY_S=${STUDY_S:-470} LAST_SEED=4
+    DEVICE=cuda VQC_N="4096 65536 1048576" MODELS="8m 150m" STEPS=5 TRAIN_MODEL=150m TRAIN_STEPS=300 TRAIN_LR=1e-3 LIMIT=120 VQC_LIMIT=300 STUDY_S=${STUDY_S:-470} LAST_SEED=4
 fi
 
 say "# bench/device.sh $(date -u +%FT%TZ) device=$DEVICE"
@@ -61,8 +64,30 @@ for name in ("qulacs", "ray", "deepspeed", "datasets", "pennylane", "transformer
 EOF
 
 if [[ $WANT == *" vqc "* ]]; then
-    say "## 1. the local simulator (bench/vqc.py --device $DEVICE)"
-    timeout $LIMIT $PY bench/vqc.py --device "$DEVICE" --backends local --methods forward adjoint shift \
+    say "## 1. the local simulator (bench/vqc.py --device $DEVICE): fused kernels (local), torch path (local-torch)"
+    if [ "$DEVICE" = cuda ]; then  # compile what the cells use, side by side (minutes one after another)
+        start=$SECONDS
+        for kind in forward adjoint shift; do
+            timeout 300 $PY - $kind >>"$LOG" 2>&1 <<'EOF' || say "compile $kind: exit $?" &
+import sys, torch
+from qworker import CircuitSpec, Gradient, get_backend
+from qworker.backends import fused
+
+spec, kind = CircuitSpec(), sys.argv[1]
+theta, angles = torch.rand(40, device="cuda"), torch.rand(64, 20, device="cuda")
+assert fused.covers(spec, theta, angles), fused.describe()
+backend, grad = get_backend("local"), Gradient("shift" if kind == "shift" else "adjoint")
+if kind == "forward":
+    backend.expectations(spec, theta, angles)
+else:
+    backend.vjp(spec, theta, angles, torch.ones(64, 10, device="cuda"), grad)
+torch.cuda.synchronize()
+EOF
+        done
+        wait
+        say "kernels compiled in $((SECONDS - start)) s"
+    fi
+    timeout $VQC_LIMIT $PY bench/vqc.py --device "$DEVICE" --backends local local-torch --methods forward adjoint shift \
         --n $VQC_N --repeats 2 --budget-s 40 --json >"$OUT/vqc.jsonl" 2>>"$LOG" || say "vqc: exit $?"
 fi
 
@@ -108,10 +133,15 @@ def rows(name):
 
 
 print(f"{'what':<44} {'N / model':>12} {'figure':>22} {'note':>30}")
-for r in rows("vqc.jsonl"):
+vqc = rows("vqc.jsonl")
+torch_path = {(r["mode"], r["method"], r["n_tokens"]): r["circuits_per_s"] for r in vqc if r["backend"] == "local-torch"}
+for r in vqc:
     what = f"vqc {r['backend']} {r['mode']} {r['method'] or ''}".strip()
     if r["status"] == "ok":
-        fp = "" if r["forward_passes"] is None else f"{r['forward_passes']:.1f} forward passes"
+        base = torch_path.get((r["mode"], r["method"], r["n_tokens"])) if r["backend"] == "local" else None
+        notes = [] if r["forward_passes"] is None else [f"{r['forward_passes']:.1f} forward passes"]
+        notes += [f"{r['circuits_per_s'] / base:.1f}x torch"] if base else []  # the kernels against the torch path
+        fp = ", ".join(notes)
         print(f"{what:<44} {r['n_tokens']:>12} {r['circuits_per_s']:>14,.0f} tok-circ/s {fp:>30}")
     else:
         print(f"{what:<44} {r['n_tokens']:>12} {r['status']:>22} {str(r['note'])[:30]:>30}")

@@ -32,14 +32,14 @@ from pathlib import Path
 
 import torch
 
-from trainer import checkpoint as ckpt
-from trainer.batches import BatchSampler
-from trainer.checkpoint import CKPT_DIR, read_run
-from trainer.circuits import Circuits
-from trainer.config import ModelConfig
-from trainer.data import prepare_data
-from trainer.model import Transformer
-from trainer.tokenizer import Tokenizer
+from trainer.data.batches import BatchSampler
+from trainer.data.corpus import prepare_data
+from trainer.data.tokenizer import Tokenizer
+from trainer.model.circuits import Circuits
+from trainer.model.config import ModelConfig
+from trainer.model.convert import build_model
+from trainer.run import checkpoint as ckpt
+from trainer.run.checkpoint import CKPT_DIR, read_run
 
 GROUPS = ("circuit θ", "compress", "expand", "classical rest", "whole model")
 
@@ -69,7 +69,7 @@ def weights(run_dir: Path, cfg: ModelConfig, step: int, seed: int) -> dict:
     """The model's weights at `step`: its DeepSpeed checkpoint, or the trainer's initial weights at 0."""
     if step == 0:
         torch.manual_seed(seed)  # as trainer.main.train() does just before it builds the model
-        return Transformer(cfg).state_dict()
+        return build_model(cfg).state_dict()
     path = run_dir / CKPT_DIR / f"step{step}" / "mp_rank_00_model_states.pt"
     if not path.exists():
         raise SystemExit(f"no checkpoint of step {step} in {run_dir / CKPT_DIR} (the trainer keeps the last two)")
@@ -78,7 +78,7 @@ def weights(run_dir: Path, cfg: ModelConfig, step: int, seed: int) -> dict:
 
 def gradients(cfg: ModelConfig, state: dict, circuits: Circuits, x, y) -> tuple[float, dict[str, torch.Tensor]]:
     """The loss on (x, y) and its gradient by parameter name."""
-    model = Transformer(cfg, circuits)
+    model = build_model(cfg, circuits)
     model.load_state_dict(state)
     _, loss = model(x, y)
     loss.backward()
@@ -89,7 +89,7 @@ def gradients(cfg: ModelConfig, state: dict, circuits: Circuits, x, y) -> tuple[
 def full_batch_loss(cfg: ModelConfig, state: dict, x, y) -> float:
     """The loss of the weights on the run's next whole batch: the run logged it as its next step's
     loss, so the two agree when these are the run's weights and batch."""
-    model = Transformer(cfg)
+    model = build_model(cfg)
     model.load_state_dict(state)
     return model(x, y)[1].item()
 

@@ -31,10 +31,10 @@ import torch
 from servers import Server
 
 from qworker import CircuitSpec, Gradient, get_backend
-from trainer.circuits import Circuits
-from trainer.config import from_preset
-from trainer.model import Transformer
-from trainer.quantum_linear import circuit_clock
+from trainer.model.circuits import Circuits
+from trainer.model.config import from_preset
+from trainer.model.convert import build_model
+from trainer.model.quantum_linear import circuit_clock
 
 SPEC = CircuitSpec()
 BUSY = "hyqut_qworker_replica_busy_seconds_total"
@@ -58,7 +58,7 @@ def step_rate(model_name: str, circuits: Circuits, batch: int, rounds: int) -> f
     """Training tokens per second of the model with W_q through the circuit (median of rounds)."""
     cfg = from_preset(model_name, quantum="wq")
     torch.manual_seed(0)
-    model = Transformer(cfg, circuits)
+    model = build_model(cfg, circuits)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(cfg.vocab_size, (batch, cfg.context))
     seconds = []

@@ -59,13 +59,13 @@ from pathlib import Path
 
 from validation import CACHE_FILE, evaluate_run
 
-from trainer.checkpoint import read_run
-from trainer.circuits import Circuits
-from trainer.config import ModelConfig, from_preset
-from trainer.data import DatasetError, prepare_data
-from trainer.model import describe
-from trainer.tokenizer import Tokenizer
-from trainer.train_config import TrainConfig
+from trainer.data.corpus import DatasetError, prepare_data
+from trainer.data.tokenizer import Tokenizer
+from trainer.model.accounting import describe
+from trainer.model.circuits import Circuits
+from trainer.model.config import ModelConfig, from_preset
+from trainer.run.checkpoint import read_run
+from trainer.run.config import TrainConfig
 
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t(0.975, df)
 T80 = {1: 1.376, 2: 1.061, 3: 0.978, 4: 0.941, 5: 0.920, 6: 0.906, 7: 0.896, 8: 0.889, 9: 0.883}  # t(0.80, df)

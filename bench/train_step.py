@@ -8,7 +8,7 @@
 A step is forward + backward + AdamW on one batch (plain torch, one process: the model's own
 cost, without DeepSpeed's). Reported: tokens/s (median over steps after a warm-up step), the
 ratio to the classical model of the same preset, and the share of step time spent in the
-circuits (forward and backward, timed by trainer.quantum_linear.circuit_clock).
+circuits (forward and backward, timed by trainer.model.quantum_linear.circuit_clock).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from datetime import date
 
 import torch
 
-from trainer.circuits import Circuits
-from trainer.config import from_preset
-from trainer.model import Transformer
-from trainer.quantum_linear import circuit_clock
+from trainer.model.circuits import Circuits
+from trainer.model.config import from_preset
+from trainer.model.convert import build_model
+from trainer.model.quantum_linear import circuit_clock
 
 VARIANTS = [("none", "adjoint"), ("wq", "adjoint"), ("wgate", "adjoint"), ("wq", "fd")]
 
@@ -34,7 +34,7 @@ VARIANTS = [("none", "adjoint"), ("wq", "adjoint"), ("wgate", "adjoint"), ("wq",
 def measure(model_name: str, quantum: str, grad: str, batch: int, steps: int, device: str, bf16: bool) -> dict:
     cfg = from_preset(model_name, quantum=quantum)
     torch.manual_seed(0)
-    model = Transformer(cfg, Circuits(grad=grad)).to(device)
+    model = build_model(cfg, Circuits(grad=grad)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randint(cfg.vocab_size, (batch, cfg.context), device=device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)

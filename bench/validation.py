@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainer.batches import BatchSampler
-from trainer.checkpoint import load_for_inference, read_run
-from trainer.circuits import Circuits
-from trainer.data import prepare_data
-from trainer.model import IGNORE_INDEX, Transformer
+from trainer.data.batches import BatchSampler
+from trainer.data.corpus import prepare_data
+from trainer.model.circuits import Circuits
+from trainer.model.convert import build_model
+from trainer.model.transformer import IGNORE_INDEX, Transformer
+from trainer.run.checkpoint import load_for_inference, read_run
 
 CACHE_FILE = "validation.json"
 
@@ -73,7 +74,7 @@ def evaluate_run(run_dir: Path, windows: int | None = None, use_cache: bool = Tr
             return kept
     dataset = read_run(run_dir)["train"]["dataset"]
     corpus = prepare_data(dataset, cfg.vocab_size, tokenizer=tokenizer)
-    model = Transformer(cfg, Circuits())  # the local simulator, exact: how it ran does not change the weights
+    model = build_model(cfg, Circuits())  # the local simulator, exact: how it ran does not change the weights
     model.load_state_dict(state)
     losses = window_losses(model, corpus.validation, cfg.context, windows)
     loss, se = mean_se(losses)

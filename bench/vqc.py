@@ -5,9 +5,12 @@ token-circuits per second of each backend (`local`, `qulacs`, `shots` with 1024 
 modes, `forward` (expectations, no autograd graph) and `forward+grad` (expectations, then the VJP
 of sum(expectations * g) for a random g, with respect to theta and the input angles) by every
 gradient method the backend supports (docs/design.md, "Gradients"), each through `Backend.apply` and
-autograd's backward, as the model's quantum layer (trainer/quantum_linear.py) runs them.
+autograd's backward, as the model's quantum layer (trainer/model/quantum_linear.py) runs them.
 The peer is PennyLane's `qml.qnn.TorchLayer` on `default.qubit` (diff_method="backprop", the
 batch as one broadcast input of shape (N, 20)), checked against `qworker.expectations` first.
+`local-torch` is `local` with its fused CUDA kernels off (`fused.ENABLED = False`): on CUDA,
+the torch path they replace, measured in the same run (`--device cuda --backends local
+local-torch`: before and after); on the CPU, where the kernels never run, the same as `local`.
 
     python bench/vqc.py                   # the table; N = 4096 and 16384 (takes several minutes)
     python bench/vqc.py --json            # one JSON object per row on stdout, nothing else
@@ -34,7 +37,7 @@ of a full Jacobian in forward-pass equivalents. Evaluating every shifted circuit
 busy with torch matrix products (what a replica meets beside a trainer's other ranks):
 `contended_circuits_per_s` and `contended_vs_quiet` (a fair share on 2 cores is 0.5). Cells run
 with OpenMP's passive waiting and all cores as threads, as trainers and replicas do
-(trainer/threads.py); set OMP_WAIT_POLICY=ACTIVE to see the spinning default.
+(trainer/run/threads.py); set OMP_WAIT_POLICY=ACTIVE to see the spinning default.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from multiprocessing.context import BaseContext
 from resource import RLIMIT_DATA, getrlimit, setrlimit
 from typing import TextIO
 
-from trainer.threads import share_cores
+from trainer.run.threads import share_cores
 
 share_cores()  # before torch loads OpenMP: every cell's process inherits it
 
@@ -70,10 +73,12 @@ from torch import Tensor, nn
 
 import qworker
 from qworker import Backend, CircuitSpec, Gradient, get_backend
+from qworker.backends import fused
 from qworker.gradients import names as method_names
 
 PEER = "pennylane"
 BACKENDS = ("local", "qulacs", "shots")
+CHOICES = (*BACKENDS, "local-torch")  # local-torch: `local` without its fused CUDA kernels (the baseline)
 SHOTS = {"shots": 1024, "seed": 0}
 BOUNDED = ("shift", "fd", "spsa")  # methods whose cost in forward passes docs/design.md fixes
 WARMUP_TOKENS = 8
@@ -128,6 +133,9 @@ class Cell:
 
 
 def make_backend(name: str) -> Backend:
+    """The backend of a cell (`local-torch` is `local`; `_work` turns its kernels off)."""
+    if name == "local-torch":
+        return get_backend("local")
     return get_backend(name, **SHOTS) if name == "shots" else get_backend(name)
 
 
@@ -202,6 +210,7 @@ def make_call(cell: Cell, n_tokens: int) -> Callable[[], object]:
 
 
 def _work(cell: Cell, n_tokens: int) -> Callable[[], object]:
+    fused.ENABLED = cell.backend != "local-torch"  # each cell runs in a process of its own
     spec = CircuitSpec()
     theta, angles, g = inputs(spec, n_tokens, cell.device)
     if cell.backend == PEER:
@@ -458,7 +467,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="N=512, 1 repeat, 3 s budget, 64-token probe: a smoke run")
     p.add_argument("--plot", metavar="PATH", help="also write a PNG bar chart of circuits/s")
     p.add_argument("--contended", action="store_true", help="each cell also beside a busy competing process")
-    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="(default: all)")
+    p.add_argument(
+        "--backends", nargs="+", default=list(BACKENDS), choices=CHOICES, help="(default: all but local-torch)"
+    )
     p.add_argument("--methods", nargs="+", default=["forward", *method_names()], help="forward and gradient methods")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where `local` runs (others: cpu)")
     args = p.parse_args(argv)

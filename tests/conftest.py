@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.data import Corpus, prepare_data
+from trainer.data.corpus import Corpus, prepare_data
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_train import validation_loss  # a run's validation loss from its saved weights, in plain torch
 
-from trainer.config import from_preset
+from trainer.model.config import from_preset
 
 ROOT = Path(__file__).parents[1]
 
@@ -256,9 +256,9 @@ def test_validation_takes_the_trainers_windows_in_order_one_loss_each(monkeypatc
     import numpy as np
     import torch
 
-    from trainer.batches import BatchSampler
-    from trainer.config import from_preset
-    from trainer.model import Transformer
+    from trainer.data.batches import BatchSampler
+    from trainer.model.config import from_preset
+    from trainer.model.transformer import Transformer
 
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     validation = importlib.import_module("validation")

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import checkpoint as ckpt
-from trainer.circuits import Circuits
-from trainer.config import from_preset
 from trainer.generate import load
-from trainer.model import Transformer
-from trainer.train_config import TrainConfig
+from trainer.model.circuits import Circuits
+from trainer.model.config import from_preset
+from trainer.model.convert import build_model
+from trainer.model.transformer import Transformer
+from trainer.run import checkpoint as ckpt
+from trainer.run.config import TrainConfig
 
 # run.json as trainer.main wrote it before the model/run split (commit bd6d7c2 and earlier)
 OLD_MODEL = {
@@ -47,7 +48,7 @@ def old_run(tmp_path: Path, corpus, qbackend: str = OLD_MODEL["qbackend"]) -> tu
     branch = "classical" if qbackend == "classical" else "circuit"  # the control was a qbackend then
     cfg = from_preset("tiny", quantum="wq", n_qubits=4, branch=branch)
     torch.manual_seed(0)
-    saved = Transformer(cfg)
+    saved = build_model(cfg)
     ckpt.save_weights(run, saved, step=300)
     return run, saved
 

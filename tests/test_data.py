@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.batches import BatchSampler
-from trainer.data import DatasetError, get_tokenizer, load_corpus, load_documents, prepare_data, split_documents
-from trainer.tokenizer import EOD, EOT, SPECIAL_TOKENS, Tokenizer, train_tokenizer
+from trainer.data.batches import BatchSampler
+from trainer.data.corpus import DatasetError, get_tokenizer, load_corpus, load_documents, prepare_data, split_documents
+from trainer.data.tokenizer import EOD, EOT, SPECIAL_TOKENS, Tokenizer, train_tokenizer
 
 # --- loading and splitting ---
 
@@ -129,7 +129,7 @@ def test_cached_tokenizer_is_reused(corpus, cache_dir):
 
 def test_a_cached_corpus_loads_without_its_documents(corpus, cache_dir, monkeypatch):
     """Every run starts from the cache: the documents are not loaded, `datasets` is not needed."""
-    from trainer import data
+    from trainer.data import corpus as data
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("the documents were loaded although the corpus is cached")

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from trainer.circuits import Circuits
-from trainer.config import from_preset
-from trainer.hardware import check_budget, hardware_plan
-from trainer.train_config import TrainConfig
+from trainer.model.circuits import Circuits
+from trainer.model.config import from_preset
+from trainer.run.checkpoint import shots_spent
+from trainer.run.config import TrainConfig
+from trainer.run.hardware import check_budget, hardware_plan, over_budget
 
 ROOT = Path(__file__).parents[1]
 # one quantum projection (W_q of layer 0), a 4-qubit circuit of 2 layers: |Θ| = 16, 8 input angles
@@ -123,8 +124,6 @@ def test_readme_hardware_table_is_what_the_plan_says():
 
 
 def test_a_resumed_run_counts_every_shot_paid_for(tmp_path):
-    from trainer.main import over_budget, shots_spent
-
     assert shots_spent(tmp_path) == (0, 0)  # a new run
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "latest").write_text("step2")
@@ -149,7 +148,7 @@ def test_trainer_metrics_count_hardware_usage_by_backend():
     from prometheus_client.parser import text_string_to_metric_families
 
     from qworker.backends import Usage
-    from trainer.metrics import TrainMetrics
+    from trainer.run.metrics import TrainMetrics
 
     m = TrainMetrics(0)
     try:

@@ -10,10 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from trainer import checkpoint as ckpt
-from trainer.config import from_preset
-from trainer.hf import interleaved_to_halves, llama_config, to_llama_state
-from trainer.model import Transformer
+from trainer.model.config import from_preset
+from trainer.model.convert import build_model
+from trainer.model.hf import interleaved_to_halves, llama_config, to_llama_state
+from trainer.model.transformer import Transformer
+from trainer.run import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ def random_model(cfg) -> Transformer:
     """Our model with weights large enough that the logits are O(1) (the init's 0.02 gives ~0.01),
     norms not all ones: a mapping mistake anywhere shows far above float32 rounding."""
     torch.manual_seed(0)
-    model = Transformer(cfg).eval()
+    model = build_model(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):

@@ -7,10 +7,10 @@ import torch
 from qworker import CircuitSpec, Gradient, get_backend
 from qworker.backends import Usage
 from qworker.backends.qiskit_adapter import QiskitBackend
-from trainer.circuits import Circuits
-from trainer.config import from_preset
-from trainer.model import Transformer
-from trainer.quantum_linear import QuantumLinear
+from trainer.model.circuits import Circuits
+from trainer.model.config import from_preset
+from trainer.model.convert import build_model
+from trainer.model.quantum_linear import QuantumLinear
 
 
 class CountingEstimator:
@@ -31,7 +31,7 @@ def one_step(circuits: Circuits, backend=None, tokens: int = 4):
     """A tiny model with one quantum layer (W_q of layer 0; 4 qubits, 2 layers: |Θ| = 16, 8 input
     angles), one forward and backward on `tokens` tokens; `backend` replaces the layer's."""
     torch.manual_seed(0)
-    model = Transformer(from_preset("tiny", quantum="wq", quantum_layers=(0,), n_qubits=4), circuits)
+    model = build_model(from_preset("tiny", quantum="wq", quantum_layers=(0,), n_qubits=4), circuits)
     (layer,) = [m for m in model.modules() if isinstance(m, QuantumLinear)]
     if backend is not None:
         layer.backend = backend

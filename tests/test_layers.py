@@ -48,3 +48,10 @@ def test_no_import_cycle_function_local_imports_included():
     assert cycles(graph) == []
     graph.add_import(importer="qworker.circuit", imported="qworker.server.service")  # the check can fail
     assert any(c[0] == "qworker.circuit" for c in cycles(graph))
+
+
+def test_the_public_api_loads_neither_grpc_nor_ray():
+    """`import qworker` is the simulators and gradients: the service's stack comes with a grpc:// or ray backend."""
+    code = "import qworker, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'ray')))"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr

@@ -249,7 +249,7 @@ def valid_requests(draw) -> pb.EvaluateRequest:
 
 @pytest.fixture(scope="module")
 def fuzz_stub():
-    server, port = started(max_qubits=5)
+    server, port = started(max_qubits=5, max_request_seconds=10)  # what would take longer is refused: the work limit
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         yield pb_grpc.QWorkerStub(ch)
     server.stop(0)

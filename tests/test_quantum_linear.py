@@ -8,7 +8,7 @@ import torch
 from torch.func import functional_call
 
 from qworker import Gradient
-from trainer.quantum_linear import QuantumLinear
+from trainer.model.quantum_linear import QuantumLinear
 
 
 def layer(**kw):

@@ -46,9 +46,9 @@ def test_readme_python_snippet_runs():
 
 
 def test_readme_accounting_table_is_what_describe_says():
-    """Every row of the README's model accounting table, to the digit, from trainer.model.describe."""
-    from trainer.config import from_preset
-    from trainer.model import describe
+    """Every row of the README's model accounting table, to the digit, from trainer.model.accounting.describe."""
+    from trainer.model.accounting import describe
+    from trainer.model.config import from_preset
 
     text = (Path(__file__).parents[1] / "README.md").read_text()
     table = text[text.index("| preset | quantum | parameters |") :].split("\n\n")[0].splitlines()[2:]

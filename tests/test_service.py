@@ -33,7 +33,7 @@ from qworker.protocol.wire import qworker_pb2 as pb
 from qworker.protocol.wire import qworker_pb2_grpc as pb_grpc
 from qworker.server.replica import Replica
 from qworker.server.service import SERVICE, ServerConfig, create_server
-from trainer.quantum_linear import QuantumLinear
+from trainer.model.quantum_linear import QuantumLinear
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = CircuitSpec(4, 2)

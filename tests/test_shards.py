@@ -18,6 +18,13 @@ SPEC = CircuitSpec(10, 2)
 REPLICA = Replica(("local",))
 
 
+@pytest.fixture(autouse=True)
+def small_units(monkeypatch):
+    """Units of 2^22 amplitude-circuits (a tenth of a second of one CPU replica): requests small
+    enough for tests are cut into several."""
+    monkeypatch.setattr(shards, "UNIT_WORK", 2**22)
+
+
 def request(want, n, method=None, per_token=False, include=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     shape = (n, SPEC.n_params) if per_token else (SPEC.n_params,)
@@ -67,20 +74,24 @@ def test_cut_and_assembled_equals_whole(want, n, method, per_token, include):
 
 
 def test_the_cut_depends_on_the_request_alone():
+    # fd: 121 circuits of 2^10 amplitudes a token; 2^22 / (121 x 2^10) = 33 -> blocks of 32 tokens
     header = check_request(request("jacobians", 256, "fd"), Limits())
     plan = shards.plan(header)
-    assert len(plan) == 2 * 6 and all(len(u.tokens) == 128 for u in plan)  # 256 tokens x 60 columns
+    assert plan == [shards.Unit(range(s, s + 32)) for s in range(0, 256, 32)]  # 8 blocks: all columns each
     assert shards.plan(header) == plan
+    few = shards.plan(check_request(request("jacobians", 96, "fd"), Limits()))  # 3 blocks: cut the columns too
+    # a 10-column unit is 1 + 2 x 10 circuits a token: 2^22 / (21 x 2^10) = 195 -> one block of 128 >= 96 tokens
+    assert few == [shards.Unit(range(96), range(k, k + 10)) for k in range(0, 60, 10)]
     small = check_request(request("jacobians", 4, "fd"), Limits())
     assert shards.plan(small) == [shards.Unit(range(4))]  # not worth cutting
 
 
-@pytest.mark.parametrize("per_token", [False, True])
-def test_kept_jacobians_answer_the_vjp_a_recomputation_does(per_token):
+@pytest.mark.parametrize("per_token, n", [(False, 300), (True, 96)])  # token blocks; token x column blocks
+def test_kept_jacobians_answer_the_vjp_a_recomputation_does(per_token, n):
     """keep_jacobians, then a VJP by handle, unit by unit, equals the VJP request with the inputs
     (cut into the same units) bit for bit, and the dense Jacobians contracted here to rounding; a
     handle answers once."""
-    n, method = 300, "fd"
+    method = "fd"
     keep = request("jacobians", n, method, per_token)
     keep.keep_jacobians = True
     header = check_request(keep, Limits())

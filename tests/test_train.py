@@ -197,7 +197,7 @@ def test_metrics_endpoint_serves_training_metrics():
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from trainer.metrics import TrainMetrics
+    from trainer.run.metrics import TrainMetrics
 
     m = TrainMetrics(0)
     try:

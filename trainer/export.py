@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainer.checkpoint import CheckpointError, load_for_inference
-from trainer.hf import NotLlama, check_classical, hf_tokenizer, llama_config, to_llama_state
+from trainer.model.hf import NotLlama, check_classical, hf_tokenizer, llama_config, to_llama_state
+from trainer.run.checkpoint import CheckpointError, load_for_inference
 
 
 def export(checkpoint: Path, out: Path) -> Path:

@@ -6,7 +6,7 @@
 
 The circuits of a hybrid model run on --qbackend (`local` by default, whatever the run trained on).
 
-The text format is the training data's (trainer/data.py): a dialogue starts after <|eod|>, each
+The text format is the training data's (trainer/data/corpus.py): a dialogue starts after <|eod|>, each
 turn ends with <|eot|>. A prompt is one user turn; the reply is sampled until <|eot|>.
 """
 
@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from trainer.checkpoint import CheckpointError, load_for_inference
-from trainer.circuits import Circuits
-from trainer.model import Transformer
-from trainer.tokenizer import Tokenizer
+from trainer.data.tokenizer import Tokenizer
+from trainer.model.circuits import Circuits
+from trainer.model.convert import build_model
+from trainer.model.transformer import Transformer
+from trainer.run.checkpoint import CheckpointError, load_for_inference
 
 
 class Chat:
@@ -78,7 +79,7 @@ def pick(logits: Tensor, temperature: float, top_k: int, top_p: float, gen: torc
 
 def load(checkpoint: Path, circuits: Circuits | None = None) -> tuple[Transformer, Tokenizer]:
     cfg, state, tokenizer_json, _step = load_for_inference(checkpoint)
-    model = Transformer(cfg, circuits)
+    model = build_model(cfg, circuits)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

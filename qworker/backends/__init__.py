@@ -5,6 +5,8 @@
 | `base.py` | | the interface: `Backend`, `Capabilities`, `Pending` |
 | `registry.py` | | names -> backends: the built-ins and the `hyqut.backends` entry points |
 | `local.py` | `local` | the batched torch statevector simulator (CPU, CUDA), adjoint by autograd |
+| `fused.py` | | `local`'s fused CUDA kernels: what they cover, their autograd, their launches |
+| `fused_kernels.py` | | those Triton kernels (imported on first use, where triton is) |
 | `qulacs_sim.py` | `qulacs` | Qulacs, token by token: the reference |
 | `auto.py` | `auto` | Qulacs for a few tokens, `local` above |
 | `shots.py` | `shots` | finite shots with noise: the stand-in for hardware |

@@ -42,6 +42,7 @@ class Capabilities:
     shots: int = 0  # shots each circuit is sampled with; 0 for exact expectations
     seeded: bool = False  # results draw random numbers that the option `seed` fixes
     options: tuple[str, ...] = ()  # the options it is built with (its constructor's keywords)
+    fused: str = ""  # what runs in fused GPU kernels, and what falls back ("" where nothing does)
 
 
 @dataclass

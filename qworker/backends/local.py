@@ -16,18 +16,23 @@ tokens: a permutation then gathers whole contiguous rows and every rotation is a
 Chunks of tokens stay in cache. Gradients: autograd for the small per-step matrices and the
 product state's two factors; the register-sized steps, that outer product included, have a
 hand-written backward (`_Register`).
+
+On CUDA, where `fused.covers` the evaluation (triton importable, up to fused.MAX_QUBITS qubits,
+float32), `expectations` and `shifted` run fused Triton kernels instead (`qworker/backends/fused.py`):
+the whole circuit in one launch, each token's register on chip. Everything else is this module.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import torch
 from torch import Tensor
 
 from qworker import deadline
+from qworker.backends import fused
 from qworker.backends.base import Backend, promoted
 from qworker.backends.memory import check_memory
 from qworker.circuit import CircuitSpec, Op
@@ -66,6 +71,8 @@ class _Program:
 def expectations(spec: CircuitSpec, theta: Tensor, angles: Tensor) -> Tensor:
     """<Z_i> for every token: angles (N, 2n_q), theta (|Θ|,) shared or (N, |Θ|) per token.
     Returns (N, n_q) in the dtype of `angles`; differentiable by autograd in both inputs."""
+    if fused.covers(spec, theta, angles):
+        return fused.expectations(spec, theta, angles)
     prog = _program(spec, angles)
     outs = [_Register.apply(*halves, prog, *params) for _, halves, params in _chunks(prog, theta, angles)]
     if not outs:
@@ -96,6 +103,8 @@ def shifted(spec: CircuitSpec, theta: Tensor, angles: Tensor, step: float, compo
     times the state just after that gate (kept from the unshifted run). So one evolution of the
     circuit's suffix per component gives both of its rows:
         <Z_i>(±s) = cos²(s/2) <φ0|Z_i|φ0> + sin²(s/2) <φ1|Z_i|φ1> ± sin(s) Im <φ0|Z_i|φ1>."""
+    if fused.covers(spec, theta, angles):
+        return fused.shifted(spec, theta, angles, step, components, base)
     prog = _program(spec, angles)
     n, n_params, n_tok = spec.n_qubits, spec.n_params, angles.shape[0]
     out = angles.new_empty(int(base) + 2 * len(components), n_tok, n)
@@ -545,10 +554,14 @@ class LocalBackend(Backend):
 
     name, statevector, accelerated = "local", True, True
 
+    def capabilities(self):
+        return replace(super().capabilities(), fused=fused.describe())
+
     def expectations(self, spec, theta, angles):
         out = angles.dtype
         theta, angles = promoted(theta, angles)
-        if theta.dim() == 2 and not (theta.requires_grad or angles.requires_grad):
+        grad = theta.requires_grad or angles.requires_grad
+        if theta.dim() == 2 and not grad and not fused.covers(spec, theta, angles):  # (the kernels: per row alike)
             return _by_blocks(spec, theta, angles).to(out)
         return expectations(spec, theta, angles).to(out)
 

@@ -18,15 +18,15 @@ full), is retried with backoff until that deadline (an evaluation is a pure func
 request, so a retry is safe); nothing else is retried.
 
 Several frontends (a list of addresses, or a DNS name with several; client/targets.py): calls are
-spread over those that are SERVING by gRPC's round_robin, the Jacobian requests on a channel of
-their own (so they alternate over the frontends whatever the forward calls between them do), and
-the backward of kept Jacobians goes to the frontend that answered their handle (its answer names
-it). If that frontend is gone (UNAVAILABLE), the VJP is recomputed from the inputs through the
-others at once, as when the handle is NOT_FOUND.
+spread over those that are SERVING by gRPC's round_robin, and the backward of kept Jacobians goes
+to the frontend that answered their handle (its answer names it). If that frontend is gone
+(UNAVAILABLE), the VJP is recomputed from the inputs through the others at once, as when the
+handle is NOT_FOUND.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -94,11 +94,6 @@ class RemoteBackend(Backend):
         cert = tls_root_cert or query.get("tls_root_cert")
         deadline_s = float(deadline_s or query.get("deadline", 60.0))
         self.connection = Connection(target, token, cert, deadline_s, connect_timeout_s)
-        # Jacobian requests round-robin on a channel of their own: on the shared one, a fixed order of
-        # calls (a layer's Jacobians, then its expectations, ...) would put every Jacobian on one frontend
-        self._jacobian_connection = (
-            Connection(target, token, cert, deadline_s, connect_timeout_s) if target.spread else self.connection
-        )
         self._to_frontend = (token, cert, deadline_s, connect_timeout_s)
         self._frontends: dict[str, Connection] = {}  # pinned connections, by the address a frontend gave
         self._strangers: set[str] = set()  # addresses frontends gave that are not the target's (warned once)
@@ -157,9 +152,10 @@ class RemoteBackend(Backend):
         self._calls = itertools.count()
 
     def start(self, spec: CircuitSpec, theta: Tensor, angles: Tensor, grad: Gradient) -> Pending:
-        """Expectations now; the Jacobians started with them and kept by the server
-        (keep_jacobians), whose VJP `Pending.vjp` asks for with the upstream gradient. With adjoint
-        (reverse mode) the VJP is requested in `vjp` instead."""
+        """Expectations now, from one request that also starts the Jacobians, which the server
+        keeps (keep_jacobians) and goes on computing while the classical model goes on;
+        `Pending.vjp` sends the upstream gradient with their handle. With adjoint (reverse mode)
+        the VJP is requested in `vjp` instead."""
         self.check_method(grad)
         if grad.rule.reverse:
             return Pending(self.expectations(spec, theta, angles), lambda g: self.vjp(spec, theta, angles, g, grad))
@@ -168,34 +164,37 @@ class RemoteBackend(Backend):
             z = self._evaluate(spec, theta, angles, "expectations").expectations
             return Pending(z, lambda g: contract(*jacobians.result().jacobians, g.to(z), theta.dim() == 2))
         header, units, requests = self._requests(spec, theta, angles, "jacobians", grad, keep=True)
-        kept = [self._pool().submit(self._jacobian_connection.call, "Evaluate", r) for r in requests]
-        z = self._evaluate(spec, theta, angles, "expectations").expectations
+        if len(requests) == 1:
+            answers = [self.connection.call("Evaluate", requests[0])]
+        else:
+            answers = list(self._pool().map(functools.partial(self.connection.call, "Evaluate"), requests))
+        z = _result(header, units, answers, angles).expectations
+        kept = [(a.handle, a.frontend) for a in answers]
         return Pending(z, lambda g: self._vjp_of_kept(header, units, requests, kept, g, like=angles))
 
-    def _vjp_of_kept(self, header: Header, units: list, requests: list, kept: list[Future], g: Tensor, like: Tensor):
-        """The VJP of each request's kept Jacobians, asked of the frontend that holds them; one
-        whose handle is gone (NOT_FOUND: evicted, expired, its replica or the server restarted) or
-        whose frontend is (UNAVAILABLE there) is sent again with its inputs, through any frontend:
-        the same bits (counted in RECOMPUTES)."""
+    def _vjp_of_kept(self, header: Header, units: list, requests: list, kept: list[tuple], g: Tensor, like: Tensor):
+        """The VJP of each request's kept Jacobians (`kept`: its handle, and the frontend that holds
+        it), asked of that frontend; one whose handle is gone (NOT_FOUND: evicted, expired, its
+        replica or the server restarted) or whose frontend is (UNAVAILABLE there) is sent again with
+        its inputs, through any frontend: the same bits (counted in RECOMPUTES)."""
         g = g.to(like.dtype)
 
         def one(i: int) -> pb.EvaluateResponse:
             rows = g[units[i].tokens.start : units[i].tokens.stop]
-            answer = kept[i].result()  # a failed keep request raises its own error here
-            connection = self._holder(answer.frontend)
+            handle, frontend = kept[i]
+            connection = self._holder(frontend)
             try:
-                return connection.call("Evaluate", _by_handle(requests[i], answer.handle, rows))
+                return connection.call("Evaluate", _by_handle(requests[i], handle, rows))
             except RemoteError as e:
-                gone = e.code == grpc.StatusCode.NOT_FOUND or (
-                    connection.pinned and e.code == grpc.StatusCode.UNAVAILABLE
-                )
-                if not gone:
+                unavailable = connection.pinned and e.code == grpc.StatusCode.UNAVAILABLE
+                if not (e.code == grpc.StatusCode.NOT_FOUND or unavailable):
                     raise
             RECOMPUTES.inc()
             return self.connection.call("Evaluate", _with_inputs(requests[i], rows))
 
         answers = [one(0)] if len(units) == 1 else list(self._pool().map(one, range(len(units))))
-        return _result(replace(header, want="vjp", keep_jacobians=False), units, answers, like).vjp
+        vjp_header = replace(header, want="vjp", keep_jacobians=False, include_expectations=False)
+        return _result(vjp_header, units, answers, like).vjp
 
     def _holder(self, frontend: str) -> Connection:
         """Where a handle's call goes: the frontend that gave it (`frontend`, from its answer) when
@@ -233,8 +232,9 @@ class RemoteBackend(Backend):
         """(header, units, requests): the batch cut into requests that fit the server's limits (the
         server spreads each over its replicas); the cut depends on the batch alone, so results do
         too. Kept Jacobians are cut as their VJP requests will be (those must fit as well)."""
-        ev = Evaluation.of(spec, self.simulator, theta, angles, want, grad, grad_out, options=self.options)
-        ev = replace(ev, header=replace(ev.header, keep_jacobians=keep))
+        ev = Evaluation.of(
+            spec, self.simulator, theta, angles, want, grad, grad_out, keep, self.options, keep_jacobians=keep
+        )  # kept Jacobians come with the expectations: one request
         whole, header = to_request(ev), ev.header
         size = max_tokens(replace(header, want="vjp", keep_jacobians=False) if keep else header, self.limits)
         units = shards.by_tokens(header.n_tokens, size)
@@ -284,7 +284,7 @@ class RemoteBackend(Backend):
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = None
-        for connection in (self.connection, self._jacobian_connection, *self._frontends.values()):
+        for connection in (self.connection, *self._frontends.values()):
             connection.close()
         self._frontends = {}
 
@@ -325,6 +325,6 @@ def _with_inputs(kept: pb.EvaluateRequest, grad_out: Tensor) -> pb.EvaluateReque
     """The VJP request that recomputes what `kept` asked for: its inputs (and seed) with grad_out."""
     out = pb.EvaluateRequest()
     out.CopyFrom(kept)
-    out.want, out.keep_jacobians = pb.WANT_VJP, False
+    out.want, out.keep_jacobians, out.include_expectations = pb.WANT_VJP, False, False
     out.grad_out.CopyFrom(encode_tensor(grad_out))
     return out

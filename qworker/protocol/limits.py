@@ -50,5 +50,5 @@ def max_tokens(header: Header, limits: Limits) -> int:
     fit = (limits.max_message_bytes - ENVELOPE_BYTES - spec.n_params * header.itemsize) // message_bytes_per_token(
         header
     )
-    work = limits.max_work_per_request // (header.circuits_per_token << spec.n_qubits)
+    work = limits.max_work_per_request // header.work_per_token
     return max(1, min(limits.max_tokens_per_request, fit, work))

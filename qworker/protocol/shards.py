@@ -26,9 +26,10 @@ from qworker.protocol.convert import DTYPES
 from qworker.protocol.evaluation import Header
 from qworker.protocol.wire import qworker_pb2 as pb
 
-UNIT_WORK = 2**22  # amplitude-circuits a unit aims at (4,096 one-token circuits of 10 qubits, ~0.1 s)
-UNIT_COMPONENTS = 10  # columns of a shift or fd Jacobian per unit
+UNIT_WORK = 2**25  # amplitude-circuits a unit aims at (32,768 one-token circuits of 10 qubits, ~1 s of one CPU replica)
+UNIT_COMPONENTS = 10  # columns of a shift or fd Jacobian per unit, when its columns are cut
 MIN_UNIT_TOKENS = 16
+MIN_TOKEN_BLOCKS = 8  # a Jacobian cut into fewer token blocks is cut by columns too
 
 
 @dataclass(frozen=True)
@@ -44,20 +45,27 @@ class Unit:
 
 def plan(header: Header) -> list[Unit]:
     """The units of a request: one when it is small; else token blocks of a power-of-two size
-    sized to UNIT_WORK, times column blocks of UNIT_COMPONENTS for a Jacobian computed by columns."""
+    sized to UNIT_WORK. A Jacobian computed by columns over fewer than MIN_TOKEN_BLOCKS token
+    blocks has its columns cut too (blocks of UNIT_COMPONENTS), so that replicas share it; with
+    more, a unit takes all of its tokens' columns, and each token's inputs go to one replica."""
     n, spec = header.n_tokens, header.spec
-    shifted = header.want != "expectations" and header.grad.rule.columns and header.components is None
-    columns = spec.n_params + spec.n_angles
-    blocks = [range(k, min(k + UNIT_COMPONENTS, columns)) for k in range(0, columns, UNIT_COMPONENTS)]
-    unit = header.grad.rule.evaluations(spec, header.grad, UNIT_COMPONENTS) if shifted else header.circuits_per_token
-    per_token = unit << spec.n_qubits
-    size = max(MIN_UNIT_TOKENS, 2 ** int(math.log2(max(1, UNIT_WORK // per_token))))
-    if n <= size and not (shifted and n * header.circuits_per_token << header.spec.n_qubits > 2 * UNIT_WORK):
+    size = _tokens_per_unit(header.work_per_token)
+    if n <= size:
         return [Unit(range(n))]
     tokens = by_tokens(n, size)
-    if not shifted or len(blocks) == 1:
+    by_columns = header.want != "expectations" and header.grad.rule.columns and header.components is None
+    if not by_columns or len(tokens) >= MIN_TOKEN_BLOCKS:
         return tokens
-    return [Unit(t.tokens, c) for t in tokens for c in blocks]
+    per_circuit = header.work_per_token // header.circuits_per_token
+    per_token = header.grad.rule.evaluations(spec, header.grad, UNIT_COMPONENTS) * per_circuit
+    columns = spec.n_params + spec.n_angles
+    blocks = [range(k, min(k + UNIT_COMPONENTS, columns)) for k in range(0, columns, UNIT_COMPONENTS)]
+    return [Unit(t.tokens, c) for t in by_tokens(n, _tokens_per_unit(per_token)) for c in blocks]
+
+
+def _tokens_per_unit(work_per_token: int) -> int:
+    """Tokens of a unit: a power of two whose work is about UNIT_WORK, at least MIN_UNIT_TOKENS."""
+    return max(MIN_UNIT_TOKENS, 2 ** int(math.log2(max(1, UNIT_WORK // work_per_token))))
 
 
 def by_tokens(n_tokens: int, size: int) -> list[Unit]:

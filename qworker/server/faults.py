@@ -4,8 +4,8 @@ dies at the worst moment (tests/test_cluster.py; docs/design.md, "Failure semant
 They are armed only through the frontend's Ray actor (`FrontendActor.inject_fault`, reachable with
 Ray's cluster token, never through the gRPC contract), and each fires once:
 
-- `kill-keeper`: the next keep_jacobians request's replicas are SIGKILLed once they have computed
-  its Jacobians and before its handle is answered, so its backward finds them gone;
+- `kill-keeper`: the replicas that keep the next keep_jacobians request's Jacobians are SIGKILLed
+  as soon as those are kept, ahead of any VJP of its handle, so its backward finds them gone;
 - `exit-on-handle`: the frontend's process exits (SIGKILL) when the next request with a handle
   arrives, so that backward call loses its frontend mid-call.
 """

@@ -51,6 +51,7 @@ PENDING_S = 5.0  # a replica not started by then is reported pending (Info)
 MAX_RETIRED = 1000  # removed replicas whose totals stay in the metrics
 MAX_ATTEMPTS = 3  # replicas a request may see die before it fails
 INLINE = "inline"  # where a unit kept by the server's own replica is
+BATCHES_PER_REPLICA = 2  # calls a request's units go in, per live replica: few calls, and the load still spread
 
 
 class ReplicaActor:
@@ -68,13 +69,14 @@ class ReplicaActor:
         self._running: tuple[int, threading.Event] | None = None
 
     @ray.method(concurrency_group="compute")
-    def evaluate(self, request: bytes, until: float | None, key: int) -> tuple[bytes, float, Usage]:
-        """Stopped once the wall clock passes `until` (the caller's deadline: nodes keep their
-        clocks in sync) or when the caller cancels `key`."""
+    def evaluate(self, requests: list[bytes], until: float | None, key: int) -> list[tuple[bytes, float, Usage]]:
+        """The requests in turn (several: the units of one handle this replica holds, in one call);
+        stopped once the wall clock passes `until` (the caller's deadline: nodes keep their clocks
+        in sync) or when the caller cancels `key`."""
         cancel = threading.Event()
         self._running = (key, cancel)
         try:
-            return self.replica.evaluate(request, None if until is None else until - time.time(), cancel)
+            return [self.replica.evaluate(r, None if until is None else until - time.time(), cancel) for r in requests]
         finally:
             self._running = None
 
@@ -146,7 +148,7 @@ class RayPool:
         self.node, self.faults = node, faults or Faults()
         self._threads = max(1, int(cpus))
         # OpenMP set before the replica imports torch: its CPUs as threads, and idle threads that
-        # sleep instead of spinning against whatever shares the node (trainer/threads.py)
+        # sleep instead of spinning against whatever shares the node (trainer/run/threads.py)
         openmp = {"OMP_NUM_THREADS": str(self._threads), "OMP_WAIT_POLICY": "PASSIVE"}
         self._actor_class = ray.remote(concurrency_groups={"compute": 1})(ReplicaActor).options(
             num_cpus=cpus,
@@ -240,13 +242,18 @@ class RayPool:
         a replica would cost more than it does. A larger one is cut into work units (`shards.plan`)
         that run on the least-busy live replicas side by side; a replica that dies mid-unit costs a
         retry of that unit on another. A keep_jacobians request leaves each unit's Jacobians on its
-        replica and answers one handle for them; a request with a handle goes to those replicas.
-        Raises PoolNotReady when no replica is live within `timeout` seconds, TimeoutError past
-        it, HandleGone when a handle's Jacobians are gone."""
+        replica and answers one handle for them (with include_expectations, as soon as the
+        expectations are there: the Jacobians go on being computed, and a VJP of the handle waits
+        for them); a request with a handle goes to those replicas. Raises PoolNotReady when no
+        replica is live within `timeout` seconds, TimeoutError past it, HandleGone when a handle's
+        Jacobians are gone."""
         parsed = parsed if parsed is not None else pb.EvaluateRequest.FromString(request)
         until = None if timeout is None else time.monotonic() + timeout
         if header.handle:
-            return await self._gather(parsed, header, self.handles.take(header.handle), until, timeout)
+            held = await self._held(self.handles.take(header.handle), timeout)
+            return (await self._gather(parsed, header, held, until, timeout))[0].SerializeToString()
+        if header.keep_jacobians and header.include_expectations and self.live:
+            return await self._forward_and_keep(parsed, header, until, timeout)
         served = self._capabilities.get(header.backend)  # None: the replica names the error
         small = header.work <= self.inline_work and not (served and served.hardware)
         if small and self.live:
@@ -257,52 +264,110 @@ class RayPool:
             return self._with_handle(answer, [Held(shards.Unit(range(header.n_tokens)), INLINE, answer.handle)])
         plan = shards.plan(header)
         if len(plan) == 1 and not header.keep_jacobians:
-            return (await self._run(request, until, timeout, header))[0]
-        return await self._gather(parsed, header, [Held(u, None, "") for u in plan], until, timeout)
+            return (await self._run([request], until, timeout, header))[0][0]
+        whole, held = await self._gather(parsed, header, [Held(u, None, "") for u in plan], until, timeout)
+        if not header.keep_jacobians:
+            return whole.SerializeToString()
+        self._fault_after_keep(held)
+        return self._with_handle(whole, held)
 
     async def _gather(
         self, parsed: pb.EvaluateRequest, header: Header, units: list[Held], until: float | None, timeout: float | None
-    ) -> bytes:
-        """The units run side by side (each on its `replica` with its `key`, if set), assembled."""
+    ) -> tuple[pb.EvaluateResponse, list[Held]]:
+        """The units run side by side: each on the least-busy replica, or the units a replica
+        holds (`replica`, with their `key`) in one call to it. Their answers assembled, and where
+        each unit ran with the key its answer carries (a kept unit's)."""
 
         def unit_request(h: Held) -> bytes:
             piece = shards.piece(parsed, header, h.unit)
             piece.handle = h.key
             return piece.SerializeToString()
 
-        tasks = [asyncio.ensure_future(self._run(unit_request(h), until, timeout, header, h.replica)) for h in units]
+        # one call per replica holding units; free units in BATCHES_PER_REPLICA calls per live replica
+        # (each to the least busy), so a request costs the server few calls whatever its units
+        free = [i for i, h in enumerate(units) if h.replica is None]
+        calls = max(1, min(len(free), BATCHES_PER_REPLICA * self.replicas))
+        groups: dict[object, list[int]] = {("free", k): free[k::calls] for k in range(calls) if free[k::calls]}
+        for i, h in enumerate(units):
+            if h.replica is not None:
+                groups.setdefault(id(h.replica), []).append(i)
+        calls = [([unit_request(units[i]) for i in idx], units[idx[0]].replica) for idx in groups.values()]
+        tasks = [asyncio.ensure_future(self._run(requests, until, timeout, header, where)) for requests, where in calls]
         try:
             answers = await asyncio.gather(*tasks)
         except BaseException:
             for task in tasks:  # one unit failed, or the caller went away: stop the others
                 task.cancel()
             raise
+        data, where = [b""] * len(units), [None] * len(units)
+        for idx, (answer, replica) in zip(groups.values(), answers):
+            for i, d in zip(idx, answer):
+                data[i], where[i] = d, replica
         plan = [h.unit for h in units]
-        parts = [pb.EvaluateResponse.FromString(data) for data, _ in answers]
-        whole = shards.assemble(header, plan, parts)
-        if not header.keep_jacobians:
-            return whole.SerializeToString()
-        if self.faults.due("kill-keeper"):  # a test's fault (server/faults.py): the Jacobians die here
-            for member in {r for _, r in answers if r is not INLINE}:
+        parts = [pb.EvaluateResponse.FromString(d) for d in data]
+        return shards.assemble(header, plan, parts), [Held(u, r, p.handle) for u, r, p in zip(plan, where, parts)]
+
+    async def _forward_and_keep(
+        self, parsed: pb.EvaluateRequest, header: Header, until: float | None, timeout: float | None
+    ) -> bytes:
+        """The expectations now, and a handle to the Jacobians, which go on being computed (within
+        the resident TTL) and kept where computed: the classical model's work overlaps them."""
+        forward = pb.EvaluateRequest()
+        forward.CopyFrom(parsed)
+        forward.want, forward.keep_jacobians, forward.include_expectations = pb.WANT_EXPECTATIONS, False, False
+        forward.ClearField("gradient")
+        keep = pb.EvaluateRequest()
+        keep.CopyFrom(parsed)
+        keep.include_expectations = False
+        keep_header = replace(header, include_expectations=False)
+        background = time.monotonic() + self.resident[1]
+        units = [Held(u, None, "") for u in shards.plan(keep_header)]
+        expectations = asyncio.ensure_future(self._run([forward.SerializeToString()], until, timeout, header))
+        held = asyncio.ensure_future(self._gather(keep, keep_header, units, background, self.resident[1]))  # after it
+        held.add_done_callback(lambda t: t.cancelled() or t.exception() or self._fault_after_keep(t.result()[1]))
+        # (a failure is retrieved here: its VJP reports it, or nobody)
+        try:
+            (answer,), _ = await expectations
+        except BaseException:
+            held.cancel()
+            raise
+        return self._with_handle(pb.EvaluateResponse.FromString(answer), held)
+
+    def _fault_after_keep(self, held: list[Held]) -> None:
+        """A test's fault (server/faults.py): the replicas that keep these Jacobians die now, before
+        any VJP of them is asked (this runs as they are kept, ahead of a VJP waiting for them)."""
+        if self.faults.due("kill-keeper"):
+            for member in {h.replica for h in held if h.replica not in (None, INLINE)}:
                 log.warning("fault kill-keeper: killing replica %s (pid %d)", member.name, member.pid)
                 kill(member.pid)
-        return self._with_handle(whole, [Held(u, r, p.handle) for u, (_, r), p in zip(plan, answers, parts)])
 
-    def _with_handle(self, response: pb.EvaluateResponse, held: list[Held]) -> bytes:
-        """`response` with one handle that names where each unit's Jacobians are kept."""
+    async def _held(self, held, timeout: float | None) -> list[Held]:
+        """Where a handle's units are kept, once their Jacobians are (HandleGone if they failed)."""
+        if not isinstance(held, asyncio.Future):
+            return held
+        try:
+            return (await asyncio.wait_for(asyncio.shield(held), timeout))[1]
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            raise
+        except Exception as e:  # noqa: BLE001 - recomputing from the inputs will report it, if it recurs
+            raise HandleGone(f"handle: its Jacobians were not computed ({type(e).__name__}: {e}); send inputs") from e
+
+    def _with_handle(self, response: pb.EvaluateResponse, held) -> bytes:
+        """`response` with one handle that names where each unit's Jacobians are kept (or a task
+        that will say it)."""
         out = pb.EvaluateResponse()
         out.CopyFrom(response)
         out.handle = self.handles.add(held)
         return out.SerializeToString()
 
     async def _run(
-        self, request: bytes, until: float | None, timeout: float | None, header: Header, pinned=None
-    ) -> tuple[bytes, object]:
-        """One request (or unit) on the least-busy live replica, retried on another if it dies; or
-        on `pinned`, the replica holding its kept Jacobians (INLINE: the server's own), where a
-        death means they are gone (HandleGone). Returns the answer and the replica that gave it."""
+        self, requests: list[bytes], until: float | None, timeout: float | None, header: Header, pinned=None
+    ) -> tuple[list[bytes], object]:
+        """Requests (units) in one call to the least-busy live replica, retried on another if it
+        dies; or on `pinned`, the replica holding their kept Jacobians (INLINE: the server's own),
+        where a death means they are gone (HandleGone). Returns the answers and the replica."""
         if pinned is INLINE:
-            return await self.inline.evaluate(request, header, timeout), INLINE
+            return [await self.inline.evaluate(r, header, timeout) for r in requests], INLINE
         for attempt in itertools.count(1):
             if pinned is None:
                 member = await self._acquire(until)
@@ -314,15 +379,16 @@ class RayPool:
                 raise HandleGone(f"handle: replica {pinned.name}, which held its Jacobians, is gone; send the inputs")
             left = None if until is None else max(0.0, until - time.monotonic())
             key = next(self._keys)
-            ref = member.actor.evaluate.remote(request, None if left is None else time.time() + left, key)
+            ref = member.actor.evaluate.remote(requests, None if left is None else time.time() + left, key)
             try:
-                data, seconds, usage = await asyncio.wait_for(_awaitable(ref), left)
-                member.evaluations += 1
-                member.busy_s += seconds  # measured in the replica
-                self.busy_s += seconds
-                if usage.jobs:
-                    self.usage[header.backend] = self.usage.get(header.backend, Usage()) + usage
-                return data, member
+                answers = await asyncio.wait_for(_awaitable(ref), left)
+                for _, seconds, usage in answers:
+                    member.evaluations += 1
+                    member.busy_s += seconds  # measured in the replica
+                    self.busy_s += seconds
+                    if usage.jobs:
+                        self.usage[header.backend] = self.usage.get(header.backend, Usage()) + usage
+                return [data for data, _, _ in answers], member
             except RayTaskError as e:  # the evaluation itself raised: the same error as in-process
                 raise e.cause if isinstance(e.cause, Exception) else e from None
             except (asyncio.TimeoutError, asyncio.CancelledError) as e:

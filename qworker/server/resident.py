@@ -104,18 +104,23 @@ class Handles:
 
     def __init__(self, ttl_s: float, clock=time.monotonic):
         self.ttl_s, self._clock = ttl_s, clock
-        self._handles: dict[str, tuple[float, list[Held]]] = {}
+        self._handles: dict[str, tuple[float, object]] = {}
 
-    def add(self, held: list[Held]) -> str:
+    def add(self, held) -> str:
+        """A new handle for `held`: where each unit is kept, or a future that gives it (Jacobians
+        still being computed; cancelled if the handle expires first)."""
         now = self._clock()
         for h in [h for h, (expires, _) in self._handles.items() if expires <= now]:
-            del self._handles[h]
+            _, stale = self._handles.pop(h)
+            if hasattr(stale, "cancel"):
+                stale.cancel()
         handle = "h" + uuid.uuid4().hex
         self._handles[handle] = (now + self.ttl_s, held)
         return handle
 
-    def take(self, handle: str) -> list[Held]:
-        """The units `handle` names, forgotten now; HandleGone if unknown or expired."""
+    def take(self, handle: str):
+        """The units `handle` names (or the future of them), forgotten now; HandleGone if unknown
+        or expired."""
         expires, held = self._handles.pop(handle, (0.0, None))
         if held is None or expires <= self._clock():
             raise HandleGone("handle: unknown to this server (expired, or the server restarted); send the inputs")

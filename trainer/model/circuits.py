@@ -1,8 +1,9 @@
-"""Where a model's circuits run and how they are differentiated: a run setting, not the model.
+"""Where a model's circuits run and how they are differentiated: chosen for each run (and each
+sampling), never part of the weights; `trainer.model.convert` builds the quantum projections on it.
 
     circuits = Circuits(backend="grpc://10.0.0.5:50051", grad="fd")   # --qbackend, --grad
     circuits = Circuits("qiskit", grad="fd", options="simulator=aer,shots=4096")  # --qbackend-options
-    model = Transformer(cfg, circuits)                                # the same weights anywhere
+    model = build_model(cfg, circuits)                                # the same weights anywhere
 
 A checkpoint's weights do not depend on where its circuits ran, so a run can be resumed, or a
 checkpoint sampled, with another backend (`trainer.generate --qbackend`). The gradient method

@@ -28,7 +28,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 PAD, EOT, EOD = "<|pad|>", "<|eot|>", "<|eod|>"
 SPECIAL_TOKENS = (PAD, EOT, EOD)  # ids 0, 1, 2
-DEFAULT_VOCAB_SIZE = 6144  # see trainer/config.py for why this size
+DEFAULT_VOCAB_SIZE = 6144  # see trainer/model/config.py for why this size
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256  # the specials and one token per byte
 
 

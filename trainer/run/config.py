@@ -15,8 +15,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from trainer.circuits import Circuits
-from trainer.data import DEFAULT_DATASET
+from trainer.data.corpus import DEFAULT_DATASET
+from trainer.model.circuits import Circuits
 
 DS_CONFIG = Path(__file__).with_name("ds_config.json")
 
@@ -74,6 +74,10 @@ class TrainConfig:
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
             p.append(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
         return p + self.circuits.problems()
+
+    def validates_at(self, step: int) -> bool:
+        """Whether step `step` ends with a validation pass: every eval_every steps, and the last."""
+        return step % self.eval_every == 0 or step == self.steps
 
     def validate(self) -> TrainConfig:
         problems = self.problems()

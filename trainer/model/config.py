@@ -1,6 +1,6 @@
 """ModelConfig: the one description of a HyQuT model's architecture (docs/design.md, "The model"),
 and its named presets. Where the circuits run and how they are differentiated is not part of the
-model: that is a run setting (`trainer.circuits.Circuits`).
+model: that is a run setting (`trainer.model.circuits.Circuits`).
 
     cfg = from_preset("8m", quantum="wq")          # any field can be overridden
     cfg.to_dict()                                 # plain JSON-able dict, carried by checkpoints
@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 
 from qworker.circuit import ENTANGLERS, CircuitSpec
-from trainer.tokenizer import DEFAULT_VOCAB_SIZE
+from trainer.data.tokenizer import DEFAULT_VOCAB_SIZE
 
 # --quantum: which projections of the selected layers become quantum
 TARGETS: dict[str, tuple[str, ...]] = {
@@ -34,7 +34,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
 }
 PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 # --branch: what sits between a replaced projection's compress and expand: the circuit, or the
-# classical control (a Linear(2 n_q, n_q) + tanh, trainer/bottleneck.py) that tells what the
+# classical control (a Linear(2 n_q, n_q) + tanh, trainer/model/bottleneck.py) that tells what the
 # circuit adds beyond squeezing the projection through 2 n_q numbers
 BRANCHES = ("circuit", "classical")
 

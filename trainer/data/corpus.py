@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainer.batches import BatchSampler
-from trainer.tokenizer import DEFAULT_VOCAB_SIZE, EOT, Tokenizer, train_tokenizer
+from trainer.data.batches import BatchSampler
+from trainer.data.tokenizer import DEFAULT_VOCAB_SIZE, EOT, Tokenizer, train_tokenizer
 
 if TYPE_CHECKING:  # imported where used: a run whose corpus is cached needs no `datasets`
     import datasets

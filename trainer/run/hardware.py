@@ -4,6 +4,7 @@
     plan = hardware_plan(cfg, train)          # None unless --qbackend is hardware-like
     print(format_plan(plan))                  # --describe
     check_budget(plan, train.shot_budget)     # --shot-budget: ValueError if the plan exceeds it
+    over_budget(plan, train, step, spent, last_shots)  # in the loop: why the next step may not run
     meter = UsageMeter(model, device)         # in the loop: meter.take() -> this step's Usage, all ranks
 
 Every quantum projection sends one batch per micro-step: with shift, fd or spsa its forward and
@@ -22,9 +23,9 @@ import torch.distributed as dist
 from torch import nn
 
 from qworker.backends import Backend, Usage, get_backend
-from trainer.config import PROJECTIONS, ModelConfig
-from trainer.quantum_linear import QuantumLinear
-from trainer.train_config import TrainConfig
+from trainer.model.config import PROJECTIONS, ModelConfig
+from trainer.model.quantum_linear import QuantumLinear
+from trainer.run.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def hardware_plan(cfg: ModelConfig, t: TrainConfig, world: int = 1, first_step: 
     per_call = _call(backend, t.batch_size * cfg.context * circuits.gradient().evaluations(spec), caps.shots)
     per_window = _call(backend, cfg.context, caps.shots)  # a validation window: forward only
     steps = range(first_step + 1, t.steps + 1)
-    evals = sum(1 for s in steps if s % t.eval_every == 0 or s == t.steps)
+    evals = sum(1 for s in steps if t.validates_at(s))
     setup = backend.setup_usage(spec)  # every session builds its backends afresh
     return HardwarePlan(
         backend=circuits.backend,
@@ -96,6 +97,18 @@ def check_budget(plan: HardwarePlan | None, budget: int | None, spent: int = 0) 
             f"{plan.per_eval.shots:,}){f', after {spent:,} already spent' if spent else ''}; raise --shot-budget, "
             "or lower --steps, --batch-size, --context or the shots (--qbackend-options shots=N)"
         )
+
+
+def over_budget(plan: HardwarePlan, t: TrainConfig, step: int, spent: int, last_shots: int) -> str | None:
+    """Why the next step (step + 1) would take the run past --shot-budget, or None: it is planned
+    to cost its share of the plan, or what the last step cost if that was more."""
+    nxt = step + 1
+    cost = plan.per_step.shots + (plan.setup.shots if not last_shots else 0)  # calibration: a session's first step
+    cost += plan.per_eval.shots if t.validates_at(nxt) else 0
+    cost = max(cost, last_shots)
+    if spent + cost <= t.shot_budget:
+        return None
+    return f"shot budget: {spent:,} shots spent, step {nxt} would take ~{cost:,} more, --shot-budget {t.shot_budget:,}"
 
 
 def format_plan(plan: HardwarePlan) -> str:

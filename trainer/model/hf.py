@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from trainer.config import ModelConfig
-from trainer.tokenizer import EOD, EOT, PAD, Tokenizer
+from trainer.data.tokenizer import EOD, EOT, PAD, Tokenizer
+from trainer.model.config import ModelConfig
 
 NAMES = {  # ours -> transformers', per layer i where "{i}" appears
     "tok_embeddings.weight": "model.embed_tokens.weight",

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from trainer.config import ModelConfig
+from trainer.model.config import ModelConfig
 
 RUN_FILE, TOKENIZER_FILE, WEIGHTS_FILE, CKPT_DIR, LOG_FILE = (
     "run.json",
@@ -105,7 +106,7 @@ def save_weights(run_dir: Path, model: nn.Module, step: int) -> None:
 
 def load_for_inference(run_dir: Path):
     """(ModelConfig, state_dict, tokenizer, step) of a finished or running run."""
-    from trainer.tokenizer import Tokenizer
+    from trainer.data.tokenizer import Tokenizer
 
     missing = [f for f in (RUN_FILE, TOKENIZER_FILE, WEIGHTS_FILE) if not (run_dir / f).exists()]
     if missing:
@@ -118,6 +119,24 @@ def load_for_inference(run_dir: Path):
     except Exception as e:  # torch, tokenizers and json each raise their own kinds on a bad file
         raise CheckpointError(f"{run_dir} is corrupt or incomplete: {e}") from None
     return cfg, blob["model"], tokenizer, blob["step"]
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    """Delete all but the last `keep` DeepSpeed checkpoints."""
+    tags = sorted((p for p in (run_dir / CKPT_DIR).glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
+    for old in tags[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def shots_spent(run_dir: Path) -> tuple[int, int]:
+    """(the step a resumed run restarts from, every shot its earlier sessions spent: the last logged
+    shots_total, steps past the checkpoint included, since they were paid for); (0, 0) for a new run.
+    Read before the log is truncated to the checkpoint."""
+    latest = run_dir / CKPT_DIR / "latest"
+    if not latest.exists():
+        return 0, 0
+    records = read_log(run_dir)
+    return int(latest.read_text().strip().removeprefix("step")), records[-1].get("shots_total", 0) if records else 0
 
 
 def read_log(run_dir: Path, up_to_step: int | None = None) -> list[dict]:

@@ -1,0 +1,1 @@
+"""The data: text corpora to token arrays, the tokenizer, and the batches a rank trains on."""
