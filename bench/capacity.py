@@ -22,8 +22,8 @@ The caps, in layer-tokens/s, for R replicas on n = R / G nodes (G per node; R < 
 - replicas:      R x r; r is one replica's layer-tokens/s: an H200's from docs/performance.md
                  (H200 below), or a CPU replica's: bench/service.py's "service, 1 replica" rate (a
                  replica with the measuring machine's cores, measured as one: a Ray actor, OpenMP
-                 waiting passively; the in-process path's threads spin, and lose up to 10x on a
-                 busy machine);
+                 waiting passively; bench/service.py's in-process worker does not wait passively,
+                 and lost 6x to one replica on a busy machine);
 - frontend CPU:  f x c x 1e6 / u(T); c frontend cores a node (a Python server's own work holds
                  the GIL: about one core a process), f frontends (today 1, the head's; new n);
                  u(T) = u_N + 2 q (1/T - 1/N) us of frontend CPU a layer-token with T tokens a
@@ -246,9 +246,9 @@ def verdict(rows: list[dict], shape: Shape) -> str:
     )
     text += "The goal HOLDS with these figures." if r["routing_holds"] else "The goal does NOT hold with these figures."
     return text + (
-        f" Routing all of it takes {need['frontend_cores']:.1f} frontend cores and {need['nic_gbps']:.1f} Gb/s a node;"
+        f" Routing all of it takes {need['frontend_cores']:.3g} frontend cores and {need['nic_gbps']:.3g} Gb/s a node;"
         f" with the given {shape.frontend_cores:g} core(s) and {shape.nic_gbps:g} Gb/s, at most"
-        f" {need['max_cpu_us_per_token']:.2f} us of frontend CPU and {need['max_bytes_per_token']:,.0f} B"
+        f" {need['max_cpu_us_per_token']:.3g} us of frontend CPU and {need['max_bytes_per_token']:,.0f} B"
         " a layer-token."
     )
 
