@@ -109,12 +109,6 @@ class Evaluation:
         )  # fmt: skip
         return cls(header, theta, angles, grad_out)
 
-    @classmethod
-    def of_handle(cls, spec: CircuitSpec, backend: str, grad: Gradient, handle: str, grad_out: Tensor) -> Evaluation:
-        """The VJP of the Jacobians kept under `handle` (a keep_jacobians request's answer)."""
-        header = Header(spec, backend, "vjp", grad, grad_out.shape[0], grad_out.element_size(), handle=handle)
-        return cls(header, None, None, grad_out)
-
 
 @dataclass(frozen=True)
 class Result:
