@@ -27,6 +27,7 @@ from qworker.backends.registry import (
     PluginError,
     available_backends,
     backend_class,
+    backend_names,
     get_backend,
     register,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "Usage",
     "available_backends",
     "backend_class",
+    "backend_names",
     "get_backend",
     "register",
 ]

@@ -32,25 +32,57 @@ from qworker.circuit import CircuitSpec
 SIMULATORS = ("statevector", "aer")  # the estimators built here when none is given
 
 
+def qiskit_circuit(spec: CircuitSpec, theta=None, angle=None):
+    """The spec as a Qiskit QuantumCircuit, its rotations bound to `theta` (|Θ|) and `angle` (2 n_q)
+    parameters; by default `Parameter`s named theta_k and angle_k (OpenQASM 3 inputs of those names,
+    `python -m qworker qasm`). angle_2i drives RY on qubit i, angle_2i+1 its RZ."""
+    from qiskit.circuit import Parameter, QuantumCircuit
+
+    theta = [Parameter(f"theta_{k}") for k in range(spec.n_params)] if theta is None else theta
+    angle = [Parameter(f"angle_{k}") for k in range(spec.n_angles)] if angle is None else angle
+    circuit = QuantumCircuit(spec.n_qubits, name=f"hyqut_{spec.n_qubits}q_{spec.n_layers}l_{spec.entangler}")
+    for op in spec.ops:
+        if op.gate == "H":
+            circuit.h(op.wires[0])
+        elif op.gate == "CNOT":
+            circuit.cx(*op.wires)
+        else:
+            source, k = op.param
+            getattr(circuit, op.gate.lower())((angle if source == "angle" else theta)[k], op.wires[0])
+    return circuit
+
+
+def qasm3(spec: CircuitSpec, measure: bool = False) -> str:
+    """The spec's circuit as OpenQASM 3 (Qiskit's exporter): θ and the input angles are `input float[64]`
+    declarations theta_0.. and angle_0..; the readout is <Z_i> of every qubit (a comment says so), or,
+    with `measure`, every qubit measured into a bit register (<Z_i> = 1 - 2 P(bit i = 1))."""
+    from qiskit import qasm3 as exporter
+
+    circuit = qiskit_circuit(spec)
+    if measure:
+        circuit.measure_all()
+
+    header = (
+        f"// HyQuT circuit: {spec.n_qubits} qubits, {spec.n_layers} layer(s), {spec.entangler} entangler "
+        f"(qworker.CircuitSpec version {spec.version})\n"
+        f"// inputs: theta_0..theta_{spec.n_params - 1} (trainable), angle_0..angle_{spec.n_angles - 1} "
+        "(per token: angle_2i -> RY, angle_2i+1 -> RZ on qubit i)\n"
+        "// readout: <Z_i> of every qubit i (qubit i is bit i of a basis index)\n"
+    )
+    return header + exporter.dumps(circuit)
+
+
 class _Compiled:
     """The spec as a parametrised QuantumCircuit (after the pass manager, if any), its observables
     and, per circuit parameter in the estimator's order, its column in [theta | angles]."""
 
     def __init__(self, spec: CircuitSpec, pass_manager=None):
-        from qiskit.circuit import ParameterVector, QuantumCircuit
+        from qiskit.circuit import ParameterVector
         from qiskit.quantum_info import SparsePauliOp
 
         theta = ParameterVector("theta", spec.n_params)
         angle = ParameterVector("angle", spec.n_angles)
-        circuit = QuantumCircuit(spec.n_qubits, name=f"hyqut_{spec.n_qubits}q_{spec.n_layers}l_{spec.entangler}")
-        for op in spec.ops:
-            if op.gate == "H":
-                circuit.h(op.wires[0])
-            elif op.gate == "CNOT":
-                circuit.cx(*op.wires)
-            else:
-                source, k = op.param
-                getattr(circuit, op.gate.lower())((angle if source == "angle" else theta)[k], op.wires[0])
+        circuit = qiskit_circuit(spec, theta, angle)
         observables = [SparsePauliOp.from_sparse_list([("Z", [q], 1.0)], spec.n_qubits) for q in range(spec.n_qubits)]
         if pass_manager is not None:  # a device's ISA: its gates, its qubits; observables follow the layout
             circuit = pass_manager.run(circuit)

@@ -8,7 +8,7 @@ plan and meter, the metrics, the stop flag. `Run.train` reads in this order, eve
             the optimizer at the accumulation boundary), the loss averaged over ranks
         validate (every --eval-every steps, and the last)
         measure the jobs, circuits and shots it spent (hardware-like backends; all ranks)
-        log: log.jsonl, metrics, the progress bar
+        log: log.jsonl, metrics, the trackers (--report-to), the progress bar
         checkpoint (every --save-every steps, the last, and when asked to stop)
     save a budget-stopped run; the summary: loss.png, summary.json
 
@@ -36,6 +36,7 @@ from trainer.run import checkpoint as ckpt
 from trainer.run.config import TrainConfig
 from trainer.run.hardware import HardwarePlan, UsageMeter, over_budget
 from trainer.run.metrics import TrainMetrics
+from trainer.run.tracking import Tracking
 
 KEEP_CHECKPOINTS = 2
 
@@ -55,6 +56,7 @@ class Run:
         self.meter: UsageMeter | None = None  # what they did cost, all ranks
         self.last_shots = 0  # what the last step cost: the next may cost as much
         self.metrics: TrainMetrics | None = None  # Prometheus, rank 0 with --metrics-port
+        self.tracking: Tracking | None = None  # TensorBoard, W&B, csv: rank 0 with --report-to
         self.bar = None  # the progress bar (rank 0 shows it)
         self.stop_asked = False  # SIGTERM or SIGINT on any rank: finish the step, save, stop
         self.stop_reason: str | None = None  # why the run stopped before t.steps (the shot budget)
@@ -85,6 +87,8 @@ class Run:
             self.metrics = TrainMetrics(t.metrics_port)
         self.bar = tqdm(total=t.steps, initial=self.step, disable=self.rank != 0, desc="train", unit="step")
         try:
+            if self.rank == 0 and t.report_to:
+                self.tracking = Tracking(t.report_to, t.out, ckpt.read_run(t.out), resumed_at=self.step)
             while self.step < t.steps and not self.stopping():
                 if self.over_budget():
                     break
@@ -101,6 +105,8 @@ class Run:
             self.bar.close()
             if self.metrics:
                 self.metrics.close()
+            if self.tracking:
+                self.tracking.close()
         self.finish()
 
     def over_budget(self) -> bool:
@@ -177,6 +183,8 @@ class Run:
         if self.rank == 0:
             with open(self.t.out / ckpt.LOG_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tracking:
+                self.tracking.log(record)
         postfix = {"loss": f"{record['loss']:.3f}", "tok_s": f"{record['tokens_per_s']:.0f}"}
         postfix["q"] = f"{record['quantum_share']:.0%}"
         if "jobs" in record:
