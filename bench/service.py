@@ -34,6 +34,10 @@ import platform
 import statistics
 import time
 
+from trainer.run.threads import share_cores
+
+share_cores()  # before torch loads OpenMP: the in-process path waits passively, as trainers and replicas do
+
 import torch
 from prometheus_client import REGISTRY
 from servers import Server

@@ -89,9 +89,9 @@ def test_service_figures_match_the_wire_format():
     assert set(by_grad) == {"adjoint", "fd", "shift"}
     # float32 payload per token of one layer's step (docs/design.md, "The wire contract"), 10 qubits:
     # adjoint: angles out, <Z> back; angles and grad_out out, the angles' VJP back
-    # fd, shift kept: angles out, <Z> back; angles out (a handle back); grad_out out, the angles' VJP back
+    # fd, shift kept: angles out, <Z> (and a handle) back; grad_out out, the angles' VJP back
     # fd, shift dense: angles out, <Z> back; angles out, the Jacobians back (10 x (40 + 20) values)
-    kept, dense = 4 * (20 + 10 + 20 + 10 + 20), 4 * (20 + 10 + 20 + 10 * 60)
+    adjoint, kept, dense = 4 * (20 + 10 + 20 + 10 + 20), 4 * (20 + 10 + 10 + 20), 4 * (20 + 10 + 20 + 10 * 60)
     for grad, r in by_grad.items():
         rates = r["token_circuits_per_s"]
         assert set(rates) == paths and all(v > 0 for v in rates.values())
@@ -99,7 +99,7 @@ def test_service_figures_match_the_wire_format():
         assert r["ratio"] == pytest.approx({name: v / rates["in-process"] for name, v in rates.items()})
         assert set(r["bytes_per_token"]) == set(r["service_cpu_ms_per_request"]) == paths - {"in-process"}
         for path, measured in r["bytes_per_token"].items():
-            payload = dense if grad != "adjoint" and path.endswith("dense") else kept
+            payload = adjoint if grad == "adjoint" else dense if path.endswith("dense") else kept
             envelope = measured - payload  # headers, shapes, theta, handles: a few hundred bytes a call
             assert 0 < envelope * n < 1500, (grad, path, measured)
             assert r["frontend_cpu_us_per_token"][path] >= 0

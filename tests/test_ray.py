@@ -17,6 +17,7 @@ import grpc
 import pytest
 import ray
 import torch
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from qworker import CircuitSpec, Gradient, get_backend
@@ -143,6 +144,35 @@ def test_gradients_started_in_forward_equal_the_vjp_of_backward(service):
     torch.testing.assert_close(pending.expectations, get_backend("local").expectations(SPEC, theta, angles))
     want = get_backend("local").vjp(SPEC, theta, angles, grad_out, Gradient("adjoint"))
     torch.testing.assert_close(pending.vjp(grad_out), want, atol=1e-9, rtol=1e-9)
+
+
+def recomputes() -> float:
+    return REGISTRY.get_sample_value("hyqut_qworker_client_recomputes_total") or 0.0
+
+
+def test_kept_jacobians_give_the_dense_bits_and_survive_their_replica(service):
+    """fd through two replicas: the Jacobians kept on them give the VJP that the dense Jacobians
+    contracted here give, bit for bit; with every replica killed between forward and backward the
+    VJP is recomputed from the inputs (counted) and is the same again."""
+    server, address = service
+    theta, angles = batch(2048, seed=6, dtype=torch.float64)  # 8 token blocks: units on both replicas
+    grad_out = torch.randn(2048, SPEC.n_qubits, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    dense = get_backend(f"{address}&jacobians=dense").start(SPEC, theta, angles, Gradient("fd"))
+    want = dense.vjp(grad_out)
+    kept = get_backend(address)
+    before = recomputes()
+    got = kept.start(SPEC, theta, angles, Gradient("fd")).vjp(grad_out)
+    assert all(torch.equal(a, b) for a, b in zip(got, want)) and recomputes() == before
+    pending = kept.start(SPEC, theta, angles, Gradient("fd"))
+    time.sleep(1.0)  # the Jacobians are computed and kept by now (or soon): then both replicas die
+    for pid in replica_pids([m for m in server.pool._members if m.state == "live"]):
+        os.kill(pid, signal.SIGKILL)
+    again = pending.vjp(grad_out)
+    assert all(torch.equal(a, b) for a, b in zip(again, want)) and recomputes() == before + 1
+    deadline = time.monotonic() + 60
+    while server.pool.replicas < 2:  # Ray restarts them; the module's service is as it was
+        assert time.monotonic() < deadline, "the killed replicas never came back"
+        time.sleep(0.2)
 
 
 def replica_pids(members) -> list[int]:

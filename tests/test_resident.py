@@ -23,15 +23,15 @@ def jacobians(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_the_least_recently_kept_go_first_when_the_bytes_run_out():
     store = Resident(max_bytes=64 * 10, ttl_s=60)
-    a, b = store.put(jacobians(4), False), store.put(jacobians(4), True)  # 512 of 640 bytes
+    a, b = store.put(jacobians(4), "header a"), store.put(jacobians(4), "header b")  # 512 of 640 bytes
     assert store.bytes == 512 and len(store) == 2
-    c = store.put(jacobians(2), False)  # 128 more: over by nothing, all stay
-    d = store.put(jacobians(3), False)  # 192 more: a goes (b is younger)
+    c = store.put(jacobians(2), "c")  # 128 more: over by nothing, all stay
+    d = store.put(jacobians(3), "d")  # 192 more: a goes (b is younger)
     assert store.evicted == 1 and store.bytes == 64 * (4 + 2 + 3)
     with pytest.raises(HandleGone):
         store.take(a)
-    j_theta, _, per_token = store.take(b)
-    assert per_token and torch.equal(j_theta, jacobians(4)[0])
+    j_theta, _, header = store.take(b)
+    assert header == "header b" and torch.equal(j_theta, jacobians(4)[0])  # with the request that computed them
     with pytest.raises(HandleGone):  # answered once
         store.take(b)
     assert {store.take(c)[0][0, 0, 0].item(), store.take(d)[0][0, 0, 0].item()} == {2.0, 3.0}
@@ -41,9 +41,9 @@ def test_the_least_recently_kept_go_first_when_the_bytes_run_out():
 def test_unused_jacobians_expire():
     clock = Clock()
     store = Resident(max_bytes=2**20, ttl_s=10, clock=clock)
-    old = store.put(jacobians(1), False)
+    old = store.put(jacobians(1), "old")
     clock.now = 6
-    young = store.put(jacobians(1), False)
+    young = store.put(jacobians(1), "young")
     clock.now = 10.5  # old expired, young not yet
     with pytest.raises(HandleGone):
         store.take(old)
@@ -52,7 +52,7 @@ def test_unused_jacobians_expire():
 
 def test_jacobians_larger_than_the_store_are_refused_by_name():
     with pytest.raises(OverLimitError, match="max_resident_bytes=100"):
-        Resident(max_bytes=100, ttl_s=1).put(jacobians(2), False)
+        Resident(max_bytes=100, ttl_s=1).put(jacobians(2), "x")
 
 
 def test_handles_name_units_once_and_expire():

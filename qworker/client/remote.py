@@ -34,9 +34,9 @@ from qworker.backends import Backend, Capabilities, Pending
 from qworker.circuit import VERSION as CIRCUIT_VERSION
 from qworker.circuit import CircuitSpec
 from qworker.client.connection import RECOMPUTES, Connection, RemoteError
-from qworker.gradients import Gradient, contract
+from qworker.gradients import Gradient
 from qworker.protocol import shards
-from qworker.protocol.convert import encode_tensor, to_request, to_result
+from qworker.protocol.convert import encode_tensor, to_request, to_response, to_result
 from qworker.protocol.evaluation import Evaluation, Header, Result
 from qworker.protocol.limits import Limits, max_tokens
 from qworker.protocol.wire import qworker_pb2 as pb
@@ -142,9 +142,10 @@ class RemoteBackend(Backend):
         if grad.rule.reverse:
             return Pending(self.expectations(spec, theta, angles), lambda g: self.vjp(spec, theta, angles, g, grad))
         if not self.kept:  # the Jacobians come back with the forward and are contracted here
-            jacobians = self._submit(spec, theta, angles, "jacobians", grad)
+            header, units, requests = self._requests(spec, theta, angles, "jacobians", grad)
+            jacobians = self._gather(header, units, requests, angles)
             z = self._evaluate(spec, theta, angles, "expectations").expectations
-            return Pending(z, lambda g: contract(*jacobians.result().jacobians, g.to(z), theta.dim() == 2))
+            return Pending(z, lambda g: _vjp_as_kept(header, units, jacobians.result().jacobians, g.to(z)))
         header, units, requests = self._requests(spec, theta, angles, "jacobians", grad, keep=True)
         if len(requests) == 1:
             answers = [self.connection.call("Evaluate", requests[0])]
@@ -283,3 +284,16 @@ def _with_inputs(kept: pb.EvaluateRequest, grad_out: Tensor) -> pb.EvaluateReque
     out.want, out.keep_jacobians, out.include_expectations = pb.WANT_VJP, False, False
     out.grad_out.CopyFrom(encode_tensor(grad_out))
     return out
+
+
+def _vjp_as_kept(header: Header, units: list, jacobians: tuple[Tensor, Tensor], g: Tensor) -> tuple[Tensor, Tensor]:
+    """The VJP of dense Jacobians, contracted here request by request as the server contracts
+    kept ones (`shards.vjp_by_units`) and merged as the kept path merges its requests' answers:
+    the same bits as the kept path whenever the two cut the batch into the same requests."""
+    answers = []
+    for u in units:
+        rows = slice(u.tokens.start, u.tokens.stop)
+        head = replace(header, n_tokens=len(u.tokens))
+        vjp = shards.vjp_by_units(head, jacobians[0][rows], jacobians[1][rows], g[rows])
+        answers.append(to_response(Result(vjp=vjp)))
+    return _result(replace(header, want="vjp"), units, answers, g).vjp

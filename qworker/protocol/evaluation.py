@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from qworker.backends.base import Backend
@@ -107,12 +109,6 @@ class Evaluation:
         )  # fmt: skip
         return cls(header, theta, angles, grad_out)
 
-    @classmethod
-    def of_handle(cls, spec: CircuitSpec, backend: str, grad: Gradient, handle: str, grad_out: Tensor) -> Evaluation:
-        """The VJP of the Jacobians kept under `handle` (a keep_jacobians request's answer)."""
-        header = Header(spec, backend, "vjp", grad, grad_out.shape[0], grad_out.element_size(), handle=handle)
-        return cls(header, None, None, grad_out)
-
 
 @dataclass(frozen=True)
 class Result:
@@ -139,15 +135,19 @@ def run(backend: Backend, ev: Evaluation) -> Result:
         jac = tuple(jac)
     elif h.want == "expectations" or h.include_expectations:
         exp = backend.expectations(h.spec, ev.theta, ev.angles)
-    if h.want == "vjp" and h.grad.rule.reverse:
+    if h.want == "vjp":  # (a replica asks for a non-reverse method's Jacobians and contracts them itself)
         vjp = tuple(backend.vjp(h.spec, ev.theta, ev.angles, ev.grad_out, h.grad))
-    elif h.want == "vjp":  # from the Jacobians as kept Jacobians would give it: a recomputation has the same bits
-        _, j_theta, j_angles = backend.forward_and_jacobians(h.spec, ev.theta, ev.angles, h.grad, False, h.components)
-        vjp = vjp_of(j_theta, j_angles, ev.grad_out.to(j_theta), h.per_token_theta)
     return Result(exp, jac, vjp, time.perf_counter() - start)
 
 
 def vjp_of(j_theta: Tensor, j_angles: Tensor, grad_out: Tensor, per_token: bool) -> tuple[Tensor, Tensor]:
-    """The VJP of Jacobians (of some columns, with `components`), in their dtype: what a kept
-    handle and a recomputation both answer."""
-    return contract(j_theta, j_angles, grad_out, per_token)
+    """The VJP of one unit's Jacobians (of some columns, with `components`), in their dtype: what
+    a kept handle, a recomputation and a client contracting dense Jacobians all compute (through
+    `shards.vjp_by_units`). On the CPU in
+    numpy's einsum, whose sums run in one fixed order (torch's split across however many threads
+    a process has), so the three give the same bits."""
+    if j_theta.device.type != "cpu":
+        return contract(j_theta, j_angles, grad_out, per_token)
+    g, jt, ja = (t.detach().contiguous().numpy() for t in (grad_out, j_theta, j_angles))  # one layout: one order
+    g_theta = np.einsum("ni,nip->np" if per_token else "ni,nip->p", g, jt, optimize=False)
+    return torch.from_numpy(g_theta), torch.from_numpy(np.einsum("ni,nia->na", g, ja, optimize=False))

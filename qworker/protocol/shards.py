@@ -18,12 +18,14 @@ request gives the same bits whatever the pool's size, through a rescale or a res
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from qworker.protocol.convert import DTYPES
-from qworker.protocol.evaluation import Header
+from qworker.protocol.evaluation import Header, vjp_of
 from qworker.protocol.wire import qworker_pb2 as pb
 
 UNIT_WORK = 2**25  # amplitude-circuits a unit aims at (32,768 one-token circuits of 10 qubits, ~1 s of one CPU replica)
@@ -110,7 +112,7 @@ def assemble(header: Header, units: list[Unit], parts: list[pb.EvaluateResponse]
         j_angles = np.empty((n, spec.n_qubits, spec.n_angles), dtype)
         for u, p in zip(units, parts):
             rows = slice(u.tokens.start, u.tokens.stop)
-            theta_cols, angle_cols = _split(spec, u.components)
+            theta_cols, angle_cols = columns(spec, u.components)
             if len(theta_cols):
                 j_theta[rows, :, theta_cols.start : theta_cols.stop] = _array(p.jacobian_theta)
             if len(angle_cols):
@@ -141,27 +143,55 @@ def _put(dst: pb.Tensor, array: np.ndarray) -> None:
 
 
 def _put_vjp(out: pb.EvaluateResponse, header: Header, units: list[Unit], parts, dtype) -> None:
-    """The VJP of the whole request: a shared theta's part summed over token blocks in unit order
-    (the same bits for any number of replicas), the rest placed by tokens and columns."""
+    """The VJP of the whole request from its units' answers (`summed`)."""
+    pieces = [(u, _array(p.vjp_theta), _array(p.vjp_angles)) for u, p in zip(units, parts)]
+    g_theta, g_angles = summed(header, pieces, dtype)
+    _put(out.vjp_theta, g_theta)
+    _put(out.vjp_angles, g_angles)
+
+
+def summed(header: Header, pieces, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A request's VJP from its units' (unit, θ part, angles part), in unit order: a shared θ's
+    part summed over token blocks from zero in that order (the same bits for any number of
+    replicas, and wherever it is done), the rest placed by tokens and columns."""
     spec, n = header.spec, header.n_tokens
-    thetas = [_array(p.vjp_theta) for p in parts]
-    per_token = thetas[0].ndim == 2
+    per_token = pieces[0][1].ndim == 2
     g_theta = np.zeros((n, spec.n_params) if per_token else (spec.n_params,), dtype)
     g_angles = np.empty((n, spec.n_angles), dtype)
-    for u, p, t in zip(units, parts, thetas):
+    for u, t, a in pieces:
         rows = slice(u.tokens.start, u.tokens.stop)
-        theta_cols, angle_cols = _split(spec, u.components)
+        theta_cols, angle_cols = columns(spec, u.components)
         if per_token:
             g_theta[rows, theta_cols.start : theta_cols.stop] = t
         elif len(theta_cols):
             g_theta[theta_cols.start : theta_cols.stop] += t
         if len(angle_cols):
-            g_angles[rows, angle_cols.start : angle_cols.stop] = _array(p.vjp_angles)
-    _put(out.vjp_theta, g_theta)
-    _put(out.vjp_angles, g_angles)
+            g_angles[rows, angle_cols.start : angle_cols.stop] = a
+    return g_theta, g_angles
 
 
-def _split(spec, components: range | None) -> tuple[range, range]:
+def vjp_by_units(header: Header, j_theta: Tensor, j_angles: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor]:
+    """The VJP of a request's Jacobians, computed as its units would compute and assemble it
+    (`plan`, `vjp_of`, `summed`): the same bits whether the units ran on replicas (and kept their
+    Jacobians) or one process holds the whole, a server's in-process pool or a client that was
+    sent the Jacobians."""
+    vjp_header = replace(header, want="vjp", keep_jacobians=False, include_expectations=False, handle="")
+    units = plan(vjp_header)
+    if len(units) == 1:
+        return vjp_of(j_theta, j_angles, grad_out.to(j_theta), header.per_token_theta)
+    pieces = []
+    for u in units:
+        rows = slice(u.tokens.start, u.tokens.stop)
+        theta_cols, angle_cols = columns(header.spec, u.components)
+        jt = j_theta[rows, :, theta_cols.start : theta_cols.stop]
+        ja = j_angles[rows, :, angle_cols.start : angle_cols.stop]
+        t, a = vjp_of(jt, ja, grad_out[rows].to(jt), header.per_token_theta)
+        pieces.append((u, t.cpu().numpy(), a.cpu().numpy()))
+    g_theta, g_angles = summed(vjp_header, pieces, pieces[0][2].dtype)
+    return torch.from_numpy(g_theta).to(j_theta.device), torch.from_numpy(g_angles).to(j_theta.device)
+
+
+def columns(spec, components: range | None) -> tuple[range, range]:
     """A unit's columns of [theta | angles] (all of them if None) as theta's and the angles'."""
     cols = components or range(spec.n_params + spec.n_angles)
     theta_cols = range(cols.start, min(cols.stop, spec.n_params))

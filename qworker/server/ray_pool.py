@@ -299,7 +299,8 @@ class RayPool:
         background = time.monotonic() + self.resident[1]
         units = [Held(u, None, "") for u in shards.plan(keep_header)]
         expectations = asyncio.ensure_future(self._run([forward.SerializeToString()], until, timeout, header))
-        held = asyncio.ensure_future(self._gather(keep, keep_header, units, background, None))  # queued after it
+        held = asyncio.ensure_future(self._gather(keep, keep_header, units, background, self.resident[1]))  # after it
+        held.add_done_callback(lambda t: t.cancelled() or t.exception())  # its VJP reports a failure (or nobody)
         try:
             (answer,), _ = await expectations
         except BaseException:

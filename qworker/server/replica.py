@@ -18,8 +18,9 @@ import torch
 from qworker import deadline
 from qworker.backends import Backend, Capabilities, Usage, backend_class, get_backend
 from qworker.circuit import CircuitSpec
+from qworker.protocol import shards
 from qworker.protocol.convert import to_evaluation, to_response
-from qworker.protocol.evaluation import Evaluation, Result, run, vjp_of
+from qworker.protocol.evaluation import Evaluation, Result, run
 from qworker.protocol.limits import Limits
 from qworker.protocol.wire import qworker_pb2 as pb
 from qworker.server.resident import Resident
@@ -100,15 +101,22 @@ class Replica:
         Jacobians stay here, its answer carries their key; a request with a handle gets the VJP of
         the Jacobians kept under it (HandleGone when they are not here)."""
         ev = to_evaluation(pb.EvaluateRequest.FromString(request))
-        if ev.header.handle:
+        h = ev.header
+        if h.handle:
             return self._vjp_of_kept(ev)
         backend = self.backend_for(ev)
         before = replace(backend.usage)  # a copy: a shared backend keeps counting
+        # a VJP by Jacobians (not reverse-mode) is their contraction as units would contract them
+        by_jacobians = h.want == "vjp" and not h.grad.rule.reverse
+        asked = replace(ev, header=replace(h, want="jacobians"), grad_out=None) if by_jacobians else ev
         with deadline.within(timeout, cancel):
-            result = run(backend, self._on_device(backend, ev))
+            result = run(backend, self._on_device(backend, asked))
+        if by_jacobians:
+            vjp = shards.vjp_by_units(h, *result.jacobians, ev.grad_out)
+            result = replace(result, jacobians=None, vjp=vjp)
         _check_finite(ev, result)
-        if ev.header.keep_jacobians:
-            key = self.resident.put(result.jacobians, ev.header.per_token_theta)
+        if h.keep_jacobians:
+            key = self.resident.put(result.jacobians, h)
             result = replace(result, jacobians=None, handle=key)
         data = to_response(result).SerializeToString()
         if len(request) + len(data) > TRIM_BYTES:  # give a large request's memory back to the system now
@@ -117,8 +125,8 @@ class Replica:
 
     def _vjp_of_kept(self, ev: Evaluation) -> tuple[bytes, float, Usage]:
         start = time.perf_counter()
-        j_theta, j_angles, per_token = self.resident.take(ev.header.handle)
-        g_theta, g_angles = vjp_of(j_theta, j_angles, ev.grad_out.to(j_theta), per_token)
+        j_theta, j_angles, kept = self.resident.take(ev.header.handle)
+        g_theta, g_angles = shards.vjp_by_units(kept, j_theta, j_angles, ev.grad_out)
         seconds = time.perf_counter() - start
         return (
             to_response(Result(vjp=(g_theta, g_angles), compute_seconds=seconds)).SerializeToString(),

@@ -9,8 +9,8 @@ time (unused Jacobians of a trainer that died expire). What is gone is answered 
 (`HandleGone`), and the client recomputes it from its inputs.
 
     store = Resident(max_bytes=2**30, ttl_s=600)
-    key = store.put((j_theta, j_angles), per_token=False)
-    j_theta, j_angles, per_token = store.take(key)        # once: the Jacobians are freed
+    key = store.put((j_theta, j_angles), header)      # the header of the request that computed them
+    j_theta, j_angles, header = store.take(key)       # once: the Jacobians are freed
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from qworker.protocol.errors import HandleGone, OverLimitError
 @dataclass
 class _Kept:
     jacobians: tuple[Tensor, Tensor]
-    per_token: bool
+    header: object  # the request's Header: how its VJP is contracted (its cut, a per-token theta)
     nbytes: int
     expires: float
 
@@ -45,9 +45,9 @@ class Resident:
         self.bytes = 0
         self.evicted = self.expired = 0  # what went before it was asked for
 
-    def put(self, jacobians: tuple[Tensor, Tensor], per_token: bool) -> str:
-        """Keep `jacobians` (J_theta, J_angles); their key. OverLimitError if they alone exceed
-        max_bytes (send smaller batches)."""
+    def put(self, jacobians: tuple[Tensor, Tensor], header) -> str:
+        """Keep `jacobians` (J_theta, J_angles) of the request `header` describes; their key.
+        OverLimitError if they alone exceed max_bytes (send smaller batches)."""
         nbytes = sum(j.numel() * j.element_size() for j in jacobians)
         if nbytes > self.max_bytes:
             raise OverLimitError(
@@ -60,20 +60,20 @@ class Resident:
             while self._kept and self.bytes + nbytes > self.max_bytes:  # the least recently kept go first
                 self._drop(next(iter(self._kept)))
                 self.evicted += 1
-            self._kept[key] = _Kept(jacobians, per_token, nbytes, self._clock() + self.ttl_s)
+            self._kept[key] = _Kept(jacobians, header, nbytes, self._clock() + self.ttl_s)
             self.bytes += nbytes
         return key
 
-    def take(self, key: str) -> tuple[Tensor, Tensor, bool]:
-        """(J_theta, J_angles, per_token) kept under `key`, which is then forgotten; HandleGone if
-        it is not here (evicted, expired, taken, or kept by another process)."""
+    def take(self, key: str) -> tuple[Tensor, Tensor, object]:
+        """(J_theta, J_angles, header) kept under `key`, which is then forgotten; HandleGone if it
+        is not here (evicted, expired, taken, or kept by another process)."""
         with self._lock:
             self._expire()
             kept = self._kept.get(key)
             if kept is None:
                 raise HandleGone("handle: its Jacobians are gone (evicted, expired or restarted); send the inputs")
             self._drop(key)
-        return (*kept.jacobians, kept.per_token)
+        return (*kept.jacobians, kept.header)
 
     def __len__(self) -> int:
         return len(self._kept)

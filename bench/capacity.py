@@ -1,0 +1,349 @@
+"""The plan to 64 GPU replicas, from measured constants: the throughput each cap of the qworker
+service allows, and which binds, for today's path and the new one.
+
+    python bench/service.py --json > service.json           # the per-token constants, measured
+    python bench/capacity.py --service-json service.json    # 1, 8 and 64 H200 replicas, 8 a node
+    python bench/capacity.py --service-json service.json --replicas 64 --gpus-per-node 4 --nic-gbps 40
+    python bench/capacity.py --service-json service.json --replica cpu --gpus-per-node 1   # CPU replicas
+    python bench/capacity.py --service-json service.json --json                            # one object a line
+
+Unit: a layer-token, one token through one quantum layer's step (forward and backward), which is
+what bench/service.py and bench/vqc.py measure; a training token costs `--quantum-layers` of them.
+
+The two paths (bench/service.py's names):
+- today: one relaying service on the head, the Jacobians sent back through it ("service, 1
+  replica, dense"): every byte crosses the head's NIC twice, once in and once out, and the head's
+  frontend spends the dense path's CPU on every layer-token;
+- new: a frontend on every node, serving that node's replicas, the Jacobians kept where they
+  were computed ("service, 1 replica" and "service, 2 replicas": the larger figure of the two):
+  each node's NIC carries its own replicas' traffic once each way, its frontend the kept path's CPU.
+
+The caps, in layer-tokens/s, for R replicas on n = R / G nodes (G per node; R < G: one node):
+- replicas:      R x r; r is one replica's layer-tokens/s: an H200's from docs/performance.md
+                 (H200 below), or a CPU replica's: bench/service.py's "service, 1 replica" rate (a
+                 replica with the measuring machine's cores, measured as one: a Ray actor, OpenMP
+                 waiting passively; bench/service.py's in-process worker does not wait passively,
+                 and lost 6x to one replica on a busy machine);
+- frontend CPU:  f x c x 1e6 / u(T); c frontend cores a node (a Python server's own work holds
+                 the GIL: about one core a process), f frontends (today 1, the head's; new n);
+                 u(T) = u_N + 2 q (1/T - 1/N) us of frontend CPU a layer-token with T tokens a
+                 layer-call: u_N measured at N tokens, q the CPU of a one-token request (its fixed
+                 cost; answered in the server, so without a large request's Ray calls), two
+                 requests a layer-call (forward, backward) on every path;
+- NIC, head:     (today only) B / b, B = the NIC's bytes/s each way (Gb/s / 8), b the bytes on the
+                 wire a layer-token, both ways together: the head's inbound carries every byte once
+                 (the trainers' requests, the replicas' answers), and so does its outbound;
+- NIC, nodes:    n x B / b: each replica node carries its own replicas' bytes (either direction at
+                 most b a layer-token);
+- NIC, trainers: m x B / b, m = ceil(ranks / ranks a node): each trainer node carries its ranks' bytes;
+- trainers:      ranks x s x L: s a rank's classical training tokens/s (the circuits elsewhere),
+                 L quantum layers a step. Not a routing cap: the demand the trainers can make.
+The binding cap is the least; the routing caps (frontend CPU and the NICs) hold when none is
+below the replicas'. Not modelled: the trainers' client CPU, Ray's own traffic, frontends' Ray
+calls growing with their replicas (measured with 1 and 2), an uneven spread over frontends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass
+
+from qworker import CircuitSpec, Gradient
+
+SPEC = CircuitSpec(10, 2)  # bench/service.py's circuit
+TODAY, NEW = "today", "new"
+DENSE, KEPT = "service, 1 replica, dense", ("service, 1 replica", "service, 2 replicas")
+
+# One H200 replica, layer-tokens/s: docs/performance.md, "On a GPU" (bench/device.sh vqc, 2026-11-26,
+# the `local` simulator's torch path, float32, N = 1,048,576: bench/vqc.py's circuits/s, tokens of a
+# layer's step per second). `fd` was not measured there.
+H200_SOURCE = "docs/performance.md, On a GPU: H200, local simulator (torch path), N = 1,048,576, 2026-11-26"
+H200 = {
+    "adjoint": (2_078_490.0, f"{H200_SOURCE}, forward + adjoint"),
+    "shift": (236_435.0, f"{H200_SOURCE}, forward + shift Jacobian"),
+    "fd": (
+        236_435.0,
+        "not measured on a GPU: the shift figure (fd evaluates the same 121 circuits a token; on the CPU, "
+        "docs/performance.md's bench/vqc.py table: fd 1,901 and shift 1,783 tokens/s at N = 4,096)",
+    ),
+}
+# A trainer rank's classical training tokens/s: docs/performance.md, On a GPU, "train step, classical, 150m".
+TRAINER_TOKENS_PER_S = (68_164.0, "docs/performance.md, On a GPU: train step, classical, 150m, H200")
+ROUTING = ("frontend CPU", "NIC, head", "NIC, nodes", "NIC, trainers")
+
+
+@dataclass(frozen=True)
+class PathFigures:
+    """One path's per-layer-token constants, as bench/service.py measured them."""
+
+    source: str  # bench/service.py's path name(s)
+    cpu_us: float  # frontend CPU per layer-token at the measured N
+    request_cpu_us: float  # frontend CPU of a one-token request (0: not measured)
+    bytes: float  # bytes on the wire per layer-token, both ways together
+
+
+@dataclass(frozen=True)
+class Measured:
+    """bench/service.py's figures for one gradient method."""
+
+    method: str
+    tokens: int  # N, the tokens of a measured layer-call
+    cpu_replica: float  # layer-tokens/s of one replica with the measuring machine's cores ("service, 1 replica")
+    in_process: float  # layer-tokens/s in-process, for reference
+    today: PathFigures
+    new: PathFigures
+
+
+@dataclass(frozen=True)
+class Shape:
+    replicas: int
+    per_node: int  # replicas (GPUs) a node
+    nic_gbps: float  # each node's NIC, the head's too, each way
+    frontend_cores: float  # a node's frontend cores (the head's, today)
+    trainer_ranks: int
+    ranks_per_node: int
+    trainer_tokens_per_s: float  # s
+    quantum_layers: int  # L
+    tokens_per_call: int  # T
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.replicas // self.per_node)
+
+    @property
+    def trainer_nodes(self) -> int:
+        return math.ceil(self.trainer_ranks / self.ranks_per_node)
+
+
+def path_figures(row: dict, one_token_ms: dict, *names: str) -> PathFigures:
+    """A method's row of bench/service.py --json -> the figures of the named path (of several: the larger)."""
+    missing = [n for n in names if n not in row["bytes_per_token"]]
+    assert not missing, f"no {missing} figures for {row['grad']}: is this bench/service.py --json's output?"
+    cpu = max(names, key=lambda n: row["frontend_cpu_us_per_token"][n])
+    return PathFigures(
+        source=" / ".join(names),
+        cpu_us=row["frontend_cpu_us_per_token"][cpu],
+        request_cpu_us=1e3 * one_token_ms.get(cpu, 0.0),
+        bytes=max(row["bytes_per_token"][n] for n in names),
+    )
+
+
+def read_service_json(path: str) -> dict[str, Measured]:
+    """bench/service.py --json's rows -> its figures by method."""
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.startswith("{")]
+    over = next((r for r in rows if "overhead_ms" in r), {})
+    one_token_ms = over.get("service_cpu_ms_per_request", {})  # the one-token calls' server CPU a request
+    out = {}
+    for row in (r for r in rows if "grad" in r):
+        per_token = 1 + Gradient(row["grad"]).evaluations(SPEC)  # bench/service.py's token-circuits a token
+        out[row["grad"]] = Measured(
+            method=row["grad"],
+            tokens=row["tokens"],
+            cpu_replica=row["token_circuits_per_s"][KEPT[0]] / per_token,
+            in_process=row["token_circuits_per_s"]["in-process"] / per_token,
+            today=path_figures(row, one_token_ms, DENSE),
+            new=path_figures(row, one_token_ms, *KEPT),
+        )
+    return out
+
+
+def cpu_us_per_token(p: PathFigures, measured_tokens: int, tokens_per_call: int) -> float:
+    """u(T) = u_N + 2 q (1/T - 1/N): the per-request part moved from N tokens a call to T."""
+    return max(0.0, p.cpu_us + 2 * p.request_cpu_us * (1 / tokens_per_call - 1 / measured_tokens))
+
+
+def caps(m: Measured, path: str, shape: Shape, replica_rate: float) -> dict[str, float | None]:
+    """What each cap allows, in layer-tokens/s (None: not on this path)."""
+    p = m.today if path == TODAY else m.new
+    nic = shape.nic_gbps * 1e9 / 8  # bytes/s each way
+    frontends = 1 if path == TODAY else shape.nodes
+    return {
+        "replicas": shape.replicas * replica_rate,
+        "frontend CPU": frontends * shape.frontend_cores * 1e6 / cpu_us_per_token(p, m.tokens, shape.tokens_per_call),
+        "NIC, head": nic / p.bytes if path == TODAY else None,
+        "NIC, nodes": shape.nodes * nic / p.bytes,
+        "NIC, trainers": shape.trainer_nodes * nic / p.bytes,
+        "trainers": shape.trainer_ranks * shape.trainer_tokens_per_s * shape.quantum_layers,
+    }
+
+
+def binding(allowed: dict[str, float | None]) -> str:
+    return min((k for k, v in allowed.items() if v is not None), key=lambda k: allowed[k])
+
+
+def needs(m: Measured, path: str, shape: Shape, replica_rate: float) -> dict[str, float]:
+    """What routing the replicas' whole compute takes at a frontend's node (the head, today): its
+    frontend cores and NIC Gb/s, or, with the given ones, the most frontend CPU and bytes a layer-token."""
+    p = m.today if path == TODAY else m.new
+    per_frontend = shape.replicas * replica_rate / (1 if path == TODAY else shape.nodes)  # layer-tokens/s
+    return {
+        "frontend_cores": per_frontend * cpu_us_per_token(p, m.tokens, shape.tokens_per_call) / 1e6,
+        "nic_gbps": per_frontend * p.bytes * 8 / 1e9,
+        "max_cpu_us_per_token": shape.frontend_cores * 1e6 / per_frontend,
+        "max_bytes_per_token": shape.nic_gbps * 1e9 / 8 / per_frontend,
+    }
+
+
+def evaluate(m: Measured, shape: Shape, replica_rate: float) -> list[dict]:
+    rows = []
+    for path in (TODAY, NEW):
+        allowed = caps(m, path, shape, replica_rate)
+        binds = binding(allowed)
+        routing = min(allowed[k] for k in ROUTING if allowed[k] is not None)
+        rows.append(
+            dict(
+                method=m.method,
+                replicas=shape.replicas,
+                nodes=shape.nodes,
+                path=path,
+                caps=allowed,
+                binds=binds,
+                layer_tokens_per_s=allowed[binds],
+                training_tokens_per_s=allowed[binds] / shape.quantum_layers,
+                routing_holds=routing >= allowed["replicas"],  # no routing cap below the replicas' compute
+                needs=needs(m, path, shape, replica_rate),
+            )
+        )
+    return rows
+
+
+def si(x: float | None) -> str:
+    if x is None:
+        return "-"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def format_table(rows: list[dict]) -> list[str]:
+    names = list(rows[0]["caps"])
+    head = f"{'method':<8}{'replicas':>8}{'nodes':>6}  {'path':<6}" + "".join(f"{n:>14}" for n in names)
+    lines = [head + f"  {'binds':<14}{'routes all':>11}{'training tok/s':>15}"]
+    for r in rows:
+        cells = "".join(f"{si(r['caps'][n]):>14}" for n in names)
+        routing = "yes" if r["routing_holds"] else "NO"
+        lines.append(
+            f"{r['method']:<8}{r['replicas']:>8}{r['nodes']:>6}  {r['path']:<6}{cells}  {r['binds']:<14}"
+            f"{routing:>11}{si(r['training_tokens_per_s']):>15}"
+        )
+    return lines
+
+
+def verdict(rows: list[dict], shape: Shape) -> str:
+    """The goal, said plainly: the new path routes what the largest pool computes, no cap below it."""
+    r = rows[-1]
+    assert r["path"] == NEW and r["replicas"] == shape.replicas
+    compute = r["caps"]["replicas"]
+    low = min((k for k in ROUTING if r["caps"][k] is not None), key=lambda k: r["caps"][k])
+    need = r["needs"]
+    text = (
+        f"{r['method']}, {r['replicas']} replicas, new path: the replicas compute {si(compute)} layer-tokens/s; "
+        f"the lowest routing cap, {low}, allows {si(r['caps'][low])} ({r['caps'][low] / compute:.2f}x). "
+    )
+    text += "The goal HOLDS with these figures." if r["routing_holds"] else "The goal does NOT hold with these figures."
+    return text + (
+        f" Routing all of it takes {need['frontend_cores']:.3g} frontend cores and {need['nic_gbps']:.3g} Gb/s a node;"
+        f" with the given {shape.frontend_cores:g} core(s) and {shape.nic_gbps:g} Gb/s, at most"
+        f" {need['max_cpu_us_per_token']:.3g} us of frontend CPU and {need['max_bytes_per_token']:,.0f} B"
+        " a layer-token."
+    )
+
+
+def header(args, measured: dict[str, Measured], rates: dict[str, tuple[float, str]]) -> list[str]:
+    """The inputs, named: what bench/service.py measured, the replicas' rates, the cluster's shape."""
+    lines = ["# bench/capacity.py: the layer-tokens/s each cap allows (one token through one quantum layer, fwd + bwd)"]
+    for m in (measured[k] for k in args.methods):
+        lines.append(
+            f"# {args.service_json}, {m.method} at N = {m.tokens:,}: frontend CPU {m.today.cpu_us:.1f} us/token "
+            f"dense, {m.new.cpu_us:.1f} kept; {m.today.bytes:,.0f} B/token dense, {m.new.bytes:,.0f} kept; "
+            f"a replica {m.cpu_replica:,.0f} tokens/s (in-process {m.in_process:,.0f})"
+        )
+    lines += [f"# a replica, {m}: {rate:,.0f} layer-tokens/s ({source})" for m, (rate, source) in rates.items()]
+    ranks = args.trainer_ranks or "as many as replicas"
+    lines.append(
+        f"# {args.per_node} replicas a node; NIC {args.nic_gbps:g} Gb/s a node, the head's too; "
+        f"{args.frontend_cores:g} frontend core(s) a node; trainer ranks: {ranks}, {args.trainer_ranks_per_node} "
+        f"a node, {args.trainer_tokens_per_s:,.0f} classical tokens/s each; {args.quantum_layers} quantum layers "
+        f"a step; {args.tokens_per_call:,} tokens a layer-call"
+    )
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--service-json", required=True, help="bench/service.py --json's output (a file)")
+    p.add_argument("--methods", nargs="+", default=["fd", "adjoint"], choices=["fd", "adjoint", "shift"])
+    p.add_argument("--replica", choices=["h200", "cpu"], default="h200", help="what a replica computes on")
+    for method, (rate, source) in H200.items():
+        p.add_argument(f"--h200-{method}", type=float, default=rate, help=f"layer-tokens/s ({source})")
+    p.add_argument("--replicas", type=int, nargs="+", default=[1, 8, 64], help="pool sizes, one table row each")
+    p.add_argument("--gpus-per-node", "--replicas-per-node", dest="per_node", type=int, default=8)
+    p.add_argument("--nodes", type=int, help="one shape of this many full nodes (instead of --replicas)")
+    p.add_argument("--nic-gbps", type=float, default=25.0, help="each node's NIC (the head's too), Gb/s each way")
+    p.add_argument("--frontend-cores", type=float, default=1.0, help="a node's frontend cores (one a process)")
+    p.add_argument("--trainer-ranks", type=int, help="trainer ranks (default: as many as replicas)")
+    p.add_argument("--trainer-ranks-per-node", type=int, default=8)
+    p.add_argument(
+        "--trainer-tokens-per-s",
+        type=float,
+        default=TRAINER_TOKENS_PER_S[0],
+        help=f"a rank's classical training tokens/s ({TRAINER_TOKENS_PER_S[1]})",
+    )
+    p.add_argument("--quantum-layers", type=int, default=12, help="quantum layers a step (150m, wq: 12)")
+    p.add_argument("--tokens-per-call", type=int, default=4096, help="tokens of a layer-call (batch 8 x 512)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    args.sizes = [args.nodes * args.per_node] if args.nodes else sorted(set(args.replicas))
+    for r in args.sizes:
+        if r < 1 or (r > args.per_node and r % args.per_node):
+            p.error(f"--replicas {r}: full nodes of --gpus-per-node {args.per_node}, or fewer than one node")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    measured = read_service_json(args.service_json)
+    missing = [m for m in args.methods if m not in measured]
+    assert not missing, f"--methods {' '.join(missing)}: not in {args.service_json}"
+    if args.replica == "h200":
+        rates = {m: (getattr(args, f"h200_{m}"), H200[m][1]) for m in args.methods}
+    else:
+        rates = {m: (measured[m].cpu_replica, f"{args.service_json}: in-process") for m in args.methods}
+
+    rows, verdicts = [], []
+    for method in args.methods:
+        for r in args.sizes:
+            shape = Shape(
+                replicas=r,
+                per_node=args.per_node,
+                nic_gbps=args.nic_gbps,
+                frontend_cores=args.frontend_cores,
+                trainer_ranks=args.trainer_ranks or r,
+                ranks_per_node=args.trainer_ranks_per_node,
+                trainer_tokens_per_s=args.trainer_tokens_per_s,
+                quantum_layers=args.quantum_layers,
+                tokens_per_call=args.tokens_per_call,
+            )
+            rows += evaluate(measured[method], shape, rates[method][0])
+        text = verdict(rows, shape)
+        verdicts.append(dict(method=method, replicas=shape.replicas, goal_holds=rows[-1]["routing_holds"], text=text))
+
+    if args.json:
+        inputs = {k: v for k, v in vars(args).items() if k != "json"}
+        inputs.update(measured={k: asdict(measured[k]) for k in args.methods}, replica_layer_tokens_per_s=rates)
+        for obj in (dict(inputs=inputs), *rows, *verdicts):
+            print(json.dumps(obj))
+        return 0
+    for line in header(args, measured, rates) + format_table(rows):
+        print(line)
+    for v in verdicts:
+        print(v["text"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
