@@ -5,6 +5,7 @@ python -m qworker serve --ray-address auto --replica-resource qworker --replicas
 python -m qworker serve --per-node --ray-address auto --replica-resource qworker --replicas 8   # a frontend a node
 python -m qworker info grpc://127.0.0.1:50051              # what a server runs, its replicas
 python -m qworker scale grpc://127.0.0.1:50051 --replicas 4   # while trainers keep calling
+python -m qworker qasm --n-qubits 10 --n-layers 2 --entangler ring   # the circuit as OpenQASM 3
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from google.protobuf.json_format import MessageToJson
 
+from qworker.circuit import ENTANGLERS, CircuitSpec
 from qworker.client import RemoteError, admin_call
 from qworker.protocol.wire import qworker_pb2 as pb
 from qworker.server.autoscale import Policy
@@ -103,6 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         c.add_argument("--tls-root-cert", type=Path, help="PEM root certificate of a TLS server")
         if name == "scale":
             c.add_argument("--replicas", type=int, required=True, help="replicas wanted (>= 0)")
+    qasm = sub.add_parser("qasm", help="print a circuit spec as OpenQASM 3 (θ and the input angles as inputs)")
+    spec = CircuitSpec()
+    qasm.add_argument("--n-qubits", type=int, default=spec.n_qubits, help="qubits (default %(default)s)")
+    qasm.add_argument("--n-layers", type=int, default=spec.n_layers, help="ansatz layers (default %(default)s)")
+    qasm.add_argument("--entangler", choices=ENTANGLERS, default=spec.entangler, help="(default %(default)s)")
+    qasm.add_argument("--measure", action="store_true", help="end by measuring every qubit (for a sampler)")
     s.add_argument("--workers", type=int, default=d.workers, help="--in-process: evaluations running at once")
     s.add_argument(
         "--inline-work",
@@ -176,8 +184,27 @@ def admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def qasm(args: argparse.Namespace) -> int:
+    """`qasm`: the spec's circuit as OpenQASM 3 on stdout (Qiskit's exporter: needs hyqut[qiskit])."""
+    try:
+        spec = CircuitSpec(args.n_qubits, args.n_layers, args.entangler)
+        from qworker.backends.qiskit_adapter import qasm3
+
+        text = qasm3(spec, measure=args.measure)
+    except ImportError as e:
+        print(f"error: {e} (qasm exports through Qiskit: pip install 'hyqut[qiskit]')", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "qasm":
+        return qasm(args)
     if args.command != "serve":
         return admin(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

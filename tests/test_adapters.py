@@ -108,7 +108,8 @@ def test_qiskit_pass_manager_routes_and_keeps_the_result():
         ({"shots": MAX_SHOTS + 1}, "shots must be None"),
         ({"max_batch": 0}, "max_batch must be None"),
         ({"simulator": "gpu"}, "unknown simulator 'gpu'"),
-        ({"estimator": object(), "seed": 1}, "leave them out when giving one"),
+        ({"estimator": object(), "simulator": "aer"}, "leave it out when giving one"),
+        ({"mode": "batch"}, "mode=batch is an execution mode of qiskit-ibm-runtime: it needs device="),
     ],
 )
 def test_qiskit_bad_settings(kwargs, words):

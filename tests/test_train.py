@@ -212,3 +212,47 @@ def test_metrics_endpoint_serves_training_metrics():
     assert got["hyqut_quantum_share"] == 0.2 / 0.5 and got["hyqut_tokens_per_second"] == 1000 / 0.5
     assert got["hyqut_tokens_total"] == 1000
     assert (got["hyqut_step_seconds_count"], got["hyqut_step_seconds_sum"]) == (1, 0.5)
+
+
+def test_help_lists_every_choice_from_its_registry(env, tmp_path):
+    """--help names what this install accepts, read from the registries: a backend plug-in installed
+    by its entry point shows up in --qbackend's list without any change to the trainer."""
+    from qworker.backends import BACKENDS
+    from qworker.gradients import names
+    from trainer.data.corpus import FILE_FORMATS, chatterbot_languages
+    from trainer.model.config import BRANCHES, PRESETS, TARGETS
+    from trainer.run.tracking import TRACKERS
+
+    plugin = tmp_path / "plugin"
+    info = plugin / "toy_device-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-device\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[hyqut.backends]\ntoydevice = toy:Toy\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.main", "--help"],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": os.pathsep.join([str(ROOT), str(plugin)]), "COLUMNS": "400"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines, flag = {}, None  # each flag's help, its continuation lines joined
+    for line in proc.stdout.splitlines():
+        if line.strip().startswith("--"):
+            flag = line.split()[0]
+            lines[flag] = line
+        elif flag and line.startswith(" "):
+            lines[flag] += " " + line.strip()
+        else:
+            flag = None
+    assert f"preset: {', '.join(PRESETS)}" in lines["--model"]
+    assert f"one of {', '.join(TARGETS)};" in lines["--quantum"]
+    assert f"one of {', '.join(BRANCHES)};" in lines["--branch"] and "one of ring, chain;" in lines["--entangler"]
+    assert f"one of {', '.join(names())} " in lines["--grad"]
+    backends = lines["--qbackend"]
+    assert all(name in backends for name in [*BACKENDS, "qiskit", "braket", "pennylane", "toydevice"]), backends
+    assert "ray (a local Ray pool); grpc://host:port" in backends
+    assert all(ext in lines["--dataset"] for ext in FILE_FORMATS) and "chatterbot:LANG" in lines["--dataset"]
+    assert ", ".join(chatterbot_languages()) in lines["--dataset"]
+    assert f"any of {', '.join(TRACKERS)}" in lines["--report-to"]

@@ -38,34 +38,47 @@ from dataclasses import fields
 import torch
 import torch.distributed as dist
 
-from trainer.data.corpus import Corpus, DatasetError, prepare_data
+from qworker.backends import backend_names
+from qworker.gradients import names as method_names
+from trainer.data.corpus import Corpus, DatasetError, dataset_kinds, prepare_data
 from trainer.data.tokenizer import Tokenizer
 from trainer.model.accounting import describe, format_description
-from trainer.model.config import ModelConfig, flag, from_preset
+from trainer.model.circuits import RAY
+from trainer.model.config import CHOICES, PRESETS, ModelConfig, flag, from_preset
 from trainer.model.convert import build_model
 from trainer.run import checkpoint as ckpt
 from trainer.run.config import TrainConfig, from_flags
 from trainer.run.hardware import HardwarePlan, check_budget, format_plan, hardware_plan
 from trainer.run.loop import Run
+from trainer.run.tracking import TRACKERS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="trainer.main", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="tiny", help="preset: tiny, 8m, 150m")
+    p = argparse.ArgumentParser(
+        prog="trainer.main", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    # every list of choices below comes from its registry (presets, targets, backends and their
+    # plug-ins, gradient methods, dataset loaders), so --help names what this install accepts
+    p.add_argument("--model", default="tiny", help=f"preset: {', '.join(PRESETS)} (default tiny)")
     model = p.add_argument_group("model (override the preset; every ModelConfig field)")
     for f in fields(ModelConfig):
         if f.name != "name":
             kind = str if f.name == "quantum_layers" else type(f.default)
+            choices = f"one of {', '.join(CHOICES[f.name])}; " if f.name in CHOICES else ""
             model.add_argument(
-                flag(f.name), dest=f.name, type=kind, default=None, help=f"default: preset's ({f.default})"
+                flag(f.name), dest=f.name, type=kind, default=None, help=f"{choices}default: preset's ({f.default})"
             )
     d = TrainConfig()
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", help=f"chitchat, chatterbot:LANG, a .txt/.jsonl/.parquet (default {d.dataset})")
+    data.add_argument("--dataset", help=f"{dataset_kinds()} (default {d.dataset})")
     q = p.add_argument_group("circuits: where they run and how they are differentiated")
-    q.add_argument("--qbackend", help="local, qulacs, auto, shots, a plug-in (qiskit), ray, grpc://host:port")
+    q.add_argument(
+        "--qbackend",
+        help=f"one of {', '.join(backend_names())}; {RAY} (a local Ray pool); grpc://host:port (a qworker service) "
+        f"(default {d.circuits.backend})",
+    )
     q.add_argument("--q-replicas", type=int, help=f"replicas of --qbackend ray's pool ({d.circuits.replicas})")
-    q.add_argument("--grad", help=f"adjoint, shift, fd, spsa (default {d.circuits.grad})")
+    q.add_argument("--grad", help=f"one of {', '.join(method_names())} (default {d.circuits.grad})")
     q.add_argument("--fd-delta", type=float, help=f"step of fd, perturbation of spsa (default {d.circuits.fd_delta})")
     q.add_argument("--qbackend-options", help="the backend's options, key=value,... (shots=4096,mitigate=readout)")
     q.add_argument("--shot-budget", type=int, help="most shots the run may take (hardware-like backends)")
@@ -85,6 +98,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--eval-batches", type=int, help=f"validation batches per pass (default {d.eval_batches})")
     o.add_argument("--save-every", type=int, help=f"steps between checkpoints (default {d.save_every})")
     o.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on rank 0")
+    o.add_argument(
+        "--report-to",
+        help=f"experiment trackers, any of {', '.join(TRACKERS)}, comma-separated (default none): "
+        "loss, validation, lr, tokens/s, the circuits' share, hardware jobs and shots, into --out",
+    )
     o.add_argument(
         "--describe", action="store_true", help="print parameter counts, FLOPs and the hardware plan, then exit"
     )

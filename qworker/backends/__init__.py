@@ -14,6 +14,7 @@
 | `braket_adapter.py` | `braket` | Amazon Braket: a program set per call, LocalSimulator or a device ARN (a plug-in) |
 | `pennylane_adapter.py` | `pennylane` | any PennyLane device by name, the batch broadcast (a plug-in) |
 | `mitigation.py` | | readout-error mitigation for any shot-based backend (`mitigate="readout"`) |
+| `journal.py` | | provider jobs (qiskit, braket): recorded in a run's jobs.jsonl, fetched by id on resume |
 """
 
 from qworker.backends.auto import AutoBackend
@@ -27,6 +28,7 @@ from qworker.backends.registry import (
     PluginError,
     available_backends,
     backend_class,
+    backend_names,
     get_backend,
     register,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "Usage",
     "available_backends",
     "backend_class",
+    "backend_names",
     "get_backend",
     "register",
 ]

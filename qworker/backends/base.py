@@ -20,7 +20,7 @@ nothing elsewhere lists backends by name: `statevector` (which methods it can ru
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 from torch import Tensor
@@ -43,25 +43,31 @@ class Capabilities:
     seeded: bool = False  # results draw random numbers that the option `seed` fixes
     options: tuple[str, ...] = ()  # the options it is built with (its constructor's keywords)
     fused: str = ""  # what runs in fused GPU kernels, and what falls back ("" where nothing does)
+    mode: str = ""  # a provider's execution mode (qiskit-ibm-runtime's job, batch, session); "" for none
 
 
 @dataclass
 class Usage:
     """What a backend has spent on a device: jobs submitted, circuits run (one parameter set of
-    one job is one circuit) and shots taken (circuits times shots each; 0 when exact)."""
+    one job is one circuit) and shots taken (circuits times shots each; 0 when exact). A journaled
+    adapter (qworker/backends/journal.py) also counts the jobs it fetched by id instead of
+    submitting them again (`reused`: not paid twice) and those it submitted again because the
+    provider lost them (`resubmitted`: among `jobs`, paid again)."""
 
     jobs: int = 0
     circuits: int = 0
     shots: int = 0
+    reused: int = 0
+    resubmitted: int = 0
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(self.jobs + other.jobs, self.circuits + other.circuits, self.shots + other.shots)
+        return Usage(*(a + b for a, b in zip(astuple(self), astuple(other))))
 
     def __sub__(self, other: Usage) -> Usage:
-        return Usage(self.jobs - other.jobs, self.circuits - other.circuits, self.shots - other.shots)
+        return Usage(*(a - b for a, b in zip(astuple(self), astuple(other))))
 
     def __mul__(self, n: int) -> Usage:
-        return Usage(self.jobs * n, self.circuits * n, self.shots * n)
+        return Usage(*(a * n for a in astuple(self)))
 
 
 class Pending:
@@ -134,6 +140,10 @@ class Backend:
         """Jobs a call of `circuits` circuits submits (a plan's figure): one, or none for none;
         an adapter whose device caps a job's size overrides it."""
         return int(circuits > 0)
+
+    def close(self) -> None:
+        """Release what the backend holds open at its provider (a Qiskit Runtime session or batch:
+        it stops accepting jobs; those submitted run to completion); nothing by default."""
 
     def reseed(self, seed: int) -> None:
         """Restart this backend's random numbers (shot sampling, noise) from `seed`; no-op for an

@@ -11,15 +11,20 @@ A plug-in of the `hyqut.backends` entry point group (pyproject.toml). Hardware-l
 The circuit is built once per spec with a `FreeParameter` per theta component and input angle; a
 call's rows are the input sets of one `CircuitBinding`, in one `ProgramSet` run as one task of
 `shots` shots per executable (split into several tasks only where the device caps a program set's
-executables, a limit it reports). The Z_i observables all commute and are diagonal in the
-computational basis, so every executable measures every qubit once and <Z_i> = 1 - 2·P(bit i = 1)
-comes from the same shots: one executable per row, not one per row and observable (n_q times the
-executables and shots for the same precision). Braket's rotations follow our conventions
-(RY(a) = exp(-i a Y/2)) and qubit i is our qubit i.
+executables, a limit it reports). Tasks go through `ProviderJobs.run_jobs`
+(qworker/backends/journal.py): with a journal attached (a training run's jobs.jsonl) each is
+recorded by its ARN, and a resumed run fetches a task it already created (`AwsQuantumTask(arn)`)
+instead of paying for it again; the LocalSimulator's tasks live in its process and cannot be
+fetched, so there a resumed run runs them again (they cost nothing).
 
-The SDK's LocalSimulator runs program sets (amazon-braket-sdk 1.127, default simulator 1.41: its
-action map states `braket.ir.openqasm.program_set` with at most 100 executables and 200,000 total
-shots a program set), so a gradient of more rows is several tasks there; QPUs state their own.
+The Z_i observables all commute and are diagonal in the computational basis, so every executable
+measures every qubit once and <Z_i> = 1 - 2·P(bit i = 1) comes from the same shots: one executable
+per row, not one per row and observable (n_q times the executables and shots for the same
+precision). Braket's rotations follow our conventions (RY(a) = exp(-i a Y/2)) and qubit i is our
+qubit i. The SDK's LocalSimulator runs program sets (amazon-braket-sdk 1.127, default simulator
+1.41: its action map states `braket.ir.openqasm.program_set` with at most 100 executables and
+200,000 total shots a program set), so a gradient of more rows is several tasks there; QPUs state
+their own.
 """
 
 from __future__ import annotations
@@ -29,13 +34,17 @@ import math
 import numpy as np
 import torch
 
-from qworker.backends.base import MAX_SHOTS, Backend, Capabilities
+from qworker.backends.base import MAX_SHOTS, Capabilities
+from qworker.backends.journal import CANCELLED, DONE, FAILED, PENDING, JobRequest, ProviderJobs
 from qworker.circuit import CircuitSpec
 
 LOCAL = "local"  # device: the SDK's LocalSimulator (no AWS account needed)
 
 
-class BraketBackend(Backend):
+STATES = {"COMPLETED": DONE, "FAILED": FAILED, "CANCELLING": CANCELLED, "CANCELLED": CANCELLED}  # task.state()
+
+
+class BraketBackend(ProviderJobs):
     """The HyQuT circuit through Amazon Braket program sets.
 
     shots: shots per circuit (required).
@@ -57,12 +66,13 @@ class BraketBackend(Backend):
         except ImportError as e:
             raise ImportError("the braket backend needs: pip install 'hyqut[braket]'") from e
         self.shots, self.device_name = shots, device
+        self.tasks = None  # fetches a task by ARN (AwsQuantumTask); LocalSimulator tasks cannot be
         if device == LOCAL:
             self.device = LocalSimulator()
         else:
-            from braket.aws import AwsDevice
+            from braket.aws import AwsDevice, AwsQuantumTask
 
-            self.device = AwsDevice(device)
+            self.device, self.tasks = AwsDevice(device), AwsQuantumTask
         self.max_executables = program_set_limit(self.device, device, shots)
         self._circuits: dict[CircuitSpec, tuple[object, list[str]]] = {}
 
@@ -102,15 +112,35 @@ class BraketBackend(Backend):
         values = np.concatenate([th, angles.detach().cpu().double().numpy()], 1)  # (N, |Θ| + 2 n_q)
         used = set(p.name for p in circuit.parameters)  # a column no gate reads is not an input
         step = self.max_executables or n_tok
-        tasks = []  # one, unless the device caps a program set; all submitted before any is awaited
+        what = f"{spec.n_qubits},{spec.n_layers},{spec.entangler},{spec.version};".encode()
+        requests = []  # one task, unless the device caps a program set
         for start in range(0, n_tok, step):
-            rows = values[start : start + step]
+            rows = np.ascontiguousarray(values[start : start + step])
             inputs = {name: rows[:, k].tolist() for k, name in enumerate(names) if name in used}
             program = ProgramSet(CircuitBinding(circuit, input_sets=inputs), shots_per_executable=self.shots)
-            tasks.append(self.device.run(program, shots=program.total_shots))
-            self.account(len(rows), self.shots)
-        entries = [entry for task in tasks for entry in task.result().entries[0].entries]
+            requests.append(JobRequest(program, len(rows), self.shots, what + rows.tobytes()))
+        entries = [entry for result in self.run_jobs(requests) for entry in result.entries[0].entries]
         return torch.from_numpy(np.stack([_z(entry, spec.n_qubits) for entry in entries])).to(angles)
+
+    # --- tasks (qworker/backends/journal.py) --------------------------------------------------
+    def identity(self) -> str:
+        return f"{self.name}:{self.device_name}"
+
+    def submit_job(self, program):
+        return self.device.run(program, shots=program.total_shots)
+
+    def job_id(self, task) -> str:
+        return str(task.id)
+
+    def retrieve_job(self, arn: str):
+        """The task of ARN `arn` (AwsQuantumTask); None on the LocalSimulator, whose tasks live in memory."""
+        return self.tasks(arn) if self.tasks is not None else None
+
+    def job_state(self, task) -> str:
+        return STATES.get(str(task.state()).upper(), PENDING)
+
+    def job_result(self, task, program):
+        return task.result()  # None for a failed task
 
 
 def _z(entry, n_qubits: int) -> np.ndarray:

@@ -57,6 +57,9 @@ class ReadoutMitigated(Backend):
     def reseed(self, seed: int) -> None:
         self.inner.reseed(seed)
 
+    def close(self) -> None:
+        self.inner.close()
+
     def setup_usage(self, spec: CircuitSpec) -> Usage:
         if self.confusion is not None or spec.n_qubits in self._readings:
             return Usage()

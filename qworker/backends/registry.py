@@ -90,6 +90,12 @@ def backend_class(name: str) -> type[Backend]:
     return _load(plugins[name])
 
 
+def backend_names() -> tuple[str, ...]:
+    """Every backend name `get_backend` resolves, without importing any plug-in: the built-ins, those
+    `register`ed in this process, then the entry points of the group (what `--help` lists)."""
+    return tuple(dict.fromkeys([*BACKENDS, *_REGISTERED, *sorted(_plugins())]))
+
+
 def available_backends() -> dict[str, type[Backend]]:
     """Every backend by name: the built-ins, then the plug-ins (each imported; PluginError names
     one that fails). A plug-in cannot replace a built-in name."""

@@ -59,7 +59,9 @@ __all__ = [
     "Corpus",
     "DatasetError",
     "chatterbot_dialogues",
+    "chatterbot_languages",
     "chitchat_dialogues",
+    "dataset_kinds",
     "default_cache_dir",
     "format_dialogue",
     "get_tokenizer",
@@ -172,7 +174,7 @@ def chatterbot_dialogues(language: str) -> datasets.Dataset:
     import yaml
 
     root = Path(chatterbot_corpus.__file__).parent / "data"
-    languages = sorted(p.name for p in root.iterdir() if p.is_dir())
+    languages = chatterbot_languages()
     if language not in languages:
         raise DatasetError(f"unknown chatterbot language {language!r}; choose one of {', '.join(languages)}")
     ids, texts = [], []
@@ -185,6 +187,26 @@ def chatterbot_dialogues(language: str) -> datasets.Dataset:
                 ids.append(f"{path.stem}/{i}")
                 texts.append(text)
     return datasets.Dataset.from_dict({"id": ids, "text": texts})
+
+
+def chatterbot_languages() -> list[str]:
+    """The languages of chatterbot-corpus (its data/<language>/ folders): `chatterbot:<language>`."""
+    import chatterbot_corpus
+
+    return sorted(p.name for p in (Path(chatterbot_corpus.__file__).parent / "data").iterdir() if p.is_dir())
+
+
+def dataset_kinds() -> str:
+    """What --dataset takes, from the loaders above (its --help)."""
+    try:
+        languages = ", ".join(chatterbot_languages())
+    except ImportError:  # chatterbot-corpus not installed
+        languages = "chatterbot-corpus not installed"
+    files = "/".join(FILE_FORMATS)
+    return (
+        f"{DEFAULT_DATASET} (built in, the default); chatterbot:LANG (LANG: {languages}); a local "
+        f"{files} file; or a Hugging Face Hub name[:config]"
+    )
 
 
 def _is_local(name: str) -> bool:

@@ -37,6 +37,8 @@ PROJECTIONS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 # classical control (a Linear(2 n_q, n_q) + tanh, trainer/model/bottleneck.py) that tells what the
 # circuit adds beyond squeezing the projection through 2 n_q numbers
 BRANCHES = ("circuit", "classical")
+# the fields whose values come from a fixed set: their flags' --help lists it (trainer/main.py)
+CHOICES: dict[str, tuple[str, ...]] = {"quantum": tuple(TARGETS), "entangler": ENTANGLERS, "branch": BRANCHES}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ runs/NAME/
   model.pt        plain torch weights of the latest checkpoint, for generation
   ckpt/           DeepSpeed checkpoints (optimizer, scheduler, data position, RNG), `latest`
   log.jsonl       one line per step and per evaluation
+  jobs.jsonl      every hardware job submitted (qiskit, braket): trainer/run/jobs.py
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from trainer.model.config import ModelConfig
+from trainer.run.jobs import shots_submitted_after
 
 RUN_FILE, TOKENIZER_FILE, WEIGHTS_FILE, CKPT_DIR, LOG_FILE = (
     "run.json",
@@ -136,7 +138,10 @@ def shots_spent(run_dir: Path) -> tuple[int, int]:
     if not latest.exists():
         return 0, 0
     records = read_log(run_dir)
-    return int(latest.read_text().strip().removeprefix("step")), records[-1].get("shots_total", 0) if records else 0
+    logged = (records[-1]["step"], records[-1].get("shots_total", 0)) if records else (0, 0)
+    # the jobs of a step the session was killed in: submitted (jobs.jsonl says), never logged
+    unlogged = shots_submitted_after(run_dir, logged[0])
+    return int(latest.read_text().strip().removeprefix("step")), logged[1] + unlogged
 
 
 def read_log(run_dir: Path, up_to_step: int | None = None) -> list[dict]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from trainer.data.corpus import DEFAULT_DATASET
 from trainer.model.circuits import Circuits
+from trainer.run import tracking
 
 DS_CONFIG = Path(__file__).with_name("ds_config.json")
 
@@ -43,6 +44,7 @@ class TrainConfig:
     eval_batches: int = 8  # validation batches per pass
     save_every: int = 100  # steps between checkpoints
     metrics_port: int | None = None  # Prometheus metrics on rank 0
+    report_to: tuple[str, ...] = ()  # experiment trackers on rank 0: tensorboard, wandb, csv (trainer/run/tracking.py)
     shot_budget: int | None = None  # most shots a hardware run may take, all ranks, resumed sessions included
 
     def problems(self) -> list[str]:
@@ -73,7 +75,7 @@ class TrainConfig:
             p.append(f"--shot-budget must be an integer >= 1, got {self.shot_budget!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
             p.append(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
-        return p + self.circuits.problems()
+        return p + tracking.problems(self.report_to) + self.circuits.problems()
 
     def validates_at(self, step: int) -> bool:
         """Whether step `step` ends with a validation pass: every eval_every steps, and the last."""
@@ -131,4 +133,6 @@ def from_flags(values: dict) -> TrainConfig:
     a default."""
     circuits = Circuits(**{f: values[k] for k, f in CIRCUIT_FLAGS.items() if values.get(k) is not None})
     train = {k: values[k] for k in FLAGS if values.get(k) is not None}
+    if "report_to" in train:
+        train["report_to"] = tracking.parse_report_to(train["report_to"])
     return TrainConfig(**train, circuits=circuits).validate()

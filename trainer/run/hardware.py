@@ -16,7 +16,7 @@ backend's reported latency per job, the jobs of a rank following one another.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 import torch.distributed as dist
@@ -41,14 +41,30 @@ class HardwarePlan:
     evals: int  # validation passes in the planned steps
     steps: int  # the optimizer steps planned
     queue_s_per_job: float
+    mode: str = ""  # the provider's execution mode (qiskit-ibm-runtime's job, batch, session), if any
 
     @property
     def run(self) -> Usage:
         return self.per_step * self.steps + self.per_eval * self.evals + self.setup
 
     def queue_s(self, usage: Usage) -> float:
-        """Seconds one rank waits in the device's queue for `usage`'s jobs, run one after another."""
+        """Seconds one rank waits in the device's queue for `usage`'s jobs, run one after another; in a
+        session only the first job queues (the device is then held for the run's next ones)."""
+        if self.mode == "session":
+            return self.queue_s_per_job if usage.jobs else 0.0
         return usage.jobs / self.world * self.queue_s_per_job
+
+
+# what each execution mode does to queueing and to what is billed (--describe prints it)
+MODES = {
+    "job": "job mode: each job queues on its own; usage billed: the jobs' quantum time",
+    "batch": "batch mode: the jobs go in one batch, scheduled together and prepared in parallel; usage billed: "
+    "the jobs' quantum time; a step's jobs depend on one another (layer after layer), so each still queues "
+    "after the one before it, as in job mode",
+    "session": "session mode: the device is held for this run between its jobs (within the session's "
+    "interactive time-to-live and max_time), so only the first job queues; usage billed: the session's "
+    "wall time, the classical work between jobs included",
+}
 
 
 def hardware_plan(cfg: ModelConfig, t: TrainConfig, world: int = 1, first_step: int = 0) -> HardwarePlan | None:
@@ -80,6 +96,7 @@ def hardware_plan(cfg: ModelConfig, t: TrainConfig, world: int = 1, first_step: 
         evals=evals,
         steps=len(steps),
         queue_s_per_job=caps.queue_latency_s,
+        mode=caps.mode,
     )
 
 
@@ -118,6 +135,8 @@ def format_plan(plan: HardwarePlan) -> str:
         f"  hardware plan: {plan.backend}, {plan.grad}, {shots}, {plan.projections} quantum projection(s), "
         f"{plan.world} rank(s)"
     ]
+    if plan.mode:
+        lines.append(f"    {MODES.get(plan.mode, plan.mode)}")
     rows = [("per step", plan.per_step), ("per validation pass", plan.per_eval)]
     if plan.setup.jobs:
         rows.append(("once a session (calibration)", plan.setup))
@@ -151,7 +170,7 @@ class UsageMeter:
         """What every rank spent since the last take (a collective: every rank calls it)."""
         now = self._local()
         new, self._seen = now - self._seen, now
-        counts = torch.tensor([new.jobs, new.circuits, new.shots], dtype=torch.float64, device=self.device)
+        counts = torch.tensor(astuple(new), dtype=torch.float64, device=self.device)
         dist.all_reduce(counts)  # float64 holds integers exactly up to 2^53
         usage = Usage(*(int(c) for c in counts.tolist()))
         self.shots_total += usage.shots

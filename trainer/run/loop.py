@@ -7,8 +7,9 @@ plan and meter, the metrics, the stop flag. `Run.train` reads in this order, eve
         one optimizer step: grad_accum micro-steps (forward, backward; DeepSpeed clips and steps
             the optimizer at the accumulation boundary), the loss averaged over ranks
         validate (every --eval-every steps, and the last)
-        measure the jobs, circuits and shots it spent (hardware-like backends; all ranks)
-        log: log.jsonl, metrics, the progress bar
+        measure the jobs, circuits and shots it spent (hardware-like backends; all ranks; provider
+            jobs are recorded in jobs.jsonl as they are submitted, and a replayed step fetches its own)
+        log: log.jsonl, metrics, the trackers (--report-to), the progress bar
         checkpoint (every --save-every steps, the last, and when asked to stop)
     save a budget-stopped run; the summary: loss.png, summary.json
 
@@ -35,7 +36,9 @@ from trainer.model.quantum_linear import circuit_clock
 from trainer.run import checkpoint as ckpt
 from trainer.run.config import TrainConfig
 from trainer.run.hardware import HardwarePlan, UsageMeter, over_budget
+from trainer.run.jobs import RunJobs
 from trainer.run.metrics import TrainMetrics
+from trainer.run.tracking import Tracking
 
 KEEP_CHECKPOINTS = 2
 
@@ -55,9 +58,11 @@ class Run:
         self.meter: UsageMeter | None = None  # what they did cost, all ranks
         self.last_shots = 0  # what the last step cost: the next may cost as much
         self.metrics: TrainMetrics | None = None  # Prometheus, rank 0 with --metrics-port
+        self.tracking: Tracking | None = None  # TensorBoard, W&B, csv: rank 0 with --report-to
         self.bar = None  # the progress bar (rank 0 shows it)
         self.stop_asked = False  # SIGTERM or SIGINT on any rank: finish the step, save, stop
         self.stop_reason: str | None = None  # why the run stopped before t.steps (the shot budget)
+        self.jobs = RunJobs.attach(engine.module, t.out, rank)  # provider jobs, recorded in t.out/jobs.jsonl
 
     def resume(self) -> None:
         """Continue from the last checkpoint in t.out: weights, optimizer, scheduler, data position."""
@@ -85,6 +90,8 @@ class Run:
             self.metrics = TrainMetrics(t.metrics_port)
         self.bar = tqdm(total=t.steps, initial=self.step, disable=self.rank != 0, desc="train", unit="step")
         try:
+            if self.rank == 0 and t.report_to:
+                self.tracking = Tracking(t.report_to, t.out, ckpt.read_run(t.out), resumed_at=self.step)
             while self.step < t.steps and not self.stopping():
                 if self.over_budget():
                     break
@@ -101,6 +108,10 @@ class Run:
             self.bar.close()
             if self.metrics:
                 self.metrics.close()
+            if self.tracking:
+                self.tracking.close()
+            if self.jobs:
+                self.jobs.close()
         self.finish()
 
     def over_budget(self) -> bool:
@@ -115,7 +126,9 @@ class Run:
         engine, start = self.engine, time.perf_counter()
         circuit_clock.take()
         total = torch.zeros((), device=engine.device)
-        for _ in range(self.t.grad_accum):
+        for micro in range(self.t.grad_accum):
+            if self.jobs:  # where the run is: the key and record of every hardware job from here
+                self.jobs.at(step=self.step + 1, phase="train", index=micro)
             x, y = next(self.sampler)
             _, loss = engine(x.to(engine.device), y.to(engine.device))
             engine.backward(loss)
@@ -147,6 +160,8 @@ class Run:
         total = torch.zeros(2, device=engine.device)
         for i, (x, y) in zip(range(n), windows):
             if i % self.world == self.rank:
+                if self.jobs:
+                    self.jobs.at(step=self.step, phase="eval", index=i)
                 _, loss = engine(x.to(engine.device), y.to(engine.device))
                 total += torch.stack([loss.float(), loss.new_ones((), dtype=torch.float32)])
         dist.all_reduce(total)
@@ -165,18 +180,23 @@ class Run:
         self.last_shots = usage.shots
         if self.metrics:
             self.metrics.record_usage(self.t.circuits.backend, usage)
-        return {
+        record = {
             "jobs": usage.jobs,
             "circuits": usage.circuits,
             "shots": usage.shots,
             "shots_total": self.meter.shots_total,
         }
+        if self.jobs:  # journaled provider jobs: fetched from an earlier session, or lost and submitted again
+            record.update(jobs_reused=usage.reused, jobs_resubmitted=usage.resubmitted)
+        return record
 
     def log(self, record: dict) -> None:
         """The step's record to log.jsonl (rank 0) and the progress bar."""
         if self.rank == 0:
             with open(self.t.out / ckpt.LOG_FILE, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.tracking:
+                self.tracking.log(record)
         postfix = {"loss": f"{record['loss']:.3f}", "tok_s": f"{record['tokens_per_s']:.0f}"}
         postfix["q"] = f"{record['quantum_share']:.0%}"
         if "jobs" in record:

@@ -48,4 +48,7 @@ def hardware_usage(records: list[dict]) -> dict:
     if not counted:
         return {}
     totals = {k: sum(r[k] for r in counted) for k in ("jobs", "circuits", "shots")}
+    for k in ("jobs_reused", "jobs_resubmitted"):  # a journaled provider's (trainer/run/jobs.py)
+        if any(r.get(k) for r in counted):
+            totals[k] = sum(r.get(k, 0) for r in counted)
     return {"hardware": {**totals, "shots_total": counted[-1]["shots_total"]}}
