@@ -136,10 +136,12 @@ def test_scaling_past_the_head_adds_nodes_and_a_trainer_runs_through_them(cluste
     try:
         wait("the first replica (and its node)", lambda: service.info().get("replicas") == 1, 180)
         service.scale(3)
-        # Info says why they are not there yet while the autoscaler brings their nodes (one snapshot:
-        # by the next call the nodes may be up and nothing pending)
-        info = wait("replicas reported pending", lambda: (i := service.info()).get("pendingReplicas", 0) >= 1 and i, 60)
-        assert "qworker" in info.get("pendingReason", ""), info
+        # while the autoscaler brings their nodes Info says why they are not there yet, if they take
+        # longer than PENDING_S (the fake provider's nodes often come sooner; tests/test_ray.py checks
+        # the report on a cluster that cannot grow)
+        reported = lambda i: i if i.get("pendingReplicas") or i.get("replicas") == 3 else None  # noqa: E731
+        info = wait("pending or placed", lambda: reported(service.info()), 60)
+        assert info["replicas"] == 3 or "qworker" in info.get("pendingReason", ""), info
         wait("three replicas on three simulated nodes", lambda: service.info().get("replicas") == 3, 240)
         assert nodes(tag) == 4
         out = tmp_path / "run"

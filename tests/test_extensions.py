@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import qworker
-from qworker import CircuitSpec, Gradient, get_backend
+from qworker import CircuitSpec, Gradient, get_backend, gradients
+from qworker.backends import registry
 from qworker.client import RemoteError
 from qworker.server.service import ServerConfig, create_server
 
@@ -100,6 +101,9 @@ def plugin(tmp_path_factory):
     qworker.register_backend("noisy", my_extensions.NoisyDevice)
     yield root, my_extensions
     sys.path.remove(str(root))
+    # a process has one registry: the tests after this module see the built-ins alone again
+    gradients._REGISTRY.pop("forward", None)
+    registry._REGISTERED.pop("noisy", None)
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,9 @@ def test_health_info_and_scale_answer_within_100ms_under_load(channel_to):
         stub, health = pb_grpc.QWorkerStub(ch), health_pb2_grpc.HealthStub(ch)
         calls = [stub.Evaluate.future(slow(1024, seed=i), timeout=300) for i in range(16)]  # 8x the workers
         time.sleep(1.0)
-        assert stub.Info(pb.InfoRequest(), timeout=5).queue_depth == 16
+        finished_before = sum(c.done() for c in calls)  # a fast machine may finish a few already
+        depth = stub.Info(pb.InfoRequest(), timeout=5).queue_depth
+        assert 16 - sum(c.done() for c in calls) <= depth <= 16 - finished_before  # every other one admitted
         for _ in range(5):
             start = time.monotonic()
             assert health.Check(health_pb2.HealthCheckRequest(), timeout=0.1).status == 1

@@ -190,14 +190,20 @@ def test_a_replica_killed_mid_request_costs_a_retry_not_a_result(service):
         victim.update(name=members[i].name, pid=pids[i])
         os.kill(pids[i], signal.SIGKILL)
 
+    def deaths() -> dict[str, float]:
+        return {name: r["hyqut_qworker_replica_deaths_total"] for name, r in replica_metrics(server).items()}
+
+    before = deaths()  # the module's earlier tests have killed replicas too
     killer = threading.Timer(0.3, kill_the_busy_one)
     killer.start()
     target, big = address[len("grpc://") :].split("?")[0], [("grpc.max_receive_message_length", 2**26)]
     with grpc.insecure_channel(target, options=big) as channel:  # one request, its units on both replicas
         result = to_result(pb_grpc.QWorkerStub(channel).Evaluate(request, timeout=120))
     killer.join()
-    deaths = {name: r["hyqut_qworker_replica_deaths_total"] for name, r in replica_metrics(server).items()}
-    assert deaths == {m.name: float(m.name == victim["name"]) for m in members}
+    after = deaths()
+    assert {m.name: after[m.name] - before.get(m.name, 0.0) for m in members} == {
+        m.name: float(m.name == victim["name"]) for m in members
+    }
     want = get_backend("local").jacobians(SPEC, theta, angles, Gradient("fd"))
     torch.testing.assert_close(result.jacobians, want, atol=1e-10, rtol=1e-10)
     deadline = time.monotonic() + 60
@@ -205,6 +211,25 @@ def test_a_replica_killed_mid_request_costs_a_retry_not_a_result(service):
         assert time.monotonic() < deadline, "the killed replica never came back"
         time.sleep(0.2)
     assert victim["pid"] not in replica_pids([m for m in server.pool._members if m.state == "live"])
+
+
+def test_replicas_the_cluster_cannot_place_are_reported_pending_with_the_reason(ray_address):
+    """Scale past what the session's Ray holds (no autoscaler): Info names the replicas waiting and
+    what each needs; scaling back down clears it."""
+    with serving(1, max_replicas=64, replica_cpus=4) as (_, port), grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = pb_grpc.QWorkerStub(ch)
+        assert stub.Info(pb.InfoRequest(), timeout=10).pending_replicas == 0
+        stub.Scale(pb.ScaleRequest(replicas=4), timeout=30)  # 16 CPUs asked of 8 (less what others hold)
+        deadline = time.monotonic() + 60
+        while not (info := stub.Info(pb.InfoRequest(), timeout=10)).pending_replicas:
+            assert time.monotonic() < deadline, "no replica reported pending"
+            time.sleep(0.5)
+        assert info.pending_replicas >= 2 and "each needs 4 CPU" in info.pending_reason, info
+        stub.Scale(pb.ScaleRequest(replicas=1), timeout=30)
+        deadline = time.monotonic() + 60
+        while stub.Info(pb.InfoRequest(), timeout=10).pending_replicas:
+            assert time.monotonic() < deadline, "the pending replicas were not dropped"
+            time.sleep(0.5)
 
 
 def test_replicas_follow_the_load_up_and_down(ray_address):
