@@ -38,7 +38,7 @@ def request(want, n, method=None, per_token=False, include=False, seed=0):
 def whole_and_cut(req: pb.EvaluateRequest):
     header = check_request(req, Limits())
     plan = shards.plan(header)
-    answers = [REPLICA.evaluate(shards.piece(req, header, u).SerializeToString())[0] for u in plan]
+    answers = [REPLICA.evaluate(p.SerializeToString())[0] for p in shards.pieces(req, header, plan)]
     whole, *_ = REPLICA.evaluate(req.SerializeToString())
     cut = shards.assemble(header, plan, [pb.EvaluateResponse.FromString(a) for a in answers])
     return plan, to_result(pb.EvaluateResponse.FromString(whole)), to_result(cut)
@@ -96,20 +96,19 @@ def test_kept_jacobians_answer_the_vjp_a_recomputation_does(per_token, n):
     keep.keep_jacobians = True
     header = check_request(keep, Limits())
     plan = shards.plan(header)
-    kept = [pb.EvaluateResponse.FromString(REPLICA.evaluate(shards.piece(keep, header, u).SerializeToString())[0])
-            for u in plan]  # fmt: skip
+    kept = [pb.EvaluateResponse.FromString(REPLICA.evaluate(p.SerializeToString())[0])
+            for p in shards.pieces(keep, header, plan)]  # fmt: skip
     assert all(k.handle and not k.HasField("jacobian_theta") for k in kept)  # the Jacobians stayed here
     with_inputs = request("vjp", n, method, per_token)  # the same inputs (seeded), and an upstream gradient
     vjp_header = check_request(with_inputs, Limits())
     assert shards.plan(vjp_header) == plan
     by_handle = []
-    for u, k in zip(plan, kept):
-        piece = shards.piece(with_inputs, vjp_header, u)
+    for piece, k in zip(shards.pieces(with_inputs, vjp_header, plan), kept):
         piece.ClearField("theta")
         piece.ClearField("angles")
         piece.handle = k.handle
         by_handle.append(pb.EvaluateResponse.FromString(REPLICA.evaluate(piece.SerializeToString())[0]))
-    recomputed = [REPLICA.evaluate(shards.piece(with_inputs, vjp_header, u).SerializeToString())[0] for u in plan]
+    recomputed = [REPLICA.evaluate(p.SerializeToString())[0] for p in shards.pieces(with_inputs, vjp_header, plan)]
     a = to_result(shards.assemble(vjp_header, plan, by_handle)).vjp
     b = to_result(shards.assemble(vjp_header, plan, [pb.EvaluateResponse.FromString(r) for r in recomputed])).vjp
     assert all(torch.equal(x, y) for x, y in zip(a, b))
@@ -120,7 +119,7 @@ def test_kept_jacobians_answer_the_vjp_a_recomputation_does(per_token, n):
     for x, y in zip(a, want):
         torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-12)
     with pytest.raises(HandleGone):  # answered once: its Jacobians are freed
-        piece = shards.piece(with_inputs, vjp_header, plan[0])
+        (piece,) = shards.pieces(with_inputs, vjp_header, plan[:1])
         piece.ClearField("theta")
         piece.ClearField("angles")
         piece.handle = kept[0].handle

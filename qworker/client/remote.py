@@ -239,7 +239,7 @@ class RemoteBackend(Backend):
         whole, header = to_request(ev), ev.header
         size = max_tokens(replace(header, want="vjp", keep_jacobians=False) if keep else header, self.limits)
         units = shards.by_tokens(header.n_tokens, size)
-        requests = [whole] if len(units) == 1 else [shards.piece(whole, header, u) for u in units]
+        requests = [whole] if len(units) == 1 else shards.pieces(whole, header, units)
         for r in requests:
             self._seed(r)
         return header, units, requests

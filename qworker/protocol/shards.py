@@ -5,7 +5,7 @@ bytes: no tensor is rebuilt in torch.
 
     units = plan(header)                             # the server's: [Unit(range(0, 128), range(0, 10)), ...]
     units = by_tokens(header.n_tokens, size)         # the client's: token blocks of at most `size`
-    pieces = [piece(req, header, u) for u in units]  # EvaluateRequests
+    requests = pieces(req, header, units)          # an EvaluateRequest a unit
     whole = assemble(header, units, answers)         # the EvaluateResponse of the whole request
 
 A unit is a block of tokens and, for a Jacobian computed by columns (shift, fd), a block of its
@@ -75,22 +75,26 @@ def by_tokens(n_tokens: int, size: int) -> list[Unit]:
     return [Unit(range(s, min(s + size, n_tokens))) for s in range(0, n_tokens, size)] or [Unit(range(0))]
 
 
-def piece(req: pb.EvaluateRequest, header: Header, unit: Unit) -> pb.EvaluateRequest:
-    """The request of one unit: its rows of angles (and of a per-token theta, of grad_out), its
+def pieces(req: pb.EvaluateRequest, header: Header, units: list[Unit]) -> list[pb.EvaluateRequest]:
+    """The request of each unit: its rows of angles (and of a per-token theta, of grad_out), its
     columns, the expectations only with its token block's first columns. The request's other
-    fields are copied, its tensors' bytes only where the unit's rows are."""
-    out = pb.EvaluateRequest()
-    rows = {"angles", "grad_out", *(("theta",) if header.per_token_theta else ())}
-    for field, value in req.ListFields():
-        if field.name in rows:
-            _rows(getattr(out, field.name), value, unit.tokens)
-        elif field.message_type is not None:
-            getattr(out, field.name).CopyFrom(value)
-        else:
-            setattr(out, field.name, value)
-    if unit.components is not None:
-        out.first_component, out.n_components = unit.components.start, len(unit.components)
-        out.include_expectations = req.include_expectations and unit.first
+    fields are copied; its tensors' bytes are read once and sliced, each unit copying its rows."""
+    rows = [f for f in ("angles", "grad_out", *(("theta",) if header.per_token_theta else ())) if req.HasField(f)]
+    template = pb.EvaluateRequest()
+    template.CopyFrom(req)
+    for field in rows:
+        template.ClearField(field)
+    tensors = [(field, getattr(req, field), memoryview(getattr(req, field).data)) for field in rows]
+    out = []
+    for unit in units:
+        piece = pb.EvaluateRequest()
+        piece.CopyFrom(template)
+        for field, src, data in tensors:
+            _rows(getattr(piece, field), src, data, unit.tokens)
+        if unit.components is not None:
+            piece.first_component, piece.n_components = unit.components.start, len(unit.components)
+            piece.include_expectations = req.include_expectations and unit.first
+        out.append(piece)
     return out
 
 
@@ -124,12 +128,13 @@ def assemble(header: Header, units: list[Unit], parts: list[pb.EvaluateResponse]
     return out
 
 
-def _rows(dst: pb.Tensor, src: pb.Tensor, tokens: range) -> None:
-    """dst = rows `tokens` of src, by slicing its bytes (row-major: a row is contiguous)."""
-    row = len(src.data) // src.shape[0] if src.shape[0] else 0
+def _rows(dst: pb.Tensor, src: pb.Tensor, data: memoryview, tokens: range) -> None:
+    """dst = rows `tokens` of src (whose bytes are `data`), by slicing them (row-major: a row is
+    contiguous)."""
+    row = len(data) // src.shape[0] if src.shape[0] else 0
     dst.dtype = src.dtype
     dst.shape[:] = [len(tokens), *src.shape[1:]]
-    dst.data = src.data[tokens.start * row : tokens.stop * row]
+    dst.data = bytes(data[tokens.start * row : tokens.stop * row])
 
 
 def _array(msg: pb.Tensor) -> np.ndarray:

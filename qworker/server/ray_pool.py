@@ -260,8 +260,8 @@ class RayPool:
             data = await self.inline.evaluate(request, header, timeout)
             if not header.keep_jacobians:
                 return data
-            answer = pb.EvaluateResponse.FromString(data)
-            return self._with_handle(answer, [Held(shards.Unit(range(header.n_tokens)), INLINE, answer.handle)])
+            handle = pb.EvaluateResponse.FromString(data).handle
+            return self._with_handle(data, [Held(shards.Unit(range(header.n_tokens)), INLINE, handle)])
         plan = shards.plan(header)
         if len(plan) == 1 and not header.keep_jacobians:
             return (await self._run([request], until, timeout, header))[0][0]
@@ -269,7 +269,7 @@ class RayPool:
         if not header.keep_jacobians:
             return whole.SerializeToString()
         self._fault_after_keep(held)
-        return self._with_handle(whole, held)
+        return self._with_handle(whole.SerializeToString(), held)
 
     async def _gather(
         self, parsed: pb.EvaluateRequest, header: Header, units: list[Held], until: float | None, timeout: float | None
@@ -278,10 +278,9 @@ class RayPool:
         holds (`replica`, with their `key`) in one call to it. Their answers assembled, and where
         each unit ran with the key its answer carries (a kept unit's)."""
 
-        def unit_request(h: Held) -> bytes:
-            piece = shards.piece(parsed, header, h.unit)
-            piece.handle = h.key
-            return piece.SerializeToString()
+        requests = shards.pieces(parsed, header, [h.unit for h in units])
+        for request, h in zip(requests, units):
+            request.handle = h.key
 
         # one call per replica holding units; free units in BATCHES_PER_REPLICA calls per live replica
         # (each to the least busy), so a request costs the server few calls whatever its units
@@ -291,7 +290,7 @@ class RayPool:
         for i, h in enumerate(units):
             if h.replica is not None:
                 groups.setdefault(id(h.replica), []).append(i)
-        calls = [([unit_request(units[i]) for i in idx], units[idx[0]].replica) for idx in groups.values()]
+        calls = [([requests[i].SerializeToString() for i in idx], units[idx[0]].replica) for idx in groups.values()]
         tasks = [asyncio.ensure_future(self._run(requests, until, timeout, header, where)) for requests, where in calls]
         try:
             answers = await asyncio.gather(*tasks)
@@ -331,7 +330,7 @@ class RayPool:
         except BaseException:
             held.cancel()
             raise
-        return self._with_handle(pb.EvaluateResponse.FromString(answer), held)
+        return self._with_handle(answer, held)
 
     def _fault_after_keep(self, held: list[Held]) -> None:
         """A test's fault (server/faults.py): the replicas that keep these Jacobians die now, before
@@ -352,13 +351,11 @@ class RayPool:
         except Exception as e:  # noqa: BLE001 - recomputing from the inputs will report it, if it recurs
             raise HandleGone(f"handle: its Jacobians were not computed ({type(e).__name__}: {e}); send inputs") from e
 
-    def _with_handle(self, response: pb.EvaluateResponse, held) -> bytes:
-        """`response` with one handle that names where each unit's Jacobians are kept (or a task
-        that will say it)."""
-        out = pb.EvaluateResponse()
-        out.CopyFrom(response)
-        out.handle = self.handles.add(held)
-        return out.SerializeToString()
+    def _with_handle(self, response: bytes, held) -> bytes:
+        """The encoded `response` with one handle that names where each unit's Jacobians are kept
+        (or a task that will say it): appended to its bytes, not decoded (a field that comes again
+        in a message's bytes takes the last value)."""
+        return response + pb.EvaluateResponse(handle=self.handles.add(held)).SerializeToString()
 
     async def _run(
         self, requests: list[bytes], until: float | None, timeout: float | None, header: Header, pinned=None
