@@ -16,6 +16,10 @@ efficiency = speed-up over R = 1, divided by R; spread = the least busy replica'
 the busiest one's during the Jacobian requests (1.00: the work is evenly spread). Each R is a
 server of its own (`python -m qworker serve`, a private Ray), measured after a warm-up, medians
 over --rounds. The in-process rows run the same work in this process (the `local` simulator, all cores as threads).
+
+The pool's replicas are Ray actors: without Ray installed (the GPU machine lent to this project
+has none) the script says so and exits with status 2 before measuring anything; there,
+`bench/vqc.py --device cuda` measures the kernels a `--replica-gpus` replica runs.
 """
 
 from __future__ import annotations
@@ -87,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replica-gpus", type=float, default=0.0)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    try:
+        import ray  # noqa: F401 - the replicas' runtime; only whether it is here
+    except ImportError:
+        p.exit(2, "bench/scaling.py: Ray is not installed here, and the pool's replicas are Ray actors; "
+                  "bench/vqc.py --device cuda measures the kernels a --replica-gpus replica runs\n")  # fmt: skip
     rows = []
     for method in args.methods:
         rows.append(

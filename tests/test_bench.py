@@ -421,3 +421,12 @@ def test_faults_under_load_answer_everything_right():
     assert row["sent"] > 20 and row.get("wrong", 0) == 0, row
     assert not {k for k in row if k.startswith("failed")}, row  # every fault was absorbed by a retry
     assert row["cancelled"] == 5 and len(row["events"]) == 5
+
+
+def test_scaling_without_ray_says_so_and_measures_nothing():
+    """The lent GPU machine has no Ray: the script names what is missing and what to run instead."""
+    hide_ray = "import runpy, sys; sys.modules['ray'] = None; sys.path.insert(0, 'bench'); "
+    hide_ray += "sys.argv = ['bench/scaling.py', '--json']; runpy.run_path('bench/scaling.py', run_name='__main__')"
+    out = subprocess.run([sys.executable, "-c", hide_ray], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == "", out.stderr[-2000:]
+    assert "Ray is not installed" in out.stderr and "bench/vqc.py --device cuda" in out.stderr
