@@ -94,6 +94,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--frontend-cpus", type=float, default=0.0, help="--per-node: CPUs each frontend reserves on its node"
     )
     s.add_argument(
+        "--frontends-per-node",
+        type=int,
+        default=1,
+        metavar="K",
+        help="--per-node: K frontends (processes) a node, each serving --replicas of its own (one frontend core "
+        "routes about one GPU replica's fd tokens: cluster/README.md, 'Scaling model')",
+    )
+    s.add_argument(
         "--advertise",
         metavar="HOST[:PORT]",
         help="the address clients reach this server at, named in answers that carry a handle "
@@ -209,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         return admin(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config_from_args(args)
+    if args.frontends_per_node < 1 or (args.frontends_per_node != 1 and not args.per_node):
+        raise SystemExit(f"--frontends-per-node {args.frontends_per_node}: a count >= 1, and it goes with --per-node")
     if not args.per_node:
         serve(cfg)
         return 0
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--per-node runs a Ray pool on every node: drop --in-process")
     from qworker.server.frontends import serve_per_node  # Ray: a heavy import the other commands do not need
 
-    serve_per_node(cfg, args.nodes, args.frontend_cpus)
+    serve_per_node(cfg, args.nodes, args.frontend_cpus, args.frontends_per_node)
     return 0
 
 

@@ -193,14 +193,15 @@ def slots(node: dict, args) -> int:
 
 def test_every_frontends_replicas_fit_on_its_node(config):
     """A frontend's replicas are pinned to its node: --replicas (and --autoscale's MAX, and
-    --max-replicas) must fit on one node of every type that gets a frontend, or some stay pending
-    for good (no other node may take them)."""
+    --max-replicas), times --frontends-per-node, must fit on one node of every type that gets a
+    frontend, or some stay pending for good (no other node may take them)."""
     args = serve_args(config)
     chosen = replica_nodes(config, args)
     assert chosen, f"no node type offers {args.replica_resource!r}: no frontend would start"
     most = max(
         [args.replicas, args.max_replicas or 0] + ([int(args.autoscale.split(":")[1])] if args.autoscale else [])
     )
+    most *= args.frontends_per_node  # each frontend of a node has replicas of its own
     for name, node in chosen.items():
         assert 1 <= most <= slots(node, args), f"{name} holds {slots(node, args)} replicas of this shape, not {most}"
 

@@ -4,6 +4,7 @@ in-process simulator's; replicas die, scale and vanish while requests flow, and 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,7 +61,11 @@ def serving(replicas: int, **cfg):
 
 def scrape(server) -> list:
     """The samples on the server's /metrics page."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics.port}/metrics", timeout=10) as page:
+    return scrape_url(f"http://127.0.0.1:{server.metrics.port}/metrics")
+
+
+def scrape_url(url: str) -> list:
+    with urllib.request.urlopen(url, timeout=10) as page:
         return [s for f in text_string_to_metric_families(page.read().decode()) for s in f.samples]
 
 
@@ -561,3 +566,52 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("flags", [["--frontends-per-node", "2"], ["--per-node", "--frontends-per-node", "0"]])
+def test_frontends_per_node_is_refused_by_name_where_it_means_nothing(flags):
+    out = subprocess.run([sys.executable, "-m", "qworker", "serve", *flags], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "--frontends-per-node" in out.stderr and "--per-node" in out.stderr, out.stderr
+
+
+def test_several_frontends_a_node_each_serve_replicas_of_their_own(ray_address):
+    """serve --per-node --frontends-per-node 2 on this one-node Ray: two frontends (processes) on
+    the node, each with a pool of its own replica; a client over both spreads its calls and gets
+    the in-process answers; stopping leaves no frontend behind."""
+    from qworker.server.frontends import NAMESPACE, Frontends
+
+    lines: list[str] = []
+    cfg = ServerConfig(port=0, metrics_port=0, replicas=1, simulators=("local",))
+    frontends, stop = Frontends(cfg, per_node=2, out=lambda line, **_: lines.append(line)), threading.Event()
+    runner = threading.Thread(target=frontends.run, args=(stop,))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 180
+        while len(frontends.addresses) < 2:
+            assert time.monotonic() < deadline and runner.is_alive(), "no two frontends:\n" + "\n".join(lines)
+            time.sleep(0.5)
+        addresses = frontends.addresses
+        metrics = [m.group(1) for line in lines if (m := re.search(r"grpc://\S+, metrics (\S+),", line))]
+        assert len(set(addresses)) == 2 and len(metrics) == 2, lines
+        pids = [int(m.group(1)) for line in lines if (m := re.search(r"pid (\d+)$", line))]
+        assert len(set(pids)) == 2  # two processes
+        for address in addresses:
+            info = admin_call(f"grpc://{address}", "Info", pb.InfoRequest())
+            assert info.replicas == 1
+        remote, local = get_backend(f"grpc://{','.join(addresses)}?simulator=local"), get_backend("local")
+        theta, angles = batch(256, seed=8, dtype=torch.float64)
+        grad_out = torch.randn(256, SPEC.n_qubits, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+        want = local.vjp(SPEC, theta, angles, grad_out, Gradient("fd"))
+        for _ in range(4):
+            got = remote.start(SPEC, theta, angles, Gradient("fd")).vjp(grad_out)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+        calls = [sum(s.value for s in scrape_url(url) if s.name == "hyqut_qworker_requests_total"
+                     and s.labels.get("rpc") == "Evaluate") for url in metrics]  # fmt: skip
+        assert min(calls) >= 2, calls  # both frontends served the client's calls
+    finally:
+        stop.set()
+        runner.join(120)
+    assert not runner.is_alive()
+    left = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == NAMESPACE]
+    assert left == [], left

@@ -3,9 +3,11 @@
 On a Ray cluster, every node that can hold a replica runs a frontend: a Ray actor pinned to that
 node that serves the whole gRPC contract (`create_server`: TLS, token, deadlines, admission with
 retry-after, health, Info, Scale, metrics) in front of a RayPool whose replicas are pinned to the
-same node. No process is on every request's path: trainers spread their calls over the frontends
-(`grpc://h1:p1,h2:p2`, or a DNS name with their addresses), and a request's bytes go trainer ->
-frontend -> replica within one node.
+same node (or several frontends a node, `--frontends-per-node K`, each with `--replicas` of its
+own: a frontend is one Python process, and one core routes about one H200's `fd` tokens;
+cluster/README.md, "Scaling model"). No process is on every request's path: trainers spread their
+calls over the frontends (`grpc://h1:p1,h2:p2`, or a DNS name with their addresses), and a
+request's bytes go trainer -> frontend -> replica within one node.
 
 The command on the head (`Frontends`) places a frontend on each such node, follows nodes as they
 join and leave, prints every frontend's address and tells each frontend the others' (Info's
@@ -15,6 +17,7 @@ dies (`max_restarts=-1`: same node, same port); its replicas, actors it owns, di
 started again, so the handles it held are answered NOT_FOUND and clients recompute them.
 
     frontends = Frontends(cfg, nodes=2)     # cfg: the ServerConfig each frontend runs
+    frontends = Frontends(cfg, per_node=4)  # four frontends (four pools) on every node
     frontends.run(stop)                     # until the threading.Event `stop` is set; then stops them
 """
 
@@ -83,6 +86,7 @@ class _Frontend:
     """A node's frontend as the command on the head sees it."""
 
     node: str  # Ray node id
+    key: str  # the node id, and for a node's k-th frontend (k > 0) "-k" after it: its actor's name
     ip: str  # the node's address
     offset: int  # its place among the frontends on the same address (the fake cluster's nodes share one)
     actor: ray.actor.ActorHandle
@@ -97,14 +101,17 @@ class Frontends:
     that share an address (Ray's fake multi-node cluster) get ports `port`, `port + 1`, ... (and
     metrics ports likewise). `nodes` > 0 asks Ray's autoscaler for room for that many nodes' pools
     (request_resources): with `--replicas` a node type's slots, that many nodes. `frontend_cpus`:
-    CPUs each frontend reserves on its node (0: it shares the replicas')."""
+    CPUs each frontend reserves on its node (0: it shares the replicas'). `per_node`: frontends a
+    node, each with a pool of its own (`cfg.replicas` each)."""
 
-    def __init__(self, cfg: ServerConfig, nodes: int = 0, frontend_cpus: float = 0.0, out=print):
+    def __init__(self, cfg: ServerConfig, nodes: int = 0, frontend_cpus: float = 0.0, out=print, per_node: int = 1):
         if cfg.replicas is None:
             raise ValueError("--per-node runs a Ray pool on every node: not with --in-process")
         if cfg.advertise:
             raise ValueError("--advertise names one server; per-node frontends advertise their node's address")
-        self.cfg, self.nodes, self.out = cfg, nodes, out
+        if per_node < 1:
+            raise ValueError(f"--frontends-per-node must be >= 1, got {per_node}")
+        self.cfg, self.nodes, self.out, self.per_node = cfg, nodes, out, per_node
         asks = {
             "CPU": cfg.replica_cpus,
             "GPU": cfg.replica_gpus,
@@ -134,7 +141,7 @@ class Frontends:
         """Place and follow the frontends until `stop` (a threading.Event) is set; then stop them."""
         self.connect()
         if self.nodes:
-            bundle = {name: amount * max(1, self.cfg.replicas) for name, amount in self._asks.items()}
+            bundle = {name: amount * max(1, self.cfg.replicas) * self.per_node for name, amount in self._asks.items()}
             request_resources(bundles=[bundle] * self.nodes)
         try:
             while not stop.is_set():
@@ -151,13 +158,14 @@ class Frontends:
     def follow(self) -> None:
         """One look: a frontend for every new node, none for a node that left; report the ready."""
         nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"] and self._holds_a_replica(n["Resources"])}
-        for node in sorted(set(self._frontends) - set(nodes)):
-            f = self._frontends.pop(node)
+        for key in sorted(k for k, f in self._frontends.items() if f.node not in nodes):
+            f = self._frontends.pop(key)
             ray.kill(f.actor)
-            self.out(f"qworker frontend on node {node[-12:]} ({f.ip}) gone: the node left", flush=True)
-        for node in sorted(set(nodes) - set(self._frontends)):
-            if self._failed.get(node, 0.0) <= time.monotonic():
-                self._place(node, nodes[node]["NodeManagerAddress"])
+            self.out(f"qworker frontend on node {f.node[-12:]} ({f.ip}) gone: the node left", flush=True)
+        for node in sorted(nodes):
+            for key in (node, *(f"{node}-{k}" for k in range(1, self.per_node))):
+                if key not in self._frontends and self._failed.get(key, 0.0) <= time.monotonic():
+                    self._place(node, key, nodes[node]["NodeManagerAddress"])
         self._collect_ready()
         if self.addresses != self._announced:
             self._announced = self.addresses
@@ -180,19 +188,19 @@ class Frontends:
             ray_address=None,
         )
 
-    def _place(self, node: str, ip: str) -> None:
-        """Start (or adopt) the frontend of `node`."""
+    def _place(self, node: str, key: str, ip: str) -> None:
+        """Start (or adopt) the frontend `key` of `node`."""
         taken = {f.offset for f in self._frontends.values() if f.ip == ip}
         offset = next(k for k in range(len(taken) + 1) if k not in taken)
-        cfg, name = self._config_for(ip, offset), f"frontend-{node}"
+        cfg, name = self._config_for(ip, offset), f"frontend-{key}"
         actor = self._adopt(name, cfg)
         if actor is None:
             actor = self._actor_class.options(
                 name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False), **self._actor_options
             ).remote(cfg)
-        f = _Frontend(node, ip, offset, actor)
+        f = _Frontend(node, key, ip, offset, actor)
         f.ready = actor.ready.remote(WARMUP_TIMEOUT_S)
-        self._frontends[node] = f
+        self._frontends[key] = f
 
     def _adopt(self, name: str, cfg: ServerConfig):
         """A frontend left by an earlier command, if it runs `cfg`; one that does not is stopped."""
@@ -238,8 +246,8 @@ class Frontends:
             except Exception as e:  # noqa: BLE001 - its start failed (a port taken, no room): retry later
                 self.out(f"qworker frontend on node {f.node[-12:]} ({f.ip}) failed to start: {e}", flush=True)
                 ray.kill(f.actor, no_restart=True)
-                del self._frontends[f.node]
-                self._failed[f.node] = time.monotonic() + RETRY_AFTER_S
+                del self._frontends[f.key]
+                self._failed[f.key] = time.monotonic() + RETRY_AFTER_S
                 continue
             f.address, f.watch = where["address"], f.actor.serving.remote()
             host = f.address.rsplit(":", 1)[0]
@@ -263,9 +271,9 @@ class Frontends:
             request_resources(bundles=[])
 
 
-def serve_per_node(cfg: ServerConfig, nodes: int = 0, frontend_cpus: float = 0.0) -> None:
+def serve_per_node(cfg: ServerConfig, nodes: int = 0, frontend_cpus: float = 0.0, per_node: int = 1) -> None:
     """`python -m qworker serve --per-node`: the frontends until SIGTERM or Ctrl-C, then stop them."""
-    frontends, stop = Frontends(cfg, nodes, frontend_cpus), threading.Event()
+    frontends, stop = Frontends(cfg, nodes, frontend_cpus, per_node=per_node), threading.Event()
     frontends.connect()  # before the handlers: ray.init sets its own
 
     def on_signal(signum, _frame):
