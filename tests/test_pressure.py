@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from qworker import CircuitSpec, Gradient, get_backend
-from qworker.client import RemoteBackend
+from qworker.client import RemoteBackend, RemoteError
+from qworker.client.connection import Connection
 from qworker.protocol.convert import encode_tensor, to_request, to_result
 from qworker.protocol.evaluation import Evaluation
 from qworker.protocol.wire import qworker_pb2 as pb
@@ -142,6 +143,45 @@ def test_a_full_server_refuses_at_once_with_a_retry_hint_that_the_client_follows
         for c in running:
             assert list(c.result().jacobian_theta.shape) == [2048, 10, 40]
     finally:
+        server.stop(0)
+
+
+class GoingAway(pb_grpc.QWorkerServicer):
+    """In front of a real server: the first `n` Evaluate calls end CANCELLED, as a call does whose
+    stream reached a server shutting down; the rest are passed on."""
+
+    def __init__(self, port: int, n: int):
+        self.upstream, self.left = pb_grpc.QWorkerStub(grpc.insecure_channel(f"127.0.0.1:{port}")), n
+
+    def Evaluate(self, request, context):
+        if self.left > 0:
+            self.left -= 1
+            context.abort(grpc.StatusCode.CANCELLED, "Received RST_STREAM with error code 8")
+        return self.upstream.Evaluate(request, timeout=60)
+
+    def Info(self, request, context):
+        return self.upstream.Info(request, timeout=60)
+
+
+def test_a_call_the_server_side_cancelled_is_retried_and_a_pinned_one_is_not():
+    server, port = started()
+    front = grpc.server(ThreadPoolExecutor(2))
+    pb_grpc.add_QWorkerServicer_to_server(servicer := GoingAway(port, 2), front)
+    front_port = front.add_insecure_port("127.0.0.1:0")
+    front.start()
+    try:
+        theta, angles = torch.rand(40, dtype=torch.float64), torch.rand(4, 20, dtype=torch.float64)
+        before = retries("CANCELLED")
+        z = RemoteBackend(f"grpc://127.0.0.1:{front_port}?simulator=local").expectations(SPEC, theta, angles)
+        torch.testing.assert_close(z, get_backend("local").expectations(SPEC, theta, angles))
+        assert retries("CANCELLED") == before + 2 and servicer.left == 0
+        servicer.left = 1
+        pinned = Connection(f"127.0.0.1:{front_port}", pinned=True)  # a handle's frontend: not waited for
+        with pytest.raises(RemoteError) as e:
+            pinned.call("Evaluate", to_request(Evaluation.of(SPEC, "local", theta, angles)))
+        assert e.value.code == grpc.StatusCode.CANCELLED and retries("CANCELLED") == before + 2
+    finally:
+        front.stop(0)
         server.stop(0)
 
 

@@ -58,12 +58,19 @@ RECOMPUTES = Counter(
 )
 
 
+# A server restarting or going away: UNAVAILABLE, or CANCELLED, which a blocking call of this
+# client never causes itself (a deadline ends it DEADLINE_EXCEEDED) and so comes from the other
+# side: a stream that reached a server as it shut down is reset (RST_STREAM, CANCEL), and calls
+# still running when its grace ends are cancelled.
+GOING_AWAY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
 class Connection:
     """A channel to a qworker server (or to the frontends of a spread `Target`, by round_robin over
     those that are SERVING): the token, TLS, a deadline and an id for every call, and retries of
-    UNAVAILABLE and of a full server's RESOURCE_EXHAUSTED (counted in RETRIES).
-    `pinned`: this one server or nothing (a handle's call, which only it can answer): a call does
-    not wait for it to come back, and UNAVAILABLE is not retried. `tls_name`: the name its TLS
+    UNAVAILABLE or CANCELLED (GOING_AWAY) and of a full server's RESOURCE_EXHAUSTED (counted in
+    RETRIES). `pinned`: this one server or nothing (a handle's call, which only it can answer): a
+    call does not wait for it to come back, and GOING_AWAY is not retried. `tls_name`: the name its TLS
     certificate is checked against (a frontend reached by the address it gave, under a DNS name).
     Picklable: a copy reconnects on first use."""
 
@@ -87,9 +94,10 @@ class Connection:
         self._channel = self._stub = None
 
     def call(self, rpc: str, request):
-        """`rpc` with the token and an id, within the deadline; UNAVAILABLE (the server restarting,
-        or no replica live yet) is retried with jittered backoff, and RESOURCE_EXHAUSTED with a
-        retry-after hint (the server full) after that hint, until the deadline has passed."""
+        """`rpc` with the token and an id, within the deadline; UNAVAILABLE or CANCELLED (the server
+        restarting or going away, or no replica live yet) is retried with jittered backoff, and
+        RESOURCE_EXHAUSTED with a retry-after hint (the server full) after that hint, until the
+        deadline has passed."""
         method = getattr(self._connect(), rpc)
         request_id = uuid.uuid4().hex[:16]
         metadata = ((REQUEST_ID, request_id), *(self._metadata or ()))
@@ -112,7 +120,7 @@ class Connection:
 
     def _retry_after(self, e: grpc.RpcError, delay: float) -> float | None:
         """Seconds to wait before retrying `e`, or None if it is not to be retried."""
-        if e.code() == grpc.StatusCode.UNAVAILABLE and not self.pinned:
+        if e.code() in GOING_AWAY and not self.pinned:
             return delay * random.uniform(0.5, 1.5)
         hint = (
             dict(e.trailing_metadata() or ()).get(RETRY_AFTER)

@@ -41,7 +41,7 @@ from torch import Tensor
 from qworker.backends import Backend, Capabilities, Pending
 from qworker.circuit import VERSION as CIRCUIT_VERSION
 from qworker.circuit import CircuitSpec
-from qworker.client.connection import RECOMPUTES, Connection, RemoteError
+from qworker.client.connection import GOING_AWAY, RECOMPUTES, Connection, RemoteError
 from qworker.client.targets import parse
 from qworker.gradients import Gradient
 from qworker.protocol import shards
@@ -187,7 +187,7 @@ class RemoteBackend(Backend):
             try:
                 return connection.call("Evaluate", _by_handle(requests[i], handle, rows))
             except RemoteError as e:
-                unavailable = connection.pinned and e.code == grpc.StatusCode.UNAVAILABLE
+                unavailable = connection.pinned and e.code in GOING_AWAY
                 if not (e.code == grpc.StatusCode.NOT_FOUND or unavailable):
                     raise
             RECOMPUTES.inc()
