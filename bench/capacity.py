@@ -3,7 +3,7 @@ service allows, and which binds, for today's path and the new one.
 
     python bench/service.py --json > service.json           # the per-token constants, measured
     python bench/capacity.py --service-json service.json    # 1, 8 and 64 H200 replicas, 8 a node
-    python bench/capacity.py --service-json service.json --replicas 64 --gpus-per-node 4 --nic-gbps 40
+    python bench/capacity.py --service-json service.json --replicas 64 --gpus-per-node 4 --frontends-per-node 4
     python bench/capacity.py --service-json service.json --replica cpu --gpus-per-node 1   # CPU replicas
     python bench/capacity.py --service-json service.json --json                            # one object a line
 
@@ -24,12 +24,14 @@ The caps, in layer-tokens/s, for R replicas on n = R / G nodes (G per node; R < 
                  replica with the measuring machine's cores, measured as one: a Ray actor, OpenMP
                  waiting passively; bench/service.py's in-process worker does not wait passively,
                  and lost 6x to one replica on a busy machine);
-- frontend CPU:  f x c x 1e6 / u(T); c frontend cores a node (a Python server's own work holds
-                 the GIL: about one core a process), f frontends (today 1, the head's; new n);
-                 u(T) = u_N + 2 q (1/T - 1/N) us of frontend CPU a layer-token with T tokens a
-                 layer-call: u_N measured at N tokens, q the CPU of a one-token request (its fixed
-                 cost; answered in the server, so without a large request's Ray calls), two
-                 requests a layer-call (forward, backward) on every path;
+- frontend CPU:  f x (1 - z) x 1e6 / u(T); f frontend processes, each one core (a Python
+                 server's own work holds the GIL): today 1, the head's; new n x K, K a node
+                 (`serve --frontends-per-node K`); z the core share a frontend spends with nothing
+                 asked (its quiet rate, bench/service.py's); u(T) = u_N + 2 q (1/T - 1/N) us of
+                 frontend CPU a layer-token with T tokens a layer-call: u_N measured at N tokens
+                 (net of the quiet rate), q the CPU of a one-token request (its fixed cost;
+                 answered in the server, so without a large request's Ray calls), two requests a
+                 layer-call (forward, backward) on every path;
 - NIC, head:     (today only) B / b, B = the NIC's bytes/s each way (Gb/s / 8), b the bytes on the
                  wire a layer-token, both ways together: the head's inbound carries every byte once
                  (the trainers' requests, the replicas' answers), and so does its outbound;
@@ -79,9 +81,10 @@ class PathFigures:
     """One path's per-layer-token constants, as bench/service.py measured them."""
 
     source: str  # bench/service.py's path name(s)
-    cpu_us: float  # frontend CPU per layer-token at the measured N
+    cpu_us: float  # frontend CPU per layer-token at the measured N, net of its quiet rate
     request_cpu_us: float  # frontend CPU of a one-token request (0: not measured)
     bytes: float  # bytes on the wire per layer-token, both ways together
+    quiet: float  # the share of its core a frontend spends with nothing asked
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class Shape:
     replicas: int
     per_node: int  # replicas (GPUs) a node
     nic_gbps: float  # each node's NIC, the head's too, each way
-    frontend_cores: float  # a node's frontend cores (the head's, today)
+    frontends_per_node: int  # K, frontend processes a node, one core each (new path; today: the head's one)
     trainer_ranks: int
     ranks_per_node: int
     trainer_tokens_per_s: float  # s
@@ -127,6 +130,7 @@ def path_figures(row: dict, one_token_ms: dict, *names: str) -> PathFigures:
         cpu_us=row["frontend_cpu_us_per_token"][cpu],
         request_cpu_us=1e3 * one_token_ms.get(cpu, 0.0),
         bytes=max(row["bytes_per_token"][n] for n in names),
+        quiet=row["quiet_cpu_ms_per_s"][cpu] / 1e3,
     )
 
 
@@ -159,10 +163,10 @@ def caps(m: Measured, path: str, shape: Shape, replica_rate: float) -> dict[str,
     """What each cap allows, in layer-tokens/s (None: not on this path)."""
     p = m.today if path == TODAY else m.new
     nic = shape.nic_gbps * 1e9 / 8  # bytes/s each way
-    frontends = 1 if path == TODAY else shape.nodes
+    frontends = 1 if path == TODAY else shape.nodes * shape.frontends_per_node
     return {
         "replicas": shape.replicas * replica_rate,
-        "frontend CPU": frontends * shape.frontend_cores * 1e6 / cpu_us_per_token(p, m.tokens, shape.tokens_per_call),
+        "frontend CPU": frontends * (1 - p.quiet) * 1e6 / cpu_us_per_token(p, m.tokens, shape.tokens_per_call),
         "NIC, head": nic / p.bytes if path == TODAY else None,
         "NIC, nodes": shape.nodes * nic / p.bytes,
         "NIC, trainers": shape.trainer_nodes * nic / p.bytes,
@@ -174,16 +178,22 @@ def binding(allowed: dict[str, float | None]) -> str:
     return min((k for k, v in allowed.items() if v is not None), key=lambda k: allowed[k])
 
 
-def needs(m: Measured, path: str, shape: Shape, replica_rate: float) -> dict[str, float]:
+def needs(m: Measured, path: str, shape: Shape, replica_rate: float) -> dict[str, float | None]:
     """What routing the replicas' whole compute takes at a frontend's node (the head, today): its
-    frontend cores and NIC Gb/s, or, with the given ones, the most frontend CPU and bytes a layer-token."""
+    frontend processes and NIC Gb/s; with the given ones, the most frontend CPU and bytes a
+    layer-token, and the fewest tokens a layer-call (None: no call is large enough)."""
     p = m.today if path == TODAY else m.new
-    per_frontend = shape.replicas * replica_rate / (1 if path == TODAY else shape.nodes)  # layer-tokens/s
+    node = shape.replicas * replica_rate / (1 if path == TODAY else shape.nodes)  # layer-tokens/s a node
+    k = 1 if path == TODAY else shape.frontends_per_node
+    max_cpu = k * (1 - p.quiet) * 1e6 / node
+    # u_N + 2 q (1/T - 1/N) <= max_cpu  <=>  T >= 2 q / (max_cpu - u_N + 2 q / N)
+    room = max_cpu - p.cpu_us + 2 * p.request_cpu_us / m.tokens
     return {
-        "frontend_cores": per_frontend * cpu_us_per_token(p, m.tokens, shape.tokens_per_call) / 1e6,
-        "nic_gbps": per_frontend * p.bytes * 8 / 1e9,
-        "max_cpu_us_per_token": shape.frontend_cores * 1e6 / per_frontend,
-        "max_bytes_per_token": shape.nic_gbps * 1e9 / 8 / per_frontend,
+        "frontends": node * cpu_us_per_token(p, m.tokens, shape.tokens_per_call) / ((1 - p.quiet) * 1e6),
+        "nic_gbps": node * p.bytes * 8 / 1e9,
+        "max_cpu_us_per_token": max_cpu,
+        "max_bytes_per_token": shape.nic_gbps * 1e9 / 8 / node,
+        "min_tokens_per_call": math.ceil(2 * p.request_cpu_us / room) if room > 0 else None,
     }
 
 
@@ -245,11 +255,14 @@ def verdict(rows: list[dict], shape: Shape) -> str:
         f"the lowest routing cap, {low}, allows {si(r['caps'][low])} ({r['caps'][low] / compute:.2f}x). "
     )
     text += "The goal HOLDS with these figures." if r["routing_holds"] else "The goal does NOT hold with these figures."
+    least = need["min_tokens_per_call"]
     return text + (
-        f" Routing all of it takes {need['frontend_cores']:.3g} frontend cores and {need['nic_gbps']:.3g} Gb/s a node;"
-        f" with the given {shape.frontend_cores:g} core(s) and {shape.nic_gbps:g} Gb/s, at most"
+        f" Routing all of it takes {need['frontends']:.3g} frontends and {need['nic_gbps']:.3g} Gb/s a node;"
+        f" with the given {shape.frontends_per_node} frontends and {shape.nic_gbps:g} Gb/s, at most"
         f" {need['max_cpu_us_per_token']:.3g} us of frontend CPU and {need['max_bytes_per_token']:,.0f} B"
-        " a layer-token."
+        " a layer-token, "
+        + (f"so layer-calls of at least {least:,} tokens." if least else "which no size of layer-call reaches.")
+        + f" The trainers ({shape.trainer_ranks} ranks) ask for {si(r['caps']['trainers'])} layer-tokens/s."
     )
 
 
@@ -259,16 +272,17 @@ def header(args, measured: dict[str, Measured], rates: dict[str, tuple[float, st
     for m in (measured[k] for k in args.methods):
         lines.append(
             f"# {args.service_json}, {m.method} at N = {m.tokens:,}: frontend CPU {m.today.cpu_us:.1f} us/token "
-            f"dense, {m.new.cpu_us:.1f} kept; {m.today.bytes:,.0f} B/token dense, {m.new.bytes:,.0f} kept; "
+            f"dense, {m.new.cpu_us:.1f} kept (quiet: {1e3 * m.new.quiet:.1f} ms/s); {m.today.bytes:,.0f} B/token "
+            f"dense, {m.new.bytes:,.0f} kept; "
             f"a replica {m.cpu_replica:,.0f} tokens/s (in-process {m.in_process:,.0f})"
         )
     lines += [f"# a replica, {m}: {rate:,.0f} layer-tokens/s ({source})" for m, (rate, source) in rates.items()]
     ranks = args.trainer_ranks or "as many as replicas"
     lines.append(
         f"# {args.per_node} replicas a node; NIC {args.nic_gbps:g} Gb/s a node, the head's too; "
-        f"{args.frontend_cores:g} frontend core(s) a node; trainer ranks: {ranks}, {args.trainer_ranks_per_node} "
-        f"a node, {args.trainer_tokens_per_s:,.0f} classical tokens/s each; {args.quantum_layers} quantum layers "
-        f"a step; {args.tokens_per_call:,} tokens a layer-call"
+        f"{args.frontends_per_node} frontends a node (the head's one, today); trainer ranks: {ranks}, "
+        f"{args.trainer_ranks_per_node} a node, {args.trainer_tokens_per_s:,.0f} classical tokens/s each; "
+        f"{args.quantum_layers} quantum layers a step; {args.tokens_per_call:,} tokens a layer-call"
     )
     return lines
 
@@ -284,7 +298,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpus-per-node", "--replicas-per-node", dest="per_node", type=int, default=8)
     p.add_argument("--nodes", type=int, help="one shape of this many full nodes (instead of --replicas)")
     p.add_argument("--nic-gbps", type=float, default=25.0, help="each node's NIC (the head's too), Gb/s each way")
-    p.add_argument("--frontend-cores", type=float, default=1.0, help="a node's frontend cores (one a process)")
+    p.add_argument(
+        "--frontends-per-node",
+        type=int,
+        default=8,
+        help="K of `serve --per-node --frontends-per-node K`, one core each (default: one a GPU, 8 a node)",
+    )
     p.add_argument("--trainer-ranks", type=int, help="trainer ranks (default: as many as replicas)")
     p.add_argument("--trainer-ranks-per-node", type=int, default=8)
     p.add_argument(
@@ -297,6 +316,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens-per-call", type=int, default=4096, help="tokens of a layer-call (batch 8 x 512)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.frontends_per_node < 1:
+        p.error(f"--frontends-per-node {args.frontends_per_node}: at least one frontend a node")
     args.sizes = [args.nodes * args.per_node] if args.nodes else sorted(set(args.replicas))
     for r in args.sizes:
         if r < 1 or (r > args.per_node and r % args.per_node):
@@ -321,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                 replicas=r,
                 per_node=args.per_node,
                 nic_gbps=args.nic_gbps,
-                frontend_cores=args.frontend_cores,
+                frontends_per_node=args.frontends_per_node,
                 trainer_ranks=args.trainer_ranks or r,
                 ranks_per_node=args.trainer_ranks_per_node,
                 trainer_tokens_per_s=args.trainer_tokens_per_s,

@@ -17,8 +17,11 @@ each), kept; the same simulator in every replica.
 Reported per path and method: token-circuits/s (tokens x (1 + gradient evaluations), adjoint
 counted as one); the service/in-process ratio; the bytes on the wire per token and quantum layer
 (every request and response of the step, both ways, as the client sent and received them); the
-frontend's CPU per token (the server process alone, replicas excluded) and per request; and the
-per-request overhead, a one-token call through the service minus in-process. The paths take
+frontend's CPU per token (the server process alone, replicas excluded, its threads' run time)
+and per request, net of the server's quiet rate (its CPU per second with nothing asked, measured in
+the same run: Ray's and gRPC's threads, ~2.5 ms/s, which a 19 s CPU call would otherwise charge
+to its tokens and a GPU replica's 20 ms call would not); and the per-request overhead, a
+one-token call through the service minus in-process. The paths take
 turns, round after round, and medians are reported (of the ratios per round): this machine's
 speed drifts by 2x within minutes.
 """
@@ -43,6 +46,7 @@ from prometheus_client import REGISTRY
 from servers import Server
 
 from qworker import CircuitSpec, Gradient, get_backend
+from qworker.server.service import TRIM_EVERY_S, TRIMS_AFTER_BURST
 
 SPEC = CircuitSpec(10, 2)
 
@@ -113,8 +117,9 @@ def main() -> None:
                 remote = get_backend(f"{server.address}?simulator=local&deadline=600&jacobians={jacobians}")
                 label = f"{name}, dense" if jacobians == "dense" else name
                 paths[label] = (functools.partial(through, remote, theta, angles, grad_out), server)
-        rows = [measure(paths, method, n, rounds) for method in ("adjoint", "fd", "shift")]
-        rows.append(overhead(paths, rounds))
+        quiet = quiet_rates(paths)
+        rows = [measure(paths, method, n, rounds, quiet) for method in ("adjoint", "fd", "shift")]
+        rows.append(overhead(paths, rounds, quiet))
     finally:
         conn.send(None)
         for server in servers:
@@ -141,12 +146,31 @@ def timed_calls(run, server, what: str, calls: int = 1) -> tuple[list[float], tu
     return seconds, (server.cpu_s() - before[0], server.evaluate_calls() - before[1], wire_bytes() - before[2])
 
 
-def cpu_ms_per_request(spent: list[tuple[float, float]]) -> float:
-    """CPU ms per request over all rounds together (the kernel counts CPU time in 10 ms ticks)."""
-    return 1e3 * sum(c for c, _, _ in spent) / max(1.0, sum(r for _, r, _ in spent))
+QUIET_S = 5.0  # seconds each server's quiet rate is measured over
 
 
-def measure(paths: dict, method: str, n: int, rounds: int) -> dict:
+def quiet_rates(paths: dict) -> dict[str, float]:
+    """Each server's CPU seconds per second with nothing asked of it, all measured together after
+    a warm-up call each and the trims that follow a burst (qworker.server.service.TRIMS_AFTER_BURST
+    quiet looks, TRIM_EVERY_S apart: collect and trim, a burst's cost, not a quiet server's)."""
+    for run, server in paths.values():
+        if server:
+            run("one")
+    time.sleep((TRIMS_AFTER_BURST + 2) * TRIM_EVERY_S)
+    servers = {name: server for name, (_, server) in paths.items() if server}
+    before = {name: server.cpu_s() for name, server in servers.items()}
+    start = time.perf_counter()
+    time.sleep(QUIET_S)
+    elapsed = time.perf_counter() - start
+    return {name: (server.cpu_s() - before[name]) / elapsed for name, server in servers.items()}
+
+
+def cpu_ms_per_request(spent: list[tuple[float, float, float, float]], quiet: float) -> float:
+    """CPU ms per request over all rounds together, net of the quiet rate over the calls' seconds."""
+    return 1e3 * sum(c - quiet * s for c, _, _, s in spent) / max(1.0, sum(r for _, r, _, _ in spent))
+
+
+def measure(paths: dict, method: str, n: int, rounds: int, quiet: dict[str, float]) -> dict:
     """Each path in turn, `rounds` times (after a warm-up each): medians of rates and of ratios."""
     circuits = n * (1 + Gradient(method).evaluations(SPEC))
     rates = {name: [] for name in paths}
@@ -157,7 +181,7 @@ def measure(paths: dict, method: str, n: int, rounds: int) -> dict:
             if i:
                 rates[name].append(circuits / seconds)
                 if cpu is not None:
-                    cpu_ms[name].append(cpu)
+                    cpu_ms[name].append((*cpu, seconds))
     base = rates["in-process"]
     return dict(
         grad=method,
@@ -165,13 +189,17 @@ def measure(paths: dict, method: str, n: int, rounds: int) -> dict:
         rounds=rounds,
         token_circuits_per_s={name: statistics.median(r) for name, r in rates.items()},
         ratio={name: statistics.median(a / b for a, b in zip(r, base)) for name, r in rates.items()},
-        service_cpu_ms_per_request={name: cpu_ms_per_request(c) for name, c in cpu_ms.items()},
-        frontend_cpu_us_per_token={name: 1e6 * sum(x[0] for x in c) / (n * len(c)) for name, c in cpu_ms.items()},
+        service_cpu_ms_per_request={name: cpu_ms_per_request(c, quiet[name]) for name, c in cpu_ms.items()},
+        frontend_cpu_us_per_token={
+            name: 1e6 * sum(x[0] - quiet[name] * x[3] for x in c) / (n * len(c)) for name, c in cpu_ms.items()
+        },
+        frontend_cpu_us_per_token_raw={name: 1e6 * sum(x[0] for x in c) / (n * len(c)) for name, c in cpu_ms.items()},
+        quiet_cpu_ms_per_s={name: 1e3 * quiet[name] for name in cpu_ms},
         bytes_per_token={name: statistics.median(x[2] for x in c) / n for name, c in cpu_ms.items()},
     )
 
 
-def overhead(paths: dict, rounds: int) -> dict:
+def overhead(paths: dict, rounds: int, quiet: dict[str, float]) -> dict:
     """One-token forward calls through each path, in blocks of 25 that take turns (a block's first
     call is dropped: the previous path's idle threads may still be spinning on the cores)."""
     times = {name: [] for name in paths}
@@ -182,12 +210,12 @@ def overhead(paths: dict, rounds: int) -> dict:
             seconds, cpu = timed_calls(run, server, "one", 25)
             times[name] += seconds
             if cpu is not None:
-                cpu_ms[name].append(cpu)
+                cpu_ms[name].append((*cpu, sum(seconds)))
     ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     return dict(
         one_token_ms=ms,
         overhead_ms={k: v - ms["in-process"] for k, v in ms.items() if k != "in-process"},
-        service_cpu_ms_per_request={name: cpu_ms_per_request(c) for name, c in cpu_ms.items()},
+        service_cpu_ms_per_request={name: cpu_ms_per_request(c, quiet[name]) for name, c in cpu_ms.items()},
     )
 
 
@@ -204,7 +232,8 @@ def format_row(row: dict) -> str:
         f"{row['ratio'][name]:5.2f}x"
         + (
             f"  {row['bytes_per_token'][name]:6.0f} B/token  frontend CPU {row['frontend_cpu_us_per_token'][name]:6.1f}"
-            f" us/token, {cpu[name]:6.2f} ms/request"
+            f" us/token ({row['frontend_cpu_us_per_token_raw'][name]:.1f} with its quiet"
+            f" {row['quiet_cpu_ms_per_s'][name]:.1f} ms/s), {cpu[name]:6.2f} ms/request"
             if name in cpu
             else ""
         )

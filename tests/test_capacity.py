@@ -46,14 +46,16 @@ class FakeServer:
 
 
 # Per path: (seconds of a layer-call of N = 1,000 tokens for fd, for adjoint; frontend CPU us a token for
-# fd, for adjoint; bytes a token for fd, for adjoint; the CPU of a one-token request in ms).
+# fd, for adjoint, net of the quiet rate; bytes a token for fd, for adjoint; the CPU of a one-token
+# request in ms, net; the quiet rate, CPU seconds a second that the server spends beside its work).
 # fd is 122 token-circuits a token (its 121 evaluations and 1), adjoint 2: bench/service.py's count.
 PATHS = {
-    "in-process": ((0.5, 0.5), None, None, None),
-    DENSE: ((2.0, 0.5), (50.0, 3.0), (2500, 300), 1.0),
-    KEPT1: ((1.0, 0.25), (4.0, 2.0), (400, 300), 1.0),
-    KEPT2: ((1.0, 0.25), (5.0, 1.0), (350, 300), 2.0),
+    "in-process": ((0.5, 0.5), None, None, None, None),
+    DENSE: ((2.0, 0.5), (50.0, 3.0), (2500, 300), 1.0, 0.0),
+    KEPT1: ((1.0, 0.25), (4.0, 2.0), (400, 300), 1.0, 0.01),
+    KEPT2: ((1.0, 0.25), (5.0, 1.0), (350, 300), 2.0, 0.1),
 }
+QUIET = {name: p[4] for name, p in PATHS.items() if p[4] is not None}
 
 
 @pytest.fixture(scope="module")
@@ -66,25 +68,25 @@ def service_json(tmp_path_factory) -> Path:
     n = 1000
 
     def path(name: str):
-        seconds, cpu_us, bytes_, one_ms = PATHS[name]
+        seconds, cpu_us, bytes_, one_ms, quiet = PATHS[name]
         server = FakeServer() if cpu_us else None
 
         def run(what: str) -> float:
-            if what == "one":  # a one-token forward call
+            if what == "one":  # a one-token forward call of 1 ms
                 if server:
-                    server.cpu, server.calls = server.cpu + one_ms / 1e3, server.calls + 1
+                    server.cpu, server.calls = server.cpu + one_ms / 1e3 + quiet * 0.001, server.calls + 1
                 return 0.001
             i = ("fd", "adjoint").index(what)
-            if server:  # a layer-call's step: two requests
-                server.cpu, server.calls = server.cpu + cpu_us[i] * n / 1e6, server.calls + 2
+            if server:  # a layer-call's step: two requests, and the quiet rate over its seconds
+                server.cpu, server.calls = server.cpu + cpu_us[i] * n / 1e6 + quiet * seconds[i], server.calls + 2
                 wire[0] += bytes_[i] * n
             return seconds[i]
 
         return run, server
 
     paths = {name: path(name) for name in PATHS}
-    rows = [service.measure(paths, method, n, rounds=1) for method in ("fd", "adjoint")]
-    rows.append(service.overhead(paths, rounds=1))
+    rows = [service.measure(paths, method, n, rounds=1, quiet=QUIET) for method in ("fd", "adjoint")]
+    rows.append(service.overhead(paths, rounds=1, quiet=QUIET))
     out = tmp_path_factory.mktemp("capacity") / "service.json"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))  # what `bench/service.py --json` prints
     del sys.modules["service"]
@@ -96,7 +98,7 @@ def shape(capacity, **changes):
         replicas=16,  # 2 nodes of 8
         per_node=8,
         nic_gbps=8.0,  # 1e9 bytes/s each way
-        frontend_cores=1.0,
+        frontends_per_node=1,
         trainer_ranks=4,  # 2 trainer nodes of 2
         ranks_per_node=2,
         trainer_tokens_per_s=10_000.0,
@@ -113,10 +115,18 @@ def test_reads_bench_service_figures(capacity, service_json):
     # a replica: "service, 1 replica", 1,000 tokens in 1 s; in-process 1,000 in 0.5 s
     assert (fd.cpu_replica, fd.in_process) == pytest.approx((1000.0, 2000.0))
     assert (adjoint.cpu_replica, adjoint.in_process) == pytest.approx((4000.0, 2000.0))
-    assert (fd.today.cpu_us, fd.today.request_cpu_us, fd.today.bytes) == pytest.approx((50.0, 1000.0, 2500))
-    # new: of the two kept paths the larger CPU (fd: 2 replicas', with its one-token request) and the larger bytes
-    assert (fd.new.cpu_us, fd.new.request_cpu_us, fd.new.bytes) == pytest.approx((5.0, 2000.0, 400))
-    assert (adjoint.new.cpu_us, adjoint.new.request_cpu_us, adjoint.new.bytes) == pytest.approx((2.0, 1000.0, 300))
+    # the CPU figures are net of the quiet rate (the raw ones, with it, are in the rows too)
+    assert (fd.today.cpu_us, fd.today.request_cpu_us, fd.today.bytes, fd.today.quiet) == pytest.approx(
+        (50.0, 1000.0, 2500, 0.0)
+    )
+    # new: of the two kept paths the larger CPU (fd: 2 replicas', with its one-token request and quiet
+    # rate) and the larger bytes
+    assert (fd.new.cpu_us, fd.new.request_cpu_us, fd.new.bytes, fd.new.quiet) == pytest.approx((5.0, 2000.0, 400, 0.1))
+    assert (adjoint.new.cpu_us, adjoint.new.request_cpu_us, adjoint.new.quiet) == pytest.approx((2.0, 1000.0, 0.01))
+    rows = [json.loads(line) for line in service_json.read_text().splitlines()]
+    # raw: KEPT2's fd 5 us a token and 0.1 s a second over its 1 s call, for 1,000 tokens: 5 + 100 us
+    assert rows[0]["frontend_cpu_us_per_token_raw"][KEPT2] == pytest.approx(105.0)
+    assert rows[0]["quiet_cpu_ms_per_s"] == pytest.approx({k: 1e3 * v for k, v in QUIET.items()})
 
 
 def test_caps_are_their_formulas(capacity, service_json):
@@ -136,22 +146,27 @@ def test_caps_are_their_formulas(capacity, service_json):
     )
     new = capacity.caps(fd, "new", s, replica_rate=10_000.0)
     assert new["NIC, head"] is None  # the head is not on the new path
-    assert new["frontend CPU"] == pytest.approx(2 * 1e6 / 9)  # a frontend a node: 222,222
+    assert new["frontend CPU"] == pytest.approx(2 * 0.9e6 / 9)  # a frontend a node, 90% of its core free: 200,000
     assert new["NIC, nodes"] == pytest.approx(2 * 1e9 / 400) == new["NIC, trainers"]  # 5,000,000
     rows = capacity.evaluate(fd, s, replica_rate=10_000.0)
     assert [r["path"] for r in rows] == ["today", "new"]
     assert rows[0]["binds"] == "frontend CPU" and rows[0]["layer_tokens_per_s"] == pytest.approx(1e6 / 52)
     assert rows[0]["training_tokens_per_s"] == pytest.approx(1e6 / 52 / 10) and not rows[0]["routing_holds"]
     assert rows[1]["binds"] == "replicas" and rows[1]["routing_holds"]
-    # to route 160,000: today 160,000 x 52 us = 8.32 cores and 160,000 x 2,500 B x 8 = 3.2 Gb/s at the head,
-    # or with 1 core and 8 Gb/s at most 1e6 / 160,000 = 6.25 us and 1e9 / 160,000 = 6,250 B a layer-token;
-    # new, a node's 80,000: 0.72 cores and 0.256 Gb/s, or 12.5 us and 12,500 B
+    # to route 160,000: today 160,000 x 52 us = 8.32 frontends and 160,000 x 2,500 B x 8 = 3.2 Gb/s at the head,
+    # or with 1 frontend and 8 Gb/s at most 1e6 / 160,000 = 6.25 us and 1e9 / 160,000 = 6,250 B a layer-token,
+    # which no call size gives (u(T) >= 50 - 2 x 1,000 / 1,000 = 48 us); new, a node's 80,000: 80,000 x 9 /
+    # 0.9e6 = 0.8 frontends and 0.256 Gb/s, or 0.9e6 / 80,000 = 11.25 us and 12,500 B a layer-token: calls of
+    # T >= 2 x 2,000 / (11.25 - 5 + 2 x 2,000 / 1,000) = 390.2 tokens
     assert rows[0]["needs"] == pytest.approx(
-        {"frontend_cores": 8.32, "nic_gbps": 3.2, "max_cpu_us_per_token": 6.25, "max_bytes_per_token": 6250}
-    )
+        {"frontends": 8.32, "nic_gbps": 3.2, "max_cpu_us_per_token": 6.25, "max_bytes_per_token": 6250,
+         "min_tokens_per_call": None}
+    )  # fmt: skip
     assert rows[1]["needs"] == pytest.approx(
-        {"frontend_cores": 0.72, "nic_gbps": 0.256, "max_cpu_us_per_token": 12.5, "max_bytes_per_token": 12500}
-    )
+        {"frontends": 0.8, "nic_gbps": 0.256, "max_cpu_us_per_token": 11.25, "max_bytes_per_token": 12500,
+         "min_tokens_per_call": 391}
+    )  # fmt: skip
+    assert capacity.cpu_us_per_token(fd.new, 1000, 391) <= 11.25 < capacity.cpu_us_per_token(fd.new, 1000, 390)
 
 
 def test_binding_cap_is_the_least(capacity, service_json):
@@ -164,7 +179,12 @@ def test_binding_cap_is_the_least(capacity, service_json):
             assert row["routing_holds"] == (min(routing) >= allowed["replicas"])
     # T = N: no per-request share moved; one node of one replica
     (_, new) = capacity.evaluate(adjoint, shape(capacity, replicas=1, tokens_per_call=1000), replica_rate=1.0)
-    assert new["nodes"] == 1 and new["caps"]["frontend CPU"] == pytest.approx(1e6 / 2.0)
+    assert new["nodes"] == 1 and new["caps"]["frontend CPU"] == pytest.approx(0.99e6 / 2.0)
+    # K frontends a node: K times the cap
+    (_, four) = capacity.evaluate(
+        adjoint, shape(capacity, replicas=1, tokens_per_call=1000, frontends_per_node=4), replica_rate=1.0
+    )
+    assert four["caps"]["frontend CPU"] == pytest.approx(4 * 0.99e6 / 2.0)
 
 
 def test_runs_end_to_end(capacity, service_json, capsys):
@@ -177,16 +197,21 @@ def test_runs_end_to_end(capacity, service_json, capsys):
     ]
     verdicts = [o for o in out if "goal_holds" in o]
     assert [(v["method"], v["replicas"]) for v in verdicts] == [("fd", 64), ("adjoint", 64)]
-    # fd, 64 replicas of 10,000 on 8 nodes: a frontend each, 8 x 1e6 / 9 = 888,889 >= 640,000, NICs far above: holds;
-    # adjoint (H200's 2,078,490 each): 8 x 1e6 / (2 + 2 x 1,000 x 0.001) = 2,000,000 < 133M: does not
+    # fd, 64 replicas of 10,000 on 8 nodes, 8 frontends each (the default): 64 x 0.9e6 / 9 = 6.4M >= 640,000,
+    # NICs far above: holds; adjoint (H200's 2,078,490 each): 64 x 0.99e6 / (2 + 2 x 1,000 x 0.001) = 15.84M
+    # < 133M: does not
     fd64, adjoint64 = rows[5], rows[11]
-    assert fd64["caps"]["frontend CPU"] == pytest.approx(8e6 / 9) and fd64["binds"] == "replicas"
-    assert adjoint64["caps"]["frontend CPU"] == pytest.approx(8e6 / 4) and adjoint64["binds"] == "frontend CPU"
+    assert fd64["caps"]["frontend CPU"] == pytest.approx(64 * 0.9e6 / 9) and fd64["binds"] == "replicas"
+    assert adjoint64["caps"]["frontend CPU"] == pytest.approx(64 * 0.99e6 / 4)
+    assert adjoint64["binds"] == "frontend CPU"
     assert [v["goal_holds"] for v in verdicts] == [True, False]
     assert out[0]["inputs"]["replica_layer_tokens_per_s"]["fd"][0] == 10_000.0
     assert capacity.main(argv) == 0  # the table
     text = capsys.readouterr().out
     assert "frontend CPU" in text and "The goal HOLDS" in text and "The goal does NOT hold" in text
+    with pytest.raises(SystemExit):  # refused by name
+        capacity.main([*argv, "--frontends-per-node", "0"])
+    assert "--frontends-per-node 0" in capsys.readouterr().err
 
 
 def test_h200_figures_are_docs_performance(capacity):
