@@ -183,6 +183,7 @@ def measure(paths: dict, method: str, n: int, rounds: int, quiet: dict[str, floa
                 if cpu is not None:
                     cpu_ms[name].append((*cpu, seconds))
     base = rates["in-process"]
+    net = {name: [1e6 * (x[0] - quiet[name] * x[3]) / n for x in c] for name, c in cpu_ms.items()}
     return dict(
         grad=method,
         tokens=n,
@@ -190,10 +191,9 @@ def measure(paths: dict, method: str, n: int, rounds: int, quiet: dict[str, floa
         token_circuits_per_s={name: statistics.median(r) for name, r in rates.items()},
         ratio={name: statistics.median(a / b for a, b in zip(r, base)) for name, r in rates.items()},
         service_cpu_ms_per_request={name: cpu_ms_per_request(c, quiet[name]) for name, c in cpu_ms.items()},
-        frontend_cpu_us_per_token={
-            name: 1e6 * sum(x[0] - quiet[name] * x[3] for x in c) / (n * len(c)) for name, c in cpu_ms.items()
-        },
-        frontend_cpu_us_per_token_raw={name: 1e6 * sum(x[0] for x in c) / (n * len(c)) for name, c in cpu_ms.items()},
+        frontend_cpu_us_per_token={name: statistics.median(us) for name, us in net.items()},
+        frontend_cpu_us_per_token_rounds=net,
+        frontend_cpu_us_per_token_raw={k: statistics.median(1e6 * x[0] / n for x in c) for k, c in cpu_ms.items()},
         quiet_cpu_ms_per_s={name: 1e3 * quiet[name] for name in cpu_ms},
         bytes_per_token={name: statistics.median(x[2] for x in c) / n for name, c in cpu_ms.items()},
     )

@@ -106,6 +106,7 @@ def test_service_figures_match_the_wire_format():
             quiet, raw, net = (r[k][path] for k in ("quiet_cpu_ms_per_s", "frontend_cpu_us_per_token_raw",
                                                     "frontend_cpu_us_per_token"))  # fmt: skip
             assert 0 <= quiet < 1000 and 0 < net <= raw, (grad, path, quiet, raw, net)
+            assert r["frontend_cpu_us_per_token_rounds"][path] == [net]  # one round: its median
     (over,) = [r for r in out if "overhead_ms" in r]
     assert set(over["one_token_ms"]) == paths and set(over["overhead_ms"]) == paths - {"in-process"}
     ms = over["one_token_ms"]  # the overhead: a one-token call through the service less one in-process
