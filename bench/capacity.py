@@ -1,8 +1,9 @@
 """The plan to 64 GPU replicas, from measured constants: the throughput each cap of the qworker
 service allows, and which binds, for today's path and the new one.
 
-    python bench/service.py --json > service.json           # the per-token constants, measured
-    python bench/capacity.py --service-json service.json    # 1, 8 and 64 H200 replicas, 8 a node
+    python bench/service.py --json > service.json                      # the per-token constants at N = 16,384
+    python bench/service.py --tokens 4096 --json > service-4096.json   # and at N = 4,096
+    python bench/capacity.py --service-json service.json service-4096.json   # 1, 8, 64 H200 replicas, 8 a node
     python bench/capacity.py --service-json service.json --replicas 64 --gpus-per-node 4 --frontends-per-node 4
     python bench/capacity.py --service-json service.json --replica cpu --gpus-per-node 1   # CPU replicas
     python bench/capacity.py --service-json service.json --json                            # one object a line
@@ -27,11 +28,11 @@ The caps, in layer-tokens/s, for R replicas on n = R / G nodes (G per node; R < 
 - frontend CPU:  f x (1 - z) x 1e6 / u(T); f frontend processes, each one core (a Python
                  server's own work holds the GIL): today 1, the head's; new n x K, K a node
                  (`serve --frontends-per-node K`); z the core share a frontend spends with nothing
-                 asked (its quiet rate, bench/service.py's); u(T) = u_N + 2 q (1/T - 1/N) us of
-                 frontend CPU a layer-token with T tokens a layer-call: u_N measured at N tokens
-                 (net of the quiet rate), q the CPU of a one-token request (its fixed cost;
-                 answered in the server, so without a large request's Ray calls), two requests a
-                 layer-call (forward, backward) on every path;
+                 asked (its quiet rate, bench/service.py's); u(T) = a + b / T us of frontend CPU a
+                 layer-token with T tokens a layer-call (net of the quiet rate): fitted through
+                 bench/service.py's figures at two or more call sizes N (`--service-json` files of
+                 different --tokens); from one N, b = 2q, q the CPU of a one-token request (it is
+                 answered in the server, without a large request's Ray calls: it underestimates b);
 - NIC, head:     (today only) B / b, B = the NIC's bytes/s each way (Gb/s / 8), b the bytes on the
                  wire a layer-token, both ways together: the head's inbound carries every byte once
                  (the trainers' requests, the replicas' answers), and so does its outbound;
@@ -50,7 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from qworker import CircuitSpec, Gradient
 
@@ -81,10 +82,13 @@ class PathFigures:
     """One path's per-layer-token constants, as bench/service.py measured them."""
 
     source: str  # bench/service.py's path name(s)
-    cpu_us: float  # frontend CPU per layer-token at the measured N, net of its quiet rate
+    cpu_us: float  # frontend CPU per layer-token at the largest measured N, net of its quiet rate
     request_cpu_us: float  # frontend CPU of a one-token request (0: not measured)
     bytes: float  # bytes on the wire per layer-token, both ways together
     quiet: float  # the share of its core a frontend spends with nothing asked
+    per_token_us: float = 0.0  # u(T) = per_token_us + per_call_us / T (see `fitted`)
+    per_call_us: float = 0.0
+    fit: str = ""  # how per_token_us and per_call_us were found
 
 
 @dataclass(frozen=True)
@@ -134,29 +138,51 @@ def path_figures(row: dict, one_token_ms: dict, *names: str) -> PathFigures:
     )
 
 
-def read_service_json(path: str) -> dict[str, Measured]:
-    """bench/service.py --json's rows -> its figures by method."""
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.startswith("{")]
-    over = next((r for r in rows if "overhead_ms" in r), {})
-    one_token_ms = over.get("service_cpu_ms_per_request", {})  # the one-token calls' server CPU a request
+def fitted(by_n: dict[int, PathFigures]) -> PathFigures:
+    """One path's figures at one or more call sizes N -> u(T) = a + b / T, the frontend CPU a
+    layer-token with T tokens a layer-call: through the measured (1/N, u_N) by least squares when
+    two or more N were measured; from one N, b = 2q (two requests a layer-call, each costing what
+    a one-token request does). The other figures are the largest N's."""
+    n = max(by_n)
+    ref = by_n[n]
+    if len(by_n) == 1:
+        b, fit = 2 * ref.request_cpu_us, f"N = {n:,}, the per-call part a one-token request's CPU twice"
+    else:
+        xs, us = [1 / k for k in by_n], [p.cpu_us for p in by_n.values()]
+        mx, mu = sum(xs) / len(xs), sum(us) / len(us)
+        b = sum((x - mx) * (u - mu) for x, u in zip(xs, us)) / sum((x - mx) ** 2 for x in xs)
+        fit = "fitted through N = " + ", ".join(f"{k:,}" for k in sorted(by_n))
+    return replace(ref, per_token_us=ref.cpu_us - b / n, per_call_us=b, fit=fit)
+
+
+def read_service_json(paths: str | list[str]) -> dict[str, Measured]:
+    """bench/service.py --json's rows (one file or several, at different N) -> its figures by method."""
+    rows: dict[str, dict[int, tuple[dict, dict]]] = {}
+    for path in [paths] if isinstance(paths, str) else paths:
+        with open(path) as f:
+            lines = [json.loads(line) for line in f if line.startswith("{")]
+        over = next((r for r in lines if "overhead_ms" in r), {})
+        one_token_ms = over.get("service_cpu_ms_per_request", {})  # the one-token calls' server CPU a request
+        for row in (r for r in lines if "grad" in r):
+            rows.setdefault(row["grad"], {})[row["tokens"]] = (row, one_token_ms)
     out = {}
-    for row in (r for r in rows if "grad" in r):
-        per_token = 1 + Gradient(row["grad"]).evaluations(SPEC)  # bench/service.py's token-circuits a token
-        out[row["grad"]] = Measured(
-            method=row["grad"],
+    for method, by_n in rows.items():
+        row, _ = by_n[max(by_n)]
+        per_token = 1 + Gradient(method).evaluations(SPEC)  # bench/service.py's token-circuits a token
+        out[method] = Measured(
+            method=method,
             tokens=row["tokens"],
             cpu_replica=row["token_circuits_per_s"][KEPT[0]] / per_token,
             in_process=row["token_circuits_per_s"]["in-process"] / per_token,
-            today=path_figures(row, one_token_ms, DENSE),
-            new=path_figures(row, one_token_ms, *KEPT),
+            today=fitted({n: path_figures(r, q, DENSE) for n, (r, q) in by_n.items()}),
+            new=fitted({n: path_figures(r, q, *KEPT) for n, (r, q) in by_n.items()}),
         )
     return out
 
 
-def cpu_us_per_token(p: PathFigures, measured_tokens: int, tokens_per_call: int) -> float:
-    """u(T) = u_N + 2 q (1/T - 1/N): the per-request part moved from N tokens a call to T."""
-    return max(0.0, p.cpu_us + 2 * p.request_cpu_us * (1 / tokens_per_call - 1 / measured_tokens))
+def cpu_us_per_token(p: PathFigures, tokens_per_call: int) -> float:
+    """u(T) = a + b / T: frontend CPU a layer-token with T tokens a layer-call (`fitted`)."""
+    return max(0.0, p.per_token_us + p.per_call_us / tokens_per_call)
 
 
 def caps(m: Measured, path: str, shape: Shape, replica_rate: float) -> dict[str, float | None]:
@@ -166,7 +192,7 @@ def caps(m: Measured, path: str, shape: Shape, replica_rate: float) -> dict[str,
     frontends = 1 if path == TODAY else shape.nodes * shape.frontends_per_node
     return {
         "replicas": shape.replicas * replica_rate,
-        "frontend CPU": frontends * (1 - p.quiet) * 1e6 / cpu_us_per_token(p, m.tokens, shape.tokens_per_call),
+        "frontend CPU": frontends * (1 - p.quiet) * 1e6 / cpu_us_per_token(p, shape.tokens_per_call),
         "NIC, head": nic / p.bytes if path == TODAY else None,
         "NIC, nodes": shape.nodes * nic / p.bytes,
         "NIC, trainers": shape.trainer_nodes * nic / p.bytes,
@@ -186,14 +212,13 @@ def needs(m: Measured, path: str, shape: Shape, replica_rate: float) -> dict[str
     node = shape.replicas * replica_rate / (1 if path == TODAY else shape.nodes)  # layer-tokens/s a node
     k = 1 if path == TODAY else shape.frontends_per_node
     max_cpu = k * (1 - p.quiet) * 1e6 / node
-    # u_N + 2 q (1/T - 1/N) <= max_cpu  <=>  T >= 2 q / (max_cpu - u_N + 2 q / N)
-    room = max_cpu - p.cpu_us + 2 * p.request_cpu_us / m.tokens
+    room = max_cpu - p.per_token_us  # a + b / T <= max_cpu  <=>  T >= b / (max_cpu - a)
     return {
-        "frontends": node * cpu_us_per_token(p, m.tokens, shape.tokens_per_call) / ((1 - p.quiet) * 1e6),
+        "frontends": node * cpu_us_per_token(p, shape.tokens_per_call) / ((1 - p.quiet) * 1e6),
         "nic_gbps": node * p.bytes * 8 / 1e9,
         "max_cpu_us_per_token": max_cpu,
         "max_bytes_per_token": shape.nic_gbps * 1e9 / 8 / node,
-        "min_tokens_per_call": math.ceil(2 * p.request_cpu_us / room) if room > 0 else None,
+        "min_tokens_per_call": math.ceil(p.per_call_us / room) if room > 0 else None,
     }
 
 
@@ -271,11 +296,15 @@ def header(args, measured: dict[str, Measured], rates: dict[str, tuple[float, st
     lines = ["# bench/capacity.py: the layer-tokens/s each cap allows (one token through one quantum layer, fwd + bwd)"]
     for m in (measured[k] for k in args.methods):
         lines.append(
-            f"# {args.service_json}, {m.method} at N = {m.tokens:,}: frontend CPU {m.today.cpu_us:.1f} us/token "
-            f"dense, {m.new.cpu_us:.1f} kept (quiet: {1e3 * m.new.quiet:.1f} ms/s); {m.today.bytes:,.0f} B/token "
-            f"dense, {m.new.bytes:,.0f} kept; "
+            f"# {' '.join(args.service_json)}, {m.method} at N = {m.tokens:,}: frontend CPU {m.today.cpu_us:.1f} "
+            f"us/token dense, {m.new.cpu_us:.1f} kept (quiet: {1e3 * m.new.quiet:.1f} ms/s); {m.today.bytes:,.0f} "
+            f"B/token dense, {m.new.bytes:,.0f} kept; "
             f"a replica {m.cpu_replica:,.0f} tokens/s (in-process {m.in_process:,.0f})"
         )
+        lines += [
+            f"#   u(T) {name}: {p.per_token_us:.2f} + {p.per_call_us:,.0f} / T us a layer-token ({p.fit})"
+            for name, p in (("dense", m.today), ("kept", m.new))
+        ]
     lines += [f"# a replica, {m}: {rate:,.0f} layer-tokens/s ({source})" for m, (rate, source) in rates.items()]
     ranks = args.trainer_ranks or "as many as replicas"
     lines.append(
@@ -289,7 +318,12 @@ def header(args, measured: dict[str, Measured], rates: dict[str, tuple[float, st
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--service-json", required=True, help="bench/service.py --json's output (a file)")
+    p.add_argument(
+        "--service-json",
+        required=True,
+        nargs="+",
+        help="bench/service.py --json's output (files: at two or more --tokens, u(T) is fitted through them)",
+    )
     p.add_argument("--methods", nargs="+", default=["fd", "adjoint"], choices=["fd", "adjoint", "shift"])
     p.add_argument("--replica", choices=["h200", "cpu"], default="h200", help="what a replica computes on")
     for method, (rate, source) in H200.items():
@@ -333,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.replica == "h200":
         rates = {m: (getattr(args, f"h200_{m}"), H200[m][1]) for m in args.methods}
     else:
-        rates = {m: (measured[m].cpu_replica, f"{args.service_json}: in-process") for m in args.methods}
+        rates = {
+            m: (measured[m].cpu_replica, f"{' '.join(args.service_json)}: service, 1 replica") for m in args.methods
+        }
 
     rows, verdicts = [], []
     for method in args.methods:

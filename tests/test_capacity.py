@@ -166,7 +166,25 @@ def test_caps_are_their_formulas(capacity, service_json):
         {"frontends": 0.8, "nic_gbps": 0.256, "max_cpu_us_per_token": 11.25, "max_bytes_per_token": 12500,
          "min_tokens_per_call": 391}
     )  # fmt: skip
-    assert capacity.cpu_us_per_token(fd.new, 1000, 391) <= 11.25 < capacity.cpu_us_per_token(fd.new, 1000, 390)
+    assert capacity.cpu_us_per_token(fd.new, 391) <= 11.25 < capacity.cpu_us_per_token(fd.new, 390)
+
+
+def test_cpu_a_token_is_fitted_through_two_call_sizes(capacity, service_json, tmp_path):
+    """With bench/service.py's rows at N = 1,000 and 2,000, u(T) = a + b / T goes through both
+    (one N: b is twice the one-token request's CPU, a what is left of u_N)."""
+    one = capacity.read_service_json(str(service_json))["fd"].new
+    assert (one.per_token_us, one.per_call_us) == pytest.approx((5.0 - 4.0, 2 * 2000.0))  # KEPT2: u 5, q 2 ms
+    rows = [json.loads(line) for line in service_json.read_text().splitlines()]
+    for row in rows[:2]:  # fd's and adjoint's rows, as if measured at N = 2,000
+        row["tokens"] = 2000
+        row["frontend_cpu_us_per_token"] = {**row["frontend_cpu_us_per_token"], KEPT1: 3.0, KEPT2: 4.0}
+    (other := tmp_path / "service-2000.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fd = capacity.read_service_json([str(service_json), str(other)])["fd"]
+    # through (1/1000, 5) and (1/2000, 4): b = 1 / (1/1000 - 1/2000) = 2,000 us, a = 4 - 2,000 / 2,000 = 3 us
+    assert (fd.new.per_token_us, fd.new.per_call_us) == pytest.approx((3.0, 2000.0))
+    assert fd.tokens == 2000 and fd.new.cpu_us == 4.0 and "1,000, 2,000" in fd.new.fit
+    assert capacity.cpu_us_per_token(fd.new, 500) == pytest.approx(7.0)
+    assert capacity.cpu_us_per_token(fd.today, 500) == pytest.approx(50.0)  # dense: the same u at both N
 
 
 def test_binding_cap_is_the_least(capacity, service_json):
