@@ -330,7 +330,9 @@ def test_no_replica_is_a_clear_error_after_the_deadline(ray_address):
         remote = RemoteBackend(f"grpc://127.0.0.1:{port}?simulator=local", deadline_s=3)
         theta, angles = batch(64)  # more than the server answers itself
         start = time.monotonic()
-        with pytest.raises(RemoteError, match="no live qworker replica") as e:
+        # the server's answer, or the client's own deadline when it fires first on a busy machine:
+        # either names what went wrong
+        with pytest.raises(RemoteError, match=r"no live qworker replica|\(deadline 3 s: raise it") as e:
             remote.expectations(SPEC, theta, angles)
         assert e.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         assert time.monotonic() - start < 15
