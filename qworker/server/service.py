@@ -55,7 +55,7 @@ MAX_STATUS_MESSAGE = 1000  # characters: status messages travel in trailers
 ANSWER_MARGIN_S = 0.2  # a request stops waiting for a replica this long before its deadline
 PARSE_INLINE_BYTES = 1 << 20  # larger requests are parsed on a thread, off the event loop
 TRIM_EVERY_S = 1.0
-TRIMS_AFTER_BURST = 3  # quiet looks that collect and trim after a burst (buffers are freed late)
+TRIMS_AFTER_BURST = 3  # quiet looks that trim after a burst (buffers are freed late); the first also collects
 HEALTH_EVERY_S = 0.5  # a frontend's health follows its node's live replicas this often
 WILDCARDS = ("0.0.0.0", "::", "")
 
@@ -341,6 +341,9 @@ class QWorkerServer:
             return
         finally:
             self._started.set()
+        gc.collect()
+        gc.freeze()  # what the started server holds (modules, Ray, gRPC, backends) is never garbage: a
+        # collection looks at what calls allocated since, not at its ~200k objects (60-90 ms a look)
         await self._set_health(True)
         log.info("qworker pool ready: %s", ", ".join(self.pool.backends()))
         self._tasks.append(asyncio.ensure_future(self._trim_when_idle()))
@@ -369,8 +372,8 @@ class QWorkerServer:
     async def _trim_when_idle(self) -> None:
         """Give memory back to the system after a burst: gRPC holds a request's bytes in many small
         buffers, which the allocator keeps once freed, and refused calls leave reference cycles
-        that a quiet server, allocating nothing, would never collect. At each of the first few
-        quiet looks after a burst: collect, then trim."""
+        that a quiet server, allocating nothing, would never collect. At the first quiet look after
+        a burst: collect; at each of the first few: trim (buffers are freed late)."""
         seen, trims = None, 0
         while True:
             await asyncio.sleep(TRIM_EVERY_S)
@@ -378,8 +381,9 @@ class QWorkerServer:
             if self.metrics.serving_now() > 0 or now != seen:
                 trims = TRIMS_AFTER_BURST
             elif trims:
+                if trims == TRIMS_AFTER_BURST:
+                    gc.collect()
                 trims -= 1
-                gc.collect()
                 await asyncio.to_thread(malloc_trim)
             seen = now
 
