@@ -18,6 +18,9 @@ The two paths (bench/service.py's names):
 - new: a frontend on every node, serving that node's replicas, the Jacobians kept where they
   were computed ("service, 1 replica" and "service, 2 replicas": the larger figure of the two):
   each node's NIC carries its own replicas' traffic once each way, its frontend the kept path's CPU.
+  Planning H200 replicas, the frontend's CPU is the one measured at an H200's pace ("service, 1
+  replica, H200 pace", bench/paced.py), when the file has it: a frontend pays a call cold when its
+  replica takes seconds (a CPU replica) and warm when it takes milliseconds (a GPU's).
 
 The caps, in layer-tokens/s, for R replicas on n = R / G nodes (G per node; R < G: one node):
 - replicas:      R x r; r is one replica's layer-tokens/s: an H200's from docs/performance.md
@@ -58,6 +61,7 @@ from qworker import CircuitSpec, Gradient
 SPEC = CircuitSpec(10, 2)  # bench/service.py's circuit
 TODAY, NEW = "today", "new"
 DENSE, KEPT = "service, 1 replica, dense", ("service, 1 replica", "service, 2 replicas")
+PACED = "service, 1 replica, H200 pace"  # bench/service.py's kept path at an H200's pace (bench/paced.py)
 
 # One H200 replica, layer-tokens/s: docs/performance.md, "On a GPU" (bench/device.sh vqc, 2026-11-26,
 # the `local` simulator's torch path, float32, N = 1,048,576: bench/vqc.py's circuits/s, tokens of a
@@ -100,7 +104,12 @@ class Measured:
     cpu_replica: float  # layer-tokens/s of one replica with the measuring machine's cores ("service, 1 replica")
     in_process: float  # layer-tokens/s in-process, for reference
     today: PathFigures
-    new: PathFigures
+    new: PathFigures  # at a CPU replica's pace
+    paced: PathFigures | None = None  # the new path at an H200's pace (None: not in the file)
+
+    def at_pace_of(self, replica: str) -> Measured:
+        """The new path's figures at the pace of the replicas planned for: an H200's when measured."""
+        return replace(self, new=self.paced) if replica == "h200" and self.paced else self
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,9 @@ def read_service_json(paths: str | list[str]) -> dict[str, Measured]:
             in_process=row["token_circuits_per_s"]["in-process"] / per_token,
             today=fitted({n: path_figures(r, q, DENSE) for n, (r, q) in by_n.items()}),
             new=fitted({n: path_figures(r, q, *KEPT) for n, (r, q) in by_n.items()}),
+            paced=fitted({n: path_figures(r, q, PACED) for n, (r, q) in by_n.items()})
+            if all(PACED in r["bytes_per_token"] for r, _ in by_n.values())
+            else None,
         )
     return out
 
@@ -302,7 +314,7 @@ def header(args, measured: dict[str, Measured], rates: dict[str, tuple[float, st
             f"a replica {m.cpu_replica:,.0f} tokens/s (in-process {m.in_process:,.0f})"
         )
         lines += [
-            f"#   u(T) {name}: {p.per_token_us:.2f} + {p.per_call_us:,.0f} / T us a layer-token ({p.fit})"
+            f"#   u(T) {name} ({p.source}): {p.per_token_us:.2f} + {p.per_call_us:,.0f} / T us a layer-token ({p.fit})"
             for name, p in (("dense", m.today), ("kept", m.new))
         ]
     lines += [f"# a replica, {m}: {rate:,.0f} layer-tokens/s ({source})" for m, (rate, source) in rates.items()]
@@ -361,7 +373,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    measured = read_service_json(args.service_json)
+    measured = {k: m.at_pace_of(args.replica) for k, m in read_service_json(args.service_json).items()}
     missing = [m for m in args.methods if m not in measured]
     assert not missing, f"--methods {' '.join(missing)}: not in {args.service_json}"
     if args.replica == "h200":

@@ -14,11 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 
 class Server:
-    """`python -m qworker serve FLAGS` with a private local Ray (unless the flags say otherwise)."""
+    """`python -m qworker serve FLAGS` with a private local Ray (unless the flags say otherwise),
+    its environment this process's with `env` on top."""
 
-    def __init__(self, *flags: str):
+    def __init__(self, *flags: str, env: dict[str, str] | None = None):
         cmd = [sys.executable, "-m", "qworker", "serve", "--port", "0", "--metrics-port", "0", *flags]
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own
+        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **(env or {})}  # a Ray of its own
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         self.address = self.metrics = None
         for line in self.proc.stdout:

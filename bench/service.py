@@ -12,7 +12,12 @@ sent back whole ("dense", the path before resident Jacobians) to be contracted b
 It runs in-process (the `local` simulator, torch threads = all cores, in a process of its own,
 like a trainer's) and through `python -m qworker serve` on 127.0.0.1, each server a process of its
 own with its own local Ray pool: 1 replica (all cores), kept and dense, and 2 replicas (one core
-each), kept; the same simulator in every replica.
+each), kept; the same simulator in every replica. And once more with 1 replica at an H200's pace
+(bench/paced.py: the simulator's exact results in the seconds the H200 of docs/performance.md
+takes, the CPU idle meanwhile), PACED_CALLS calls back to back a round: a frontend routing GPU
+replicas gets a call every few ms and pays each warm, one routing CPU replicas waits seconds and
+pays each cold (~35% more at 4,096 tokens a call). Its frontend CPU is what bench/capacity.py
+plans GPU pools with; its rate is the pace's, not a measurement of a replica.
 
 Reported per path and method: token-circuits/s (tokens x (1 + gradient evaluations), adjoint
 counted as one); the service/in-process ratio; the bytes on the wire per token and quantum layer
@@ -35,12 +40,15 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 from trainer.run.threads import share_cores
 
 share_cores()  # before torch loads OpenMP: the in-process path waits passively, as trainers and replicas do
 
+import paced
 import torch
 from prometheus_client import REGISTRY
 from servers import Server
@@ -49,6 +57,9 @@ from qworker import CircuitSpec, Gradient, get_backend
 from qworker.server.service import TRIM_EVERY_S, TRIMS_AFTER_BURST
 
 SPEC = CircuitSpec(10, 2)
+BENCH = Path(__file__).resolve().parent
+PACED = "service, 1 replica, H200 pace"  # bench/paced.py: the frontend at the pace of the GPU plan
+PACED_CALLS = 10  # its calls a round, back to back: an H200 replica keeps its frontend this busy
 
 
 def step_work(backend, theta, angles, grad_out, grad: Gradient) -> None:
@@ -117,6 +128,12 @@ def main() -> None:
                 remote = get_backend(f"{server.address}?simulator=local&deadline=600&jacobians={jacobians}")
                 label = f"{name}, dense" if jacobians == "dense" else name
                 paths[label] = (functools.partial(through, remote, theta, angles, grad_out), server)
+        folder = paced.install(Path(tempfile.mkdtemp(prefix="hyqut-paced-")))
+        pythonpath = os.pathsep.join(filter(None, (str(folder), str(BENCH), os.environ.get("PYTHONPATH"))))
+        server = Server("--simulators", "paced", "--replicas", "1", env={"PYTHONPATH": pythonpath})
+        servers.append(server)
+        remote = get_backend(f"{server.address}?simulator=paced&deadline=600")
+        paths[PACED] = (functools.partial(through, remote, theta, angles, grad_out), server)
         quiet = quiet_rates(paths)
         rows = [measure(paths, method, n, rounds, quiet) for method in ("adjoint", "fd", "shift")]
         rows.append(overhead(paths, rounds, quiet))
@@ -171,17 +188,20 @@ def cpu_ms_per_request(spent: list[tuple[float, float, float, float]], quiet: fl
 
 
 def measure(paths: dict, method: str, n: int, rounds: int, quiet: dict[str, float]) -> dict:
-    """Each path in turn, `rounds` times (after a warm-up each): medians of rates and of ratios."""
+    """Each path in turn, `rounds` times (after a warm-up each): medians of rates and of ratios.
+    The H200-paced path makes PACED_CALLS calls back to back in its turn (its figures are per
+    call); its rate is the pace's, so it has no ratio to the in-process one."""
     circuits = n * (1 + Gradient(method).evaluations(SPEC))
     rates = {name: [] for name in paths}
     cpu_ms = {name: [] for name, (_, server) in paths.items() if server}
     for i in range(rounds + 1):
         for name, (run, server) in paths.items():
-            (seconds,), cpu = timed_calls(run, server, method)
+            calls = PACED_CALLS if name == PACED else 1
+            seconds, cpu = timed_calls(run, server, method, calls)
             if i:
-                rates[name].append(circuits / seconds)
+                rates[name].append(circuits * calls / sum(seconds))
                 if cpu is not None:
-                    cpu_ms[name].append((*cpu, seconds))
+                    cpu_ms[name].append((cpu[0] / calls, cpu[1] / calls, cpu[2] / calls, sum(seconds) / calls))
     base = rates["in-process"]
     net = {name: [1e6 * (x[0] - quiet[name] * x[3]) / n for x in c] for name, c in cpu_ms.items()}
     return dict(
@@ -189,7 +209,7 @@ def measure(paths: dict, method: str, n: int, rounds: int, quiet: dict[str, floa
         tokens=n,
         rounds=rounds,
         token_circuits_per_s={name: statistics.median(r) for name, r in rates.items()},
-        ratio={name: statistics.median(a / b for a, b in zip(r, base)) for name, r in rates.items()},
+        ratio={name: statistics.median(a / b for a, b in zip(r, base)) for name, r in rates.items() if name != PACED},
         service_cpu_ms_per_request={name: cpu_ms_per_request(c, quiet[name]) for name, c in cpu_ms.items()},
         frontend_cpu_us_per_token={name: statistics.median(us) for name, us in net.items()},
         frontend_cpu_us_per_token_rounds=net,
@@ -229,7 +249,7 @@ def format_row(row: dict) -> str:
         )
     return "\n".join(
         f"{name:<29} {row['grad']:<8} N={row['tokens']:<6} {rate:>10,.0f} token-circuits/s "
-        f"{row['ratio'][name]:5.2f}x"
+        + (f"{row['ratio'][name]:5.2f}x" if name in row["ratio"] else "  pace")
         + (
             f"  {row['bytes_per_token'][name]:6.0f} B/token  frontend CPU {row['frontend_cpu_us_per_token'][name]:6.1f}"
             f" us/token ({row['frontend_cpu_us_per_token_raw'][name]:.1f} with its quiet"

@@ -84,7 +84,8 @@ def test_train_step_costs_follow_the_gradient_methods():
 def test_service_figures_match_the_wire_format():
     n = 256
     out = rows(bench("bench/service.py", "--tokens", str(n), "--rounds", "1", "--json"))
-    paths = {"in-process", "service, 1 replica, dense", "service, 1 replica", "service, 2 replicas"}
+    paced = "service, 1 replica, H200 pace"  # bench/paced.py's replica: exact results at an H200's pace
+    paths = {"in-process", "service, 1 replica, dense", "service, 1 replica", "service, 2 replicas", paced}
     by_grad = {r["grad"]: r for r in out if "grad" in r}
     assert set(by_grad) == {"adjoint", "fd", "shift"}
     # float32 payload per token of one layer's step (docs/design.md, "The wire contract"), 10 qubits:
@@ -95,8 +96,9 @@ def test_service_figures_match_the_wire_format():
     for grad, r in by_grad.items():
         rates = r["token_circuits_per_s"]
         assert set(rates) == paths and all(v > 0 for v in rates.values())
-        # one round: each path's ratio is its rate over the in-process one's
-        assert r["ratio"] == pytest.approx({name: v / rates["in-process"] for name, v in rates.items()})
+        # one round: each path's ratio is its rate over the in-process one's (the paced one's is its pace's)
+        ratios = {name: v / rates["in-process"] for name, v in rates.items() if name != paced}
+        assert r["ratio"] == pytest.approx(ratios)
         assert set(r["bytes_per_token"]) == set(r["service_cpu_ms_per_request"]) == paths - {"in-process"}
         for path, measured in r["bytes_per_token"].items():
             payload = adjoint if grad == "adjoint" else dense if path.endswith("dense") else kept
@@ -111,6 +113,42 @@ def test_service_figures_match_the_wire_format():
     assert set(over["one_token_ms"]) == paths and set(over["overhead_ms"]) == paths - {"in-process"}
     ms = over["one_token_ms"]  # the overhead: a one-token call through the service less one in-process
     assert over["overhead_ms"] == pytest.approx({k: v - ms["in-process"] for k, v in ms.items() if k != "in-process"})
+
+
+def test_paced_replica_answers_the_local_simulators_results_at_the_h200s_pace(monkeypatch, tmp_path):
+    """bench/paced.py: exact `local` results (a repeated call replayed, not recomputed), each call
+    answered no sooner than an H200 would (its rows at ROWS_PER_S; an adjoint VJP at the H200's
+    adjoint rate), and found through its entry point by a process with its folder on the path."""
+    import time
+
+    import torch
+
+    from qworker import CircuitSpec, Gradient, get_backend
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import paced
+
+    spec, n = CircuitSpec(10, 2), 4096
+    g = torch.Generator().manual_seed(0)
+    theta, angles = torch.rand(40, generator=g), torch.rand(n, 20, generator=g)
+    grad_out = torch.rand(n, 10, generator=g)
+    backend, local = paced.PacedBackend(), get_backend("local")
+    rows = n * (1 + Gradient("fd").evaluations(spec))  # fd's shifted rows and the base row
+    for _ in range(2):  # computed, then replayed
+        start = time.perf_counter()
+        j = backend.jacobians(spec, theta, angles, Gradient("fd"))
+        assert time.perf_counter() - start >= (rows - n) / paced.ROWS_PER_S  # its shifted rows at least
+        assert all(torch.equal(a, b) for a, b in zip(j, local.jacobians(spec, theta, angles, Gradient("fd"))))
+        start = time.perf_counter()
+        vjp = backend.vjp(spec, theta, angles, grad_out, Gradient("adjoint"))
+        assert time.perf_counter() - start >= n * paced.ADJOINT_S_PER_TOKEN > 0
+        exact = local.vjp(spec, theta, angles, grad_out, Gradient("adjoint"))
+        assert all(torch.equal(a, b) for a, b in zip(vjp, exact))
+    assert len(backend._memo) == 2  # one fd batch, one VJP: the second pass replayed both
+    folder = paced.install(tmp_path)
+    code = "from qworker.backends.registry import backend_class; print(backend_class('paced').__name__)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT / "bench"), str(ROOT)])}
+    assert bench("-c", code, env=env).stdout.strip() == "PacedBackend"
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 DENSE, KEPT1, KEPT2 = "service, 1 replica, dense", "service, 1 replica", "service, 2 replicas"
+PACED = "service, 1 replica, H200 pace"
 
 
 def load(name: str):
@@ -230,6 +231,50 @@ def test_runs_end_to_end(capacity, service_json, capsys):
     with pytest.raises(SystemExit):  # refused by name
         capacity.main([*argv, "--frontends-per-node", "0"])
     assert "--frontends-per-node 0" in capsys.readouterr().err
+
+
+def test_h200_plans_take_the_frontend_measured_at_an_h200s_pace(capacity, tmp_path, capsys):
+    """bench/service.py's H200-paced path makes PACED_CALLS calls a round, its figures per call and
+    no ratio to in-process; a plan for H200 replicas takes the new path's frontend from it, a plan
+    for CPU replicas from the kept paths at a CPU replica's pace."""
+    service = load("service")
+    wire, n = [0.0], 1000
+    service.wire_bytes = lambda: wire[0]
+
+    def path(cpu_us: float, seconds: float):
+        server = FakeServer()
+
+        def run(what: str) -> float:
+            if what == "one":
+                server.cpu, server.calls = server.cpu + 1e-3, server.calls + 1
+                return 0.001
+            server.cpu, server.calls = server.cpu + cpu_us * n / 1e6, server.calls + 2
+            wire[0] += 240 * n
+            return seconds
+
+        return run, server
+
+    paths = {"in-process": (lambda what: 0.5, None), DENSE: path(50.0, 2.0), KEPT1: path(4.0, 1.0),
+             KEPT2: path(5.0, 1.0), PACED: path(3.0, 0.02)}  # fmt: skip
+    quiet = dict.fromkeys(list(paths)[1:], 0.0)
+    rows = [service.measure(paths, m, n, rounds=1, quiet=quiet) for m in ("fd", "adjoint")]
+    rows.append(service.overhead(paths, rounds=1, quiet=quiet))
+    del sys.modules["service"]
+    fd = rows[0]
+    assert PACED not in fd["ratio"] and set(fd["ratio"]) == set(paths) - {PACED}
+    assert fd["token_circuits_per_s"][PACED] == pytest.approx(n * 122 / 0.02)  # per call, its pace
+    assert fd["frontend_cpu_us_per_token"][PACED] == pytest.approx(3.0) and fd["bytes_per_token"][PACED] == 240
+    assert fd["service_cpu_ms_per_request"][PACED] == pytest.approx(3.0 * n / 1e3 / 2)  # two requests a call
+    # its calls: (1 + rounds) x PACED_CALLS a method, two requests each, then the one-token blocks of 26
+    assert paths[PACED][1].calls == 2 * 2 * service.PACED_CALLS * 2 + 2 * 26
+    (f := tmp_path / "service.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = capacity.read_service_json(str(f))["fd"]
+    assert (m.new.cpu_us, m.paced.cpu_us, m.paced.source) == (5.0, pytest.approx(3.0), PACED)
+    assert m.at_pace_of("h200").new == m.paced and m.at_pace_of("cpu").new == m.new
+    assert capacity.main(["--service-json", str(f), "--methods", "fd"]) == 0
+    assert f"u(T) kept ({PACED})" in capsys.readouterr().out
+    assert capacity.main(["--service-json", str(f), "--methods", "fd", "--replica", "cpu"]) == 0
+    assert f"u(T) kept ({KEPT1} / {KEPT2})" in capsys.readouterr().out
 
 
 def test_h200_figures_are_docs_performance(capacity):
