@@ -156,12 +156,14 @@ def fitted(by_n: dict[int, PathFigures]) -> PathFigures:
     ref = by_n[n]
     if len(by_n) == 1:
         b, fit = 2 * ref.request_cpu_us, f"N = {n:,}, the per-call part a one-token request's CPU twice"
-    else:
-        xs, us = [1 / k for k in by_n], [p.cpu_us for p in by_n.values()]
-        mx, mu = sum(xs) / len(xs), sum(us) / len(us)
-        b = sum((x - mx) * (u - mu) for x, u in zip(xs, us)) / sum((x - mx) ** 2 for x in xs)
-        fit = "fitted through N = " + ", ".join(f"{k:,}" for k in sorted(by_n))
-    return replace(ref, per_token_us=ref.cpu_us - b / n, per_call_us=b, fit=fit)
+        return replace(ref, per_token_us=ref.cpu_us - b / n, per_call_us=b, fit=fit)
+    xs, us = [1 / k for k in by_n], [p.cpu_us for p in by_n.values()]
+    mx, mu = sum(xs) / len(xs), sum(us) / len(us)
+    b = sum((x - mx) * (u - mu) for x, u in zip(xs, us)) / sum((x - mx) ** 2 for x in xs)
+    fit = "fitted through N = " + ", ".join(f"{k:,}" for k in sorted(by_n))
+    if b < 0:  # a call cannot cost less than nothing: the larger call's figure was the noisier
+        b, fit = 0.0, fit + "; its per-call part came out below 0 (noise), taken as 0: a = the mean"
+    return replace(ref, per_token_us=mu - b * mx, per_call_us=b, fit=fit)
 
 
 def read_service_json(paths: str | list[str]) -> dict[str, Measured]:

@@ -186,6 +186,11 @@ def test_cpu_a_token_is_fitted_through_two_call_sizes(capacity, service_json, tm
     assert fd.tokens == 2000 and fd.new.cpu_us == 4.0 and "1,000, 2,000" in fd.new.fit
     assert capacity.cpu_us_per_token(fd.new, 500) == pytest.approx(7.0)
     assert capacity.cpu_us_per_token(fd.today, 500) == pytest.approx(50.0)  # dense: the same u at both N
+    for row in rows[:2]:  # the larger call dearer a token than the smaller (noise): no negative per-call part
+        row["frontend_cpu_us_per_token"] = {**row["frontend_cpu_us_per_token"], KEPT1: 3.0, KEPT2: 7.0}
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fd = capacity.read_service_json([str(service_json), str(other)])["fd"]
+    assert (fd.new.per_token_us, fd.new.per_call_us) == pytest.approx((6.0, 0.0)) and "taken as 0" in fd.new.fit
 
 
 def test_binding_cap_is_the_least(capacity, service_json):
