@@ -193,6 +193,26 @@ def test_third_party_plugin_is_found(plugins):
         qworker.jacobians(spec, theta, angles, "adjoint", backend)
 
 
+def test_a_replica_looks_a_plugin_up_once_not_per_request(plugins, monkeypatch):
+    """Reading the entry points scans every installed distribution's metadata (~3 ms): a replica
+    does it when it starts, not for each request it serves."""
+    from qworker.protocol.convert import to_request
+    from qworker.protocol.evaluation import Evaluation
+    from qworker.server.replica import Replica
+
+    plugins(fakedev="hyqut_fake_plugin:FakeDeviceBackend")
+    replica = Replica(("local", "fakedev"))
+    replica.start()
+    scans, scan = [], metadata.entry_points
+    monkeypatch.setattr(metadata, "entry_points", lambda **p: scans.append(p) or scan(**p))
+    spec = CircuitSpec(2, 1)
+    theta, angles = batch(spec, 3)
+    for _ in range(3):
+        data, _, _ = replica.evaluate(to_request(Evaluation.of(spec, "fakedev", theta, angles)).SerializeToString())
+        assert len(data) > 0
+    assert scans == []
+
+
 def test_builtin_names_win_over_plugins(plugins):
     plugins(local="hyqut_fake_plugin:FakeDeviceBackend")
     assert type(get_backend("local")) is LocalBackend
