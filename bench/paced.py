@@ -2,8 +2,7 @@
 
 No GPU runs here, and a CPU replica answers a 4,096-token `fd` layer-call in seconds where an
 H200 takes ~17 ms: a frontend serving CPU replicas goes idle between calls and pays each call
-cold (measured: 21 ms of frontend CPU a 4,096-token `fd` call at a CPU replica's pace against
-15.5 ms at an H200's, the same code, bytes and replies; docs/performance.md). `PacedBackend` is
+cold, one serving a GPU pays it warm (docs/performance.md, "At an H200's pace"). `PacedBackend` is
 the `local` simulator answering as fast as the H200 measured in docs/performance.md
 (bench/capacity.py's `H200`): each distinct call is computed once, for real, and its exact
 result replayed for the same inputs, after the seconds the H200 would take, with the CPU idle

@@ -16,7 +16,7 @@ each), kept; the same simulator in every replica. And once more with 1 replica a
 (bench/paced.py: the simulator's exact results in the seconds the H200 of docs/performance.md
 takes, the CPU idle meanwhile), PACED_CALLS calls back to back a round: a frontend routing GPU
 replicas gets a call every few ms and pays each warm, one routing CPU replicas waits seconds and
-pays each cold (~35% more at 4,096 tokens a call). Its frontend CPU is what bench/capacity.py
+pays each cold (docs/performance.md, "At an H200's pace"). Its frontend CPU is what bench/capacity.py
 plans GPU pools with; its rate is the pace's, not a measurement of a replica.
 
 Reported per path and method: token-circuits/s (tokens x (1 + gradient evaluations), adjoint
