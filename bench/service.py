@@ -50,6 +50,7 @@ share_cores()  # before torch loads OpenMP: the in-process path waits passively,
 
 import paced
 import torch
+from capacity import PACED
 from prometheus_client import REGISTRY
 from servers import Server
 
@@ -58,7 +59,6 @@ from qworker.server.service import TRIM_EVERY_S, TRIMS_AFTER_BURST
 
 SPEC = CircuitSpec(10, 2)
 BENCH = Path(__file__).resolve().parent
-PACED = "service, 1 replica, H200 pace"  # bench/paced.py: the frontend at the pace of the GPU plan
 PACED_CALLS = 10  # its calls a round, back to back: an H200 replica keeps its frontend this busy
 
 
