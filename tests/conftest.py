@@ -24,6 +24,8 @@ def ray_address():
     die with the thread that starts them); subprocesses join it through $RAY_ADDRESS."""
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)  # 8 logical CPUs: room for 8 replicas
+    from qworker.server.ray_pool import init_ray
+
+    init_ray(None, num_cpus=8)  # as a server starts one; 8 logical CPUs: room for 8 replicas
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

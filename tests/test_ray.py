@@ -141,6 +141,31 @@ def test_results_are_the_same_bits_with_1_2_and_3_replicas(ray_address):
     torch.testing.assert_close(j, want, atol=1e-4, rtol=1e-4)  # float32 fd: rounding over delta
 
 
+def test_request_bytes_go_inside_ray_calls_not_through_the_object_store(service, ray_address):
+    """Up to INLINE_BYTES a unit's bytes and its results ride in the Ray call itself (a put and a
+    get fewer, ~1/3 of a frontend's CPU a layer-call); Ray's default would store each unit over 100 KiB."""
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    def stored_bytes() -> int:
+        return get_memory_info_reply(get_state_from_address(ray_address)).store_stats.cumulative_created_bytes
+
+    server, address = service
+    theta, angles = batch(8192, seed=7)  # ~1 MB a request: 2 replicas, each unit over 100 KiB
+    grad_out = torch.randn(8192, SPEC.n_qubits, generator=torch.Generator().manual_seed(7))
+    remote, local = get_backend(address), get_backend("local")
+
+    def served() -> list[float]:
+        return [m["hyqut_qworker_replica_evaluations_total"] for m in replica_metrics(server).values()]
+
+    before, calls = stored_bytes(), served()
+    got = remote.start(SPEC, theta, angles, Gradient("adjoint")).vjp(grad_out)
+    assert stored_bytes() - before < 100_000
+    assert len(calls) == 2 and all(a > b for a, b in zip(served(), calls))  # both replicas got units
+    want = local.start(SPEC, theta, angles, Gradient("adjoint")).vjp(grad_out)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
 def test_gradients_started_in_forward_equal_the_vjp_of_backward(service):
     remote = get_backend(service[1])
     theta, angles = batch(300, seed=1, dtype=torch.float64)

@@ -35,7 +35,7 @@ from ray.autoscaler.sdk import request_resources
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from qworker.server.ray_pool import WARMUP_TIMEOUT_S
+from qworker.server.ray_pool import INLINE_ENV, WARMUP_TIMEOUT_S, init_ray
 from qworker.server.service import WILDCARDS, ServerConfig, create_server
 
 log = logging.getLogger("qworker.frontends")
@@ -120,7 +120,8 @@ class Frontends:
         self._asks = {name: amount for name, amount in asks.items() if amount > 0}  # one replica's
         self._actor_class = ray.remote(FrontendActor)
         self._actor_options = dict(
-            namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_concurrency=8, num_cpus=frontend_cpus
+            namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_concurrency=8, num_cpus=frontend_cpus,
+            runtime_env={"env_vars": INLINE_ENV},
         )
         self._frontends: dict[str, _Frontend] = {}
         self._failed: dict[str, float] = {}  # node -> when its frontend may be tried again
@@ -129,13 +130,7 @@ class Frontends:
     def connect(self) -> None:
         """Join the Ray cluster (`cfg.ray_address`; None: $RAY_ADDRESS, else a new local Ray)."""
         if not ray.is_initialized():
-            ray.init(
-                address=self.cfg.ray_address,
-                namespace=NAMESPACE,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
+            init_ray(self.cfg.ray_address, namespace=NAMESPACE)
 
     def run(self, stop) -> None:
         """Place and follow the frontends until `stop` (a threading.Event) is set; then stop them."""

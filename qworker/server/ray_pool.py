@@ -10,8 +10,8 @@ the in-process pool, so the service does not know which one it talks to.
 What Ray gives and we use: actors (a replica is a process; Ray schedules it on a node with the
 CPUs, GPUs and custom resource it asks for), restarts (`max_restarts=-1`: a replica that dies is
 restarted by Ray), `ray.cancel` (a queued request never runs; a running one is cancelled in the
-replica, which stops its simulators at their next check), and the object store for the request
-and response bytes. What is ours: the least-busy live replica for each request, a retry on
+replica, which stops its simulators at their next check), and its RPCs for the request and
+response bytes (inside the call up to INLINE_BYTES, not through the object store: `init_ray`). What is ours: the least-busy live replica for each request, a retry on
 another replica when one dies mid-request (an evaluation is a pure function of its request, so
 the retry returns exactly what the lost call would have), and draining a replica before removal.
 
@@ -52,6 +52,22 @@ MAX_RETIRED = 1000  # removed replicas whose totals stay in the metrics
 MAX_ATTEMPTS = 3  # replicas a request may see die before it fails
 INLINE = "inline"  # where a unit kept by the server's own replica is
 BATCHES_PER_REPLICA = 2  # calls a request's units go in, per live replica: few calls, and the load still spread
+# Ray passes an argument or result up to this size inside the call's RPC; a larger one goes
+# through the node's object store, a put and a get more (Ray's default threshold is 100 KiB).
+# A frontend's CPU a 4,096-token layer-call, at an H200's pace: 7.2 -> 4.8 ms (adjoint), 13.8 ->
+# 10.6 (fd) (docs/performance.md, "At an H200's pace").
+INLINE_BYTES = 8 << 20
+INLINE_ENV = {"RAY_max_direct_call_object_size": str(INLINE_BYTES)}  # what Ray reads it from
+
+
+def init_ray(address: str | None, **options) -> None:
+    """Join the Ray cluster at `address` (None: $RAY_ADDRESS, else start a local Ray) with this
+    process's calls passing up to INLINE_BYTES inline, as the processes of a local Ray started
+    here do (they inherit it); actors get it through their runtime_env, so a cluster started
+    without it does the same. A value already in the environment is kept."""
+    for name, value in INLINE_ENV.items():
+        os.environ.setdefault(name, value)
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **options)
 
 
 class ReplicaActor:
@@ -144,18 +160,19 @@ class RayPool:
         self.inline_work = inline_work
         self.names, self.target = tuple(names), replicas
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            init_ray(address)
         self.node, self.faults = node, faults or Faults()
         self._threads = max(1, int(cpus))
         # OpenMP set before the replica imports torch: its CPUs as threads, and idle threads that
-        # sleep instead of spinning against whatever shares the node (trainer/run/threads.py)
-        openmp = {"OMP_NUM_THREADS": str(self._threads), "OMP_WAIT_POLICY": "PASSIVE"}
+        # sleep instead of spinning against whatever shares the node (trainer/run/threads.py); its
+        # results inline up to INLINE_BYTES
+        env = {"OMP_NUM_THREADS": str(self._threads), "OMP_WAIT_POLICY": "PASSIVE", **INLINE_ENV}
         self._actor_class = ray.remote(concurrency_groups={"compute": 1})(ReplicaActor).options(
             num_cpus=cpus,
             num_gpus=gpus,
             resources={resource: 1} if resource else None,
             max_restarts=-1,
-            runtime_env={"env_vars": openmp},
+            runtime_env={"env_vars": env},
             scheduling_strategy=None if node is None else NodeAffinitySchedulingStrategy(node, soft=False),
         )
         self._asks = {"CPU": cpus, "GPU": gpus, **({resource: 1.0} if resource else {})}  # per replica
