@@ -227,8 +227,11 @@ def needs(m: Measured, path: str, shape: Shape, replica_rate: float) -> dict[str
     k = 1 if path == TODAY else shape.frontends_per_node
     max_cpu = k * (1 - p.quiet) * 1e6 / node
     room = max_cpu - p.per_token_us  # a + b / T <= max_cpu  <=>  T >= b / (max_cpu - a)
+    asked = min(shape.replicas * replica_rate, caps(m, path, shape, replica_rate)["trainers"])
+    asked /= 1 if path == TODAY else shape.nodes  # what the trainers can use of it, a node
     return {
         "frontends": node * cpu_us_per_token(p, shape.tokens_per_call) / ((1 - p.quiet) * 1e6),
+        "frontends_for_asked": asked * cpu_us_per_token(p, shape.tokens_per_call) / ((1 - p.quiet) * 1e6),
         "nic_gbps": node * p.bytes * 8 / 1e9,
         "max_cpu_us_per_token": max_cpu,
         "max_bytes_per_token": shape.nic_gbps * 1e9 / 8 / node,
@@ -253,6 +256,8 @@ def evaluate(m: Measured, shape: Shape, replica_rate: float) -> list[dict]:
                 layer_tokens_per_s=allowed[binds],
                 training_tokens_per_s=allowed[binds] / shape.quantum_layers,
                 routing_holds=routing >= allowed["replicas"],  # no routing cap below the replicas' compute
+                # nor below what the trainers can use of it (less, when the replicas outpace them)
+                routes_asked=routing >= min(allowed["replicas"], allowed["trainers"]),
                 needs=needs(m, path, shape, replica_rate),
             )
         )
@@ -301,7 +306,15 @@ def verdict(rows: list[dict], shape: Shape) -> str:
         f" {need['max_cpu_us_per_token']:.3g} us of frontend CPU and {need['max_bytes_per_token']:,.0f} B"
         " a layer-token, "
         + (f"so layer-calls of at least {least:,} tokens." if least else "which no size of layer-call reaches.")
-        + f" The trainers ({shape.trainer_ranks} ranks) ask for {si(r['caps']['trainers'])} layer-tokens/s."
+        + f" The trainers ({shape.trainer_ranks} ranks) ask for {si(r['caps']['trainers'])} layer-tokens/s"
+        + (
+            f", {r['caps']['trainers'] / compute:.2f}x what the replicas compute: the routing caps allow"
+            f" {r['caps'][low] / asked:.2f}x what the trainers can use, which "
+            + ("they route" if r["routes_asked"] else "they do NOT route")
+            + f" (it takes {need['frontends_for_asked']:.3g} frontends a node)."
+            if (asked := min(compute, r["caps"]["trainers"])) < compute
+            else "."
+        )
     )
 
 
@@ -401,7 +414,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             rows += evaluate(measured[method], shape, rates[method][0])
         text = verdict(rows, shape)
-        verdicts.append(dict(method=method, replicas=shape.replicas, goal_holds=rows[-1]["routing_holds"], text=text))
+        verdicts.append(
+            dict(
+                method=method,
+                replicas=shape.replicas,
+                goal_holds=rows[-1]["routing_holds"],
+                routes_asked=rows[-1]["routes_asked"],
+                text=text,
+            )
+        )
 
     if args.json:
         inputs = {k: v for k, v in vars(args).items() if k != "json"}

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -113,6 +114,18 @@ def test_service_figures_match_the_wire_format():
     assert set(over["one_token_ms"]) == paths and set(over["overhead_ms"]) == paths - {"in-process"}
     ms = over["one_token_ms"]  # the overhead: a one-token call through the service less one in-process
     assert over["overhead_ms"] == pytest.approx({k: v - ms["in-process"] for k, v in ms.items() if k != "in-process"})
+
+
+def test_ray_inline_measures_each_size_both_ways():
+    """The two ways it compares are what they say: by default Ray stores every argument over 100 KiB
+    and every answer of half of that (3 calls a size after 10 to warm: 13 x 1.5 x 0.3 MB), inline
+    nothing."""
+    out = bench("bench/ray_inline.py", "--sizes", "0.05", "0.3", "--calls", "3", "--rounds", "1").stdout
+    took = re.search(r"took ([\d,]+) B .*, ([\d,]+) B inline", out).groups()
+    by_default, inline = (int(x.replace(",", "")) for x in took)
+    assert 5_850_000 <= by_default < 5_851_000 and inline == 0  # a few bytes of metadata an object
+    table = [line.split() for line in out.splitlines() if not line.startswith(("#", "    MB"))]
+    assert [row[0] for row in table] == ["0.05", "0.30"] and all(float(x) > 0 for row in table for x in row[1:])
 
 
 def test_paced_replica_answers_the_local_simulators_results_at_the_h200s_pace(monkeypatch, tmp_path):

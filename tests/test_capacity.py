@@ -160,12 +160,12 @@ def test_caps_are_their_formulas(capacity, service_json):
     # 0.9e6 = 0.8 frontends and 0.256 Gb/s, or 0.9e6 / 80,000 = 11.25 us and 12,500 B a layer-token: calls of
     # T >= 2 x 2,000 / (11.25 - 5 + 2 x 2,000 / 1,000) = 390.2 tokens
     assert rows[0]["needs"] == pytest.approx(
-        {"frontends": 8.32, "nic_gbps": 3.2, "max_cpu_us_per_token": 6.25, "max_bytes_per_token": 6250,
-         "min_tokens_per_call": None}
+        {"frontends": 8.32, "frontends_for_asked": 8.32, "nic_gbps": 3.2, "max_cpu_us_per_token": 6.25,
+         "max_bytes_per_token": 6250, "min_tokens_per_call": None}
     )  # fmt: skip
     assert rows[1]["needs"] == pytest.approx(
-        {"frontends": 0.8, "nic_gbps": 0.256, "max_cpu_us_per_token": 11.25, "max_bytes_per_token": 12500,
-         "min_tokens_per_call": 391}
+        {"frontends": 0.8, "frontends_for_asked": 0.8, "nic_gbps": 0.256, "max_cpu_us_per_token": 11.25,
+         "max_bytes_per_token": 12500, "min_tokens_per_call": 391}
     )  # fmt: skip
     assert capacity.cpu_us_per_token(fd.new, 391) <= 11.25 < capacity.cpu_us_per_token(fd.new, 390)
 
@@ -201,6 +201,7 @@ def test_binding_cap_is_the_least(capacity, service_json):
             assert row["caps"][row["binds"]] == min(allowed.values()), (changes, row)
             routing = [allowed[k] for k in capacity.ROUTING if k in allowed]
             assert row["routing_holds"] == (min(routing) >= allowed["replicas"])
+            assert row["routes_asked"] == (min(routing) >= min(allowed["replicas"], allowed["trainers"]))
     # T = N: no per-request share moved; one node of one replica
     (_, new) = capacity.evaluate(adjoint, shape(capacity, replicas=1, tokens_per_call=1000), replica_rate=1.0)
     assert new["nodes"] == 1 and new["caps"]["frontend CPU"] == pytest.approx(0.99e6 / 2.0)
@@ -229,6 +230,10 @@ def test_runs_end_to_end(capacity, service_json, capsys):
     assert adjoint64["caps"]["frontend CPU"] == pytest.approx(64 * 0.99e6 / 4)
     assert adjoint64["binds"] == "frontend CPU"
     assert [v["goal_holds"] for v in verdicts] == [True, False]
+    # the 64 trainer ranks ask 64 x 68,164 x 10 = 43.6M adjoint layer-tokens/s, under the replicas' 133M: the
+    # frontends' 15.84M route 0.36x of it; what fd's replicas compute (640,000) the trainers can use whole
+    assert [v["routes_asked"] for v in verdicts] == [True, False]
+    assert "the routing caps allow 0.36x what the trainers can use, which they do NOT route" in verdicts[1]["text"]
     assert out[0]["inputs"]["replica_layer_tokens_per_s"]["fd"][0] == 10_000.0
     assert capacity.main(argv) == 0  # the table
     text = capsys.readouterr().out

@@ -120,7 +120,11 @@ class Frontends:
         self._asks = {name: amount for name, amount in asks.items() if amount > 0}  # one replica's
         self._actor_class = ray.remote(FrontendActor)
         self._actor_options = dict(
-            namespace=NAMESPACE, lifetime="detached", max_restarts=-1, max_concurrency=8, num_cpus=frontend_cpus,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            max_restarts=-1,
+            max_concurrency=8,
+            num_cpus=frontend_cpus,
             runtime_env={"env_vars": INLINE_ENV},
         )
         self._frontends: dict[str, _Frontend] = {}

@@ -11,8 +11,9 @@ What Ray gives and we use: actors (a replica is a process; Ray schedules it on a
 CPUs, GPUs and custom resource it asks for), restarts (`max_restarts=-1`: a replica that dies is
 restarted by Ray), `ray.cancel` (a queued request never runs; a running one is cancelled in the
 replica, which stops its simulators at their next check), and its RPCs for the request and
-response bytes (inside the call up to INLINE_BYTES, not through the object store: `init_ray`). What is ours: the least-busy live replica for each request, a retry on
-another replica when one dies mid-request (an evaluation is a pure function of its request, so
+response bytes (inside the call up to INLINE_BYTES, not through the object store: `init_ray`).
+What is ours: the least-busy live replica for each request, a retry on another replica when one
+dies mid-request (an evaluation is a pure function of its request, so
 the retry returns exactly what the lost call would have), and draining a replica before removal.
 
 The pool lives on the server's event loop: no locks, and no thread waits on a replica.
@@ -53,10 +54,11 @@ MAX_ATTEMPTS = 3  # replicas a request may see die before it fails
 INLINE = "inline"  # where a unit kept by the server's own replica is
 BATCHES_PER_REPLICA = 2  # calls a request's units go in, per live replica: few calls, and the load still spread
 # Ray passes an argument or result up to this size inside the call's RPC; a larger one goes
-# through the node's object store, a put and a get more (Ray's default threshold is 100 KiB).
-# A frontend's CPU a 4,096-token layer-call, at an H200's pace: 7.2 -> 4.8 ms (adjoint), 13.8 ->
-# 10.6 (fd) (docs/performance.md, "At an H200's pace").
-INLINE_BYTES = 8 << 20
+# through the node's object store, a put and a get more. Ray's default, 100 KiB, stores a
+# 4,096-token layer-call's every unit; inline costs the caller less up to ~1 MB and more above
+# (bench/ray_inline.py), so the crossover. At an H200's pace it cut a frontend's CPU a
+# 4,096-token layer-call by a third (docs/performance.md, "At an H200's pace").
+INLINE_BYTES = 1 << 20
 INLINE_ENV = {"RAY_max_direct_call_object_size": str(INLINE_BYTES)}  # what Ray reads it from
 
 
