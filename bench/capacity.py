@@ -218,20 +218,21 @@ def binding(allowed: dict[str, float | None]) -> str:
     return min((k for k, v in allowed.items() if v is not None), key=lambda k: allowed[k])
 
 
-def needs(m: Measured, path: str, shape: Shape, replica_rate: float) -> dict[str, float | None]:
-    """What routing the replicas' whole compute takes at a frontend's node (the head, today): its
-    frontend processes and NIC Gb/s; with the given ones, the most frontend CPU and bytes a
-    layer-token, and the fewest tokens a layer-call (None: no call is large enough)."""
+def needs(m: Measured, path: str, shape: Shape, compute: float, asked: float) -> dict[str, float | None]:
+    """What routing the replicas' whole compute (and what the trainers can use of it, `asked`)
+    takes at a frontend's node (the head, today): its frontend processes and NIC Gb/s; with the
+    given ones, the most frontend CPU and bytes a layer-token, and the fewest tokens a layer-call
+    (None: no call is large enough)."""
     p = m.today if path == TODAY else m.new
-    node = shape.replicas * replica_rate / (1 if path == TODAY else shape.nodes)  # layer-tokens/s a node
+    nodes = 1 if path == TODAY else shape.nodes
+    node = compute / nodes  # layer-tokens/s a node
     k = 1 if path == TODAY else shape.frontends_per_node
     max_cpu = k * (1 - p.quiet) * 1e6 / node
     room = max_cpu - p.per_token_us  # a + b / T <= max_cpu  <=>  T >= b / (max_cpu - a)
-    asked = min(shape.replicas * replica_rate, caps(m, path, shape, replica_rate)["trainers"])
-    asked /= 1 if path == TODAY else shape.nodes  # what the trainers can use of it, a node
+    frontend_s = cpu_us_per_token(p, shape.tokens_per_call) / ((1 - p.quiet) * 1e6)  # a layer-token
     return {
-        "frontends": node * cpu_us_per_token(p, shape.tokens_per_call) / ((1 - p.quiet) * 1e6),
-        "frontends_for_asked": asked * cpu_us_per_token(p, shape.tokens_per_call) / ((1 - p.quiet) * 1e6),
+        "frontends": node * frontend_s,
+        "frontends_for_asked": asked / nodes * frontend_s,
         "nic_gbps": node * p.bytes * 8 / 1e9,
         "max_cpu_us_per_token": max_cpu,
         "max_bytes_per_token": shape.nic_gbps * 1e9 / 8 / node,
@@ -245,6 +246,7 @@ def evaluate(m: Measured, shape: Shape, replica_rate: float) -> list[dict]:
         allowed = caps(m, path, shape, replica_rate)
         binds = binding(allowed)
         routing = min(allowed[k] for k in ROUTING if allowed[k] is not None)
+        asked = min(allowed["replicas"], allowed["trainers"])  # what the trainers can use of the compute
         rows.append(
             dict(
                 method=m.method,
@@ -256,9 +258,9 @@ def evaluate(m: Measured, shape: Shape, replica_rate: float) -> list[dict]:
                 layer_tokens_per_s=allowed[binds],
                 training_tokens_per_s=allowed[binds] / shape.quantum_layers,
                 routing_holds=routing >= allowed["replicas"],  # no routing cap below the replicas' compute
-                # nor below what the trainers can use of it (less, when the replicas outpace them)
-                routes_asked=routing >= min(allowed["replicas"], allowed["trainers"]),
-                needs=needs(m, path, shape, replica_rate),
+                asked=asked,  # less than the compute when the replicas outpace the trainers
+                routes_asked=routing >= asked,
+                needs=needs(m, path, shape, allowed["replicas"], asked),
             )
         )
     return rows
@@ -312,7 +314,7 @@ def verdict(rows: list[dict], shape: Shape) -> str:
             f" {r['caps'][low] / asked:.2f}x what the trainers can use, which "
             + ("they route" if r["routes_asked"] else "they do NOT route")
             + f" (it takes {need['frontends_for_asked']:.3g} frontends a node)."
-            if (asked := min(compute, r["caps"]["trainers"])) < compute
+            if (asked := r["asked"]) < compute
             else "."
         )
     )

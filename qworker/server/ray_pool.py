@@ -57,7 +57,7 @@ BATCHES_PER_REPLICA = 2  # calls a request's units go in, per live replica: few 
 # through the node's object store, a put and a get more. Ray's default, 100 KiB, stores a
 # 4,096-token layer-call's every unit; inline costs the caller less up to ~1 MB and more above
 # (bench/ray_inline.py), so the crossover. At an H200's pace it cut a frontend's CPU a
-# 4,096-token layer-call by a third (docs/performance.md, "At an H200's pace").
+# 4,096-token layer-call by a third (docs/performance.md, "Ray's bytes inline").
 INLINE_BYTES = 1 << 20
 INLINE_ENV = {"RAY_max_direct_call_object_size": str(INLINE_BYTES)}  # what Ray reads it from
 
