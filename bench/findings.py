@@ -234,21 +234,64 @@ def eight_m() -> dict[str, str]:
     }
 
 
-def sweep_estimate() -> dict[str, str]:
-    """What the learning-rate sweep costs on the 2-core machine: each run's steps x median step time of
-    the committed 8m study, per variant (mean over its seeds)."""
-    s = load("study-8m")
-    per_run = {v: statistics.mean(r["train_s"] for r in runs(s, v)) / 3600 for v in ("none", "wq", "wq-control")}
-    gate = {v: statistics.mean(r["train_s"] for r in runs(s, v)) / 3600 for v in ("wgate", "wgate-control")}
-    seeds = len(s["config"]["seeds"])
+def sweep() -> dict[str, str]:
+    """The learning-rate sweep (`8m`, none / wq / wq-control at three rates): each variant at the rate
+    its held-out training loss chose, on the whole validation split."""
+    s, study = load("study-8m-lr"), load("study-8m")
+    c = s["config"]
+    chosen = {r["variant"]: r["lr"] for r in s["summary"]}
+    sweep_rows = {(r["variant"], r["lr"]): r for r in s["sweep"]}
+    wq, ctl = row(s, "wq"), row(s, "wq-control")
+    best_val = {name: min((r for r in s["sweep"] if r["variant"] == name), key=lambda r: r["val_loss_mean"])["lr"]
+                for name in c["variants"]}  # fmt: skip
+    agree = [name for name in c["variants"] if best_val[name] == chosen[name]]
+    edge = [name for name in c["variants"] if chosen[name] == min(c["lrs"])]
+    old = study["config"]["lrs"][0]
+    none_cost = sweep_rows[("none", old)]["val_loss_mean"] - sweep_rows[("none", chosen["none"])]["val_loss_mean"]
+    at_old = {name: [r for r in s["runs"] if r["variant"] == name and r["lr"] == old] for name in c["variants"]}
+    wq_old = statistics.mean(
+        a["val_split"]["loss"] - b["val_split"]["loss"] for a in at_old["wq"] for b in at_old["none"] if a["seed"] == b["seed"]
+    )
+    # the same variant, seed and rate in the study (3e-3) and in the sweep: a second draw of its initial weights
+    again = {}  # (variant, seed) -> (the study's logged final validation loss, the sweep's, differ at step 1)
+    for name in ("wq", "wq-control"):
+        for r in sorted(at_old[name], key=lambda r: r["seed"]):
+            first = next(x for x in runs(study, name) if x["seed"] == r["seed"])
+            again[name, r["seed"]] = (first["final_val_loss"], r["final_val_loss"], dict(first["train"])[1] != dict(r["train"])[1])
+    ctl_again = [v for k, v in again.items() if k[0] == "wq-control"]
+    none_same = all(
+        dict(a["train"]) == dict(b["train"]) for a in at_old["none"] for b in runs(study, "none") if a["seed"] == b["seed"]
+    )
+    hours = sum(r["train_s"] for r in s["runs"]) / 3600
+    comparisons = [(wq, "diff", "none"), (wq, "diff_vs_control", "wq-control"), (ctl, "diff", "none")]
+    windows_se = [r[f"{key}_se_windows"] for r, key, _ in comparisons]
+    seeds_se = []  # the seeds' standard error of each mean difference, sd / sqrt(n) of the paired differences
+    for r, _, base in comparisons:
+        ref = {x["seed"]: x["val_split"]["loss"] for x in s["runs"] if x["variant"] == base and x["lr"] == chosen[base]}
+        mine = [x for x in s["runs"] if x["variant"] == r["variant"] and x["lr"] == chosen[r["variant"]]]
+        d = [x["val_split"]["loss"] - ref[x["seed"]] for x in mine]
+        seeds_se.append(statistics.stdev(d) / math.sqrt(len(d)))
+    ctl_seeds = [r["final_val_loss"] for r in runs(study, "wq-control")]
     return {
+        "steps": f"{c['steps']:,} steps",
         "passes": f"make {passes(s)} of one",
-        "run hours": "in hours a run: " + ", ".join(f"{v} {h:.2f}" for v, h in per_run.items()),
-        "new": f"the {2 * seeds * len(per_run)} runs at the two new rates take {2 * seeds * sum(per_run.values()):.1f} "
-        "hours",
-        "default lr": f"runs at {lr_text(s['config']['lrs'][0])}",
-        "all": f"all {3 * seeds * len(per_run)} runs take {3 * seeds * sum(per_run.values()):.1f} hours",
-        "wgate": f"adds {2 * seeds * sum(gate.values()):.1f} hours",
+        "runs": f"{len(s['runs'])} runs",
+        "hours": f"{hours:.1f} hours",
+        "chosen": ", ".join(f"{name} {lr_text(chosen[name])}" for name in c["variants"]),
+        "agree": f"{len(agree)} of {len(c['variants'])}" if len(agree) < len(c["variants"]) else "every variant",
+        "edge": " and ".join(edge) or "no variant",
+        "none cost": f"{plain(none_cost)} nats",
+        "wq vs none": f"{signed(wq['diff_vs_none'])} {interval(wq['diff_ci95'])} (MDE {plain(wq['diff_mde'])})",
+        "wq vs control": f"{signed(wq['diff_vs_control'])} {interval(wq['diff_vs_control_ci95'])} (MDE "
+        f"{plain(wq['diff_vs_control_mde'])})",
+        "control vs none": f"{signed(ctl['diff_vs_none'])} {interval(ctl['diff_ci95'])} (MDE {plain(ctl['diff_mde'])})",
+        "windows se": f"{plain(min(windows_se), 4)} to {plain(max(windows_se), 4)}",
+        "seeds se": f"{plain(min(seeds_se), 4)} to {plain(max(seeds_se), 4)}",
+        "wq at old": f"{signed(wq_old)} from the classical model at {lr_text(old)}",
+        "none same": "the same runs, bit for bit" if none_same else "not the same runs",
+        "redrawn": "from step 1" if all(v[2] for v in again.values()) else "not from step 1",
+        "control again": f"{', '.join(plain(v[1]) for v in ctl_again)} against {', '.join(plain(v[0]) for v in ctl_again)}",
+        "control study spread": f"within {plain(max(ctl_seeds) - min(ctl_seeds))}",
     }
 
 
@@ -359,7 +402,7 @@ SECTIONS = {
     "The paper's gradient method": [fd_study],
     "The fd gradient at fixed weights": [fd_check],
     "`150m`": [one_fifty_m],
-    "The learning-rate sweep": [sweep_estimate],
+    "The learning-rate sweep": [sweep],
     "What this cannot say": [cannot_say],
 }
 SUMMARY_SECTIONS = ("What this reproduction finds", "What this cannot say")  # may quote any section's figures

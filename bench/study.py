@@ -514,6 +514,8 @@ def plot(study: dict, path: Path) -> None:
             (chosen,) = [r for r in rows if r["chosen"]]
             ax.scatter([chosen["lr"]], [chosen["val_loss_mean"]], color=f"C{i}", s=160, marker="*", zorder=5)
         ax.set_xscale("log")
+        ax.set_xticks(c["lrs"], [f"{lr:g}" for lr in c["lrs"]])
+        ax.minorticks_off()
         ax.set(xlabel="peak learning rate", ylabel=f"final validation loss, {val_label(c['validation'])}",
                title="every rate: mean over seeds (line), each seed (dots), chosen (star)")  # fmt: skip
     for ax in axes:
