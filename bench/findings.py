@@ -79,10 +79,20 @@ def interval(ci: list[float]) -> str:
     return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
-def final_diffs(study: dict, a: str, b: str) -> list[float]:
-    """Seed by seed: a's final validation loss (as logged) minus b's."""
-    ref = {r["seed"]: r["final_val_loss"] for r in runs(study, b)}
-    return [r["final_val_loss"] - ref[r["seed"]] for r in runs(study, a) if r["seed"] in ref]
+def final(study: dict, run: dict) -> float:
+    """A run's final validation loss as its study's table reports it: on the whole split, or as logged."""
+    return run["val_split"]["loss"] if study["config"]["validation"]["measure"] == "split" else run["final_val_loss"]
+
+
+def final_diffs(study: dict, a: str, b: str, lrs: dict[str, float] | None = None) -> list[float]:
+    """Seed by seed: a's final validation loss (as the study's table reports it) minus b's; with
+    `lrs`, each variant's runs at its rate there (a sweep), else all its runs (a study of one rate)."""
+
+    def at(name: str) -> list[dict]:
+        return [r for r in runs(study, name) if lrs is None or r["lr"] == lrs[name]]
+
+    ref = {r["seed"]: final(study, r) for r in at(b)}
+    return [final(study, r) - ref[r["seed"]] for r in at(a) if r["seed"] in ref]
 
 
 def curve_gap(study: dict, a: str, b: str) -> dict[int, float]:
@@ -138,11 +148,6 @@ def tiny_zh() -> dict[str, str]:
         "wq vs control": f"{signed(wq[control])} {interval(wq[f'{control}_ci95'])}",
         "control sd": f"sd {plain(ctl['val_loss_std'])}",
     }
-
-
-def final(study: dict, run: dict) -> float:
-    """A run's final validation loss as its study's table reports it: on the whole split, or as logged."""
-    return run["val_split"]["loss"] if study["config"]["validation"]["measure"] == "split" else run["final_val_loss"]
 
 
 def tiny_en() -> dict[str, str]:
@@ -249,29 +254,22 @@ def sweep() -> dict[str, str]:
     edge = [name for name in c["variants"] if chosen[name] == min(c["lrs"])]
     old = study["config"]["lrs"][0]
     none_cost = sweep_rows[("none", old)]["val_loss_mean"] - sweep_rows[("none", chosen["none"])]["val_loss_mean"]
-    at_old = {name: [r for r in s["runs"] if r["variant"] == name and r["lr"] == old] for name in c["variants"]}
-    wq_old = statistics.mean(
-        a["val_split"]["loss"] - b["val_split"]["loss"] for a in at_old["wq"] for b in at_old["none"] if a["seed"] == b["seed"]
-    )
-    # the same variant, seed and rate in the study (3e-3) and in the sweep: a second draw of its initial weights
-    again = {}  # (variant, seed) -> (the study's logged final validation loss, the sweep's, differ at step 1)
-    for name in ("wq", "wq-control"):
-        for r in sorted(at_old[name], key=lambda r: r["seed"]):
-            first = next(x for x in runs(study, name) if x["seed"] == r["seed"])
-            again[name, r["seed"]] = (first["final_val_loss"], r["final_val_loss"], dict(first["train"])[1] != dict(r["train"])[1])
-    ctl_again = [v for k, v in again.items() if k[0] == "wq-control"]
-    none_same = all(
-        dict(a["train"]) == dict(b["train"]) for a in at_old["none"] for b in runs(study, "none") if a["seed"] == b["seed"]
-    )
+    at_old = {name: [r for r in runs(s, name) if r["lr"] == old] for name in c["variants"]}  # by seed
+    wq_old = statistics.mean(final_diffs(s, "wq", "none", {"wq": old, "none": old}))
+    # each variant at the study's rate, seed by seed: (its run in the study, in the sweep)
+    pairs = {
+        name: [(next(x for x in runs(study, name) if x["seed"] == r["seed"]), r) for r in at_old[name]]
+        for name in c["variants"]
+    }
+    none_same = all(a["train"] == b["train"] for a, b in pairs["none"])
+    redrawn = all(a["train"][0] != b["train"][0] for name in ("wq", "wq-control") for a, b in pairs[name])
+    ctl_study = ", ".join(plain(a["final_val_loss"]) for a, _ in pairs["wq-control"])
+    ctl_sweep = ", ".join(plain(b["final_val_loss"]) for _, b in pairs["wq-control"])
     hours = sum(r["train_s"] for r in s["runs"]) / 3600
     comparisons = [(wq, "diff", "none"), (wq, "diff_vs_control", "wq-control"), (ctl, "diff", "none")]
     windows_se = [r[f"{key}_se_windows"] for r, key, _ in comparisons]
-    seeds_se = []  # the seeds' standard error of each mean difference, sd / sqrt(n) of the paired differences
-    for r, _, base in comparisons:
-        ref = {x["seed"]: x["val_split"]["loss"] for x in s["runs"] if x["variant"] == base and x["lr"] == chosen[base]}
-        mine = [x for x in s["runs"] if x["variant"] == r["variant"] and x["lr"] == chosen[r["variant"]]]
-        d = [x["val_split"]["loss"] - ref[x["seed"]] for x in mine]
-        seeds_se.append(statistics.stdev(d) / math.sqrt(len(d)))
+    diffs = [final_diffs(s, r["variant"], base, chosen) for r, _, base in comparisons]
+    seeds_se = [statistics.stdev(d) / math.sqrt(len(d)) for d in diffs]  # the seeds' standard error of each mean Δ
     ctl_seeds = [r["final_val_loss"] for r in runs(study, "wq-control")]
     return {
         "steps": f"{c['steps']:,} steps",
@@ -290,8 +288,8 @@ def sweep() -> dict[str, str]:
         "seeds se": f"{plain(min(seeds_se), 4)} to {plain(max(seeds_se), 4)}",
         "wq at old": f"{signed(wq_old)} from the classical model at {lr_text(old)}",
         "none same": "the same runs, bit for bit" if none_same else "not the same runs",
-        "redrawn": "from step 1" if all(v[2] for v in again.values()) else "not from step 1",
-        "control again": f"{', '.join(plain(v[1]) for v in ctl_again)} against {', '.join(plain(v[0]) for v in ctl_again)}",
+        "redrawn": "from step 1" if redrawn else "not from step 1",
+        "control again": f"{ctl_sweep} against {ctl_study}",
         "control study spread": f"within {plain(max(ctl_seeds) - min(ctl_seeds))}",
     }
 
