@@ -47,8 +47,10 @@ def load(name: str) -> dict:
     return json.loads((RESULTS / f"{name}.json").read_text())
 
 
-def runs(study: dict, variant: str) -> list[dict]:
-    return sorted((r for r in study["runs"] if r["variant"] == variant), key=lambda r: r["seed"])
+def runs(study: dict, variant: str, lr: float | None = None) -> list[dict]:
+    """A variant's runs by seed; with `lr`, only those at that rate (a sweep)."""
+    chosen = (r for r in study["runs"] if r["variant"] == variant and lr in (None, r["lr"]))
+    return sorted(chosen, key=lambda r: r["seed"])
 
 
 def row(study: dict, variant: str) -> dict:
@@ -87,12 +89,9 @@ def final(study: dict, run: dict) -> float:
 def final_diffs(study: dict, a: str, b: str, lrs: dict[str, float] | None = None) -> list[float]:
     """Seed by seed: a's final validation loss (as the study's table reports it) minus b's; with
     `lrs`, each variant's runs at its rate there (a sweep), else all its runs (a study of one rate)."""
-
-    def at(name: str) -> list[dict]:
-        return [r for r in runs(study, name) if lrs is None or r["lr"] == lrs[name]]
-
-    ref = {r["seed"]: final(study, r) for r in at(b)}
-    return [final(study, r) - ref[r["seed"]] for r in at(a) if r["seed"] in ref]
+    rate = (lambda name: None) if lrs is None else lrs.get
+    ref = {r["seed"]: final(study, r) for r in runs(study, b, rate(b))}
+    return [final(study, r) - ref[r["seed"]] for r in runs(study, a, rate(a)) if r["seed"] in ref]
 
 
 def curve_gap(study: dict, a: str, b: str) -> dict[int, float]:
@@ -254,7 +253,7 @@ def sweep() -> dict[str, str]:
     edge = [name for name in c["variants"] if chosen[name] == min(c["lrs"])]
     old = study["config"]["lrs"][0]
     none_cost = sweep_rows[("none", old)]["val_loss_mean"] - sweep_rows[("none", chosen["none"])]["val_loss_mean"]
-    at_old = {name: [r for r in runs(s, name) if r["lr"] == old] for name in c["variants"]}  # by seed
+    at_old = {name: runs(s, name, old) for name in c["variants"]}
     wq_old = statistics.mean(final_diffs(s, "wq", "none", {"wq": old, "none": old}))
     # each variant at the study's rate, seed by seed: (its run in the study, in the sweep)
     pairs = {
