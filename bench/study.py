@@ -27,7 +27,9 @@ Every run is a normal run directory OUT/VARIANT-sSEED, or OUT/VARIANT-lrLR-sSEED
 `--lrs` other than the trainer's default (3e-3: the runs of a study without `--lrs` are its runs
 at that rate): a run already finished is read, not run again; one cut short resumes from its
 checkpoint. The same seed gives every variant the same data order, and a variant the same initial
-weights at every rate.
+weights at every rate. RESULTS.json is rewritten after every run, and a run it records with its
+whole-split validation is not run again where its directory is absent: a study is carried on on
+another machine (or after its run directories are gone) from its results file alone.
 
 Validation: every finished run's final weights on the whole validation split, window by window
 (bench/validation.py; `--val-windows N` for the first N only), kept in the run directory; a study
@@ -559,6 +561,56 @@ def validation_config(runs: list[dict], args: argparse.Namespace, split_windows:
     return {"measure": "split", "windows": windows, "split_windows": split_windows, "logged_windows": logged}
 
 
+def effective_lr(lr: float | None, args: argparse.Namespace) -> float:
+    """The rate a run trains at: `lr`, else the --lr given after --, else the trainer's."""
+    given = [float(args.extra[i + 1]) for i, f in enumerate(args.extra) if f == "--lr"]
+    return lr if lr is not None else given[-1] if given else DEFAULT_LR
+
+
+SETTINGS = ("model", "dataset", "steps", "batch_size", "extra")  # a study's runs share these
+
+
+def recorded(path: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    """The settings and the runs a study's RESULTS.json already records (each with its whole-split
+    validation), by (variant, rate, seed): a study carried on on another machine, without the run
+    directories, does not run them again. Refused if the file records a study of other settings."""
+    if not path.exists():
+        return {}, {}
+    prior = json.loads(path.read_text())
+    for key in SETTINGS:
+        if prior["config"][key] != getattr(args, key):
+            raise SystemExit(
+                f"{path} records a study with {key} {prior['config'][key]!r}, not {getattr(args, key)!r}: "
+                "move it, or use another --results"
+            )
+    runs = {(r["variant"], r["lr"], r["seed"]): r for r in prior["runs"] if "val_split" in r}
+    return prior["config"], runs
+
+
+def write(results: Path, runs: list[dict], args: argparse.Namespace, prior: dict) -> None:
+    """RESULTS.json, .md and .png from the runs finished so far."""
+    runs = sorted(runs, key=lambda r: (args.variants.index(r["variant"]), r["lr"], args.seeds.index(r["seed"])))
+    context = from_preset(args.model).context
+    extra_context = [args.extra[i + 1] for i, f in enumerate(args.extra) if f == "--context"]
+    config = {"model": args.model, "dataset": args.dataset}
+    config["variants"] = [v for v in args.variants if any(r["variant"] == v for r in runs)]
+    config["seeds"] = [s for s in args.seeds if any(r["seed"] == s for r in runs)]
+    config.update(steps=args.steps, batch_size=args.batch_size, extra=args.extra)
+    config["context"] = int(extra_context[-1]) if extra_context else context
+    config["lrs"] = sorted({r["lr"] for r in runs})
+    here = [d for r in runs if (d := run_dir(args.out, r["variant"], r["seed"], r["lr"])).exists()]
+    if here:
+        config["train_tokens"], split_windows = corpus_sizes(here[0], args.dataset, config["context"])
+    else:  # every run on record only
+        config["train_tokens"], split_windows = prior["train_tokens"], prior["validation"]["split_windows"]
+    config["validation"] = validation_config(runs, args, split_windows)
+    study = {"config": config, **analyse(runs, config), "runs": runs}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{results}.json").write_text(dumps(study))
+    Path(f"{results}.md").write_text(report(study))
+    plot(study, Path(f"{results}.png"))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="8m")
@@ -579,28 +631,20 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("give the learning rates with --lrs, not --lr after --")
     variants = [Variant.parse(v, args.model) for v in args.variants]
     lrs = args.lrs or [None]
+    results = args.results or args.out / "study"
+    prior, kept = recorded(Path(f"{results}.json"), args)
     start = time.time()
     done = {}  # trained seed by seed (every variant and rate of a seed, then the next): a stopped
     for s in args.seeds:  # sweep has whole seeds to report
         for v in variants:
             for lr in lrs:
-                done[v.name, lr, s] = collect(v, s, run(v, s, lr, args), args, lr)
-    runs = [done[v.name, lr, s] for v in variants for lr in lrs for s in args.seeds]
-    context = from_preset(args.model).context
-    extra_context = [args.extra[i + 1] for i, f in enumerate(args.extra) if f == "--context"]
-    config = {k: getattr(args, k) for k in ("model", "dataset", "variants", "seeds", "steps", "batch_size", "extra")}
-    config["context"] = int(extra_context[-1]) if extra_context else context
-    config["lrs"] = sorted({r["lr"] for r in runs})
-    first = run_dir(args.out, variants[0].name, args.seeds[0], lrs[0])
-    config["train_tokens"], split_windows = corpus_sizes(first, args.dataset, config["context"])
-    config["validation"] = validation_config(runs, args, split_windows)
-    study = {"config": config, **analyse(runs, config), "runs": runs}
-    results = args.results or args.out / "study"
-    results.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{results}.json").write_text(dumps(study))
-    Path(f"{results}.md").write_text(report(study))
-    plot(study, Path(f"{results}.png"))
-    print(report(study))
+                key = (v.name, effective_lr(lr, args), s)
+                if key in kept and not run_dir(args.out, v.name, s, lr).exists():
+                    done[key] = kept[key]  # on record, its run directory elsewhere: not run again
+                else:
+                    done[key] = collect(v, s, run(v, s, lr, args), args, lr)
+                write(results, list(done.values()), args, prior)  # a stopped study keeps its finished runs
+    print(report(json.loads(Path(f"{results}.json").read_text())))
     print(f"{results}.json, .md, .png ({time.time() - start:.0f} s)")
     return 0
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -218,6 +219,18 @@ def test_study_runs_a_grid_resumes_and_reports(tmp_path, cache_dir, corpus):
     changed = {p for p, t in logs.items() if p.stat().st_mtime_ns != t}
     assert changed <= {tmp_path / "runs" / "wq-s1" / "log.jsonl"}
     assert (tmp_path / "runs" / "wq-s1" / "summary.json").exists()
+    # the results file is the record: a run it holds is not run again where its directory is gone
+    before = json.loads((tmp_path / "s.json").read_text())
+    for name in ("none-s0", "wq-control-s1"):
+        shutil.rmtree(tmp_path / "runs" / name)
+    bench(*argv, env=env, timeout=900)
+    assert not (tmp_path / "runs" / "none-s0").exists() and not (tmp_path / "runs" / "wq-control-s1").exists()
+    after = json.loads((tmp_path / "s.json").read_text())
+    assert after["runs"] == before["runs"] and after["summary"] == before["summary"]
+    other = list(argv)
+    other[other.index("--steps") + 1] = "4"
+    refused = subprocess.run([sys.executable, *other], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert refused.returncode != 0 and "with steps 3, not 4" in refused.stderr
 
 
 def test_study_reports_the_largest_gap_between_gradient_methods(monkeypatch):
