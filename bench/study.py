@@ -634,16 +634,15 @@ def main(argv: list[str] | None = None) -> int:
     results = args.results or args.out / "study"
     prior, kept = recorded(Path(f"{results}.json"), args)
     start = time.time()
-    done = {}  # trained seed by seed (every variant and rate of a seed, then the next): a stopped
-    for s in args.seeds:  # sweep has whole seeds to report
-        for v in variants:
-            for lr in lrs:
-                key = (v.name, effective_lr(lr, args), s)
-                if key in kept and not run_dir(args.out, v.name, s, lr).exists():
-                    done[key] = kept[key]  # on record, its run directory elsewhere: not run again
-                else:
-                    done[key] = collect(v, s, run(v, s, lr, args), args, lr)
-                write(results, list(done.values()), args, prior)  # a stopped study keeps its finished runs
+    # seed by seed (every variant and rate of a seed, then the next): a stopped sweep has whole seeds to report
+    grid = {(v.name, effective_lr(lr, args), s): (v, lr, s) for s in args.seeds for v in variants for lr in lrs}
+    away = {key for key, (v, lr, s) in grid.items() if not run_dir(args.out, v.name, s, lr).exists()}
+    done = {key: kept[key] for key in grid if key in kept and key in away}  # on record: not run again
+    for key, (v, lr, s) in grid.items():
+        if key not in done:
+            done[key] = collect(v, s, run(v, s, lr, args), args, lr)
+            write(results, list(done.values()), args, prior)  # a stopped study keeps every finished run
+    write(results, list(done.values()), args, prior)
     print(report(json.loads(Path(f"{results}.json").read_text())))
     print(f"{results}.json, .md, .png ({time.time() - start:.0f} s)")
     return 0
