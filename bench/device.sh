@@ -14,9 +14,10 @@
 # 2. the model's train step through bench/train_step.py: 8m and 150m, classical against wq (and
 #    wgate, and wq with fd), bf16 autocast;
 # 3. if DeepSpeed and the corpus are there: bench/study.py (DeepSpeed, bf16) for the 150m model,
-#    none / wq / wq-control, 300 steps each, one seed at a time (seed 0 of every variant, then
-#    seed 1, ...) until its time (STUDY_S) is up: the finished seeds' results (study-150m.json,
-#    .md, .png) and the runs' logs (study-runs.tgz, for `bench/study.py` to collect again here);
+#    none / wq / wq-control, 300 steps each at 1e-3: one study process a variant, the three side by
+#    side on the GPU, each seed after seed until its time (STUDY_S) is up; then the study of the seeds
+#    every variant finished (study-150m.json, .md, .png: collected, nothing trains) and the runs'
+#    logs (study-runs.tgz, for `bench/study.py` to collect again here);
 # then one table of it all. The GPU machine has torch (CUDA) but no package registry: wheels it
 # lacks travel in .whl/ (DeepSpeed and what it needs, grpcio and protobuf of the versions
 # qworker's stubs were made with) and the tokenized corpus in .cache/hyqut (ignored by git: name it in
@@ -45,7 +46,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
 
 if [ "$DRY" = 1 ]; then
-    DEVICE=cpu VQC_N="256 1024" MODELS="tiny" STEPS=2 TRAIN_MODEL=tiny TRAIN_STEPS=4 TRAIN_LR=3e-3 LIMIT=600 VQC_LIMIT=600 STUDY_S=600 LAST_SEED=1
+    DEVICE=cpu VQC_N="256 1024" MODELS="tiny" STEPS=2 TRAIN_MODEL=tiny TRAIN_STEPS=4 TRAIN_LR=2e-3 LIMIT=600 VQC_LIMIT=600 STUDY_S=600 LAST_SEED=1
 else
     DEVICE=cuda VQC_N="4096 65536 1048576" MODELS="8m 150m" STEPS=5 TRAIN_MODEL=150m TRAIN_STEPS=300 TRAIN_LR=1e-3 LIMIT=120 VQC_LIMIT=300 STUDY_S=${STUDY_S:-470} LAST_SEED=4
 fi
@@ -98,23 +99,31 @@ if [[ $WANT == *" train_step "* ]]; then
 fi
 
 if [[ $WANT == *" study "* ]]; then
-    say "## 3. the study (bench/study.py, DeepSpeed), $TRAIN_MODEL none / wq / wq-control, $TRAIN_STEPS steps, a seed at a time for ${STUDY_S} s"
+    say "## 3. the study (bench/study.py, DeepSpeed), $TRAIN_MODEL none / wq / wq-control, $TRAIN_STEPS steps: one process a variant side by side, seed after seed, for ${STUDY_S} s"
     if $PY -c "import deepspeed" 2>>"$LOG" && { [ -n "${HYQUT_CACHE:-}" ] || $PY -c "import datasets, chitchat_dataset"; }; then
         RUNS=$(mktemp -d)  # checkpoints (GBs at 150m) stay on the machine
-        end=$((SECONDS + STUDY_S))
-        for last in $(seq 0 $LAST_SEED); do
-            seeds=$(seq -s ' ' 0 $last)
-            left=$((end - SECONDS))
-            [ $left -gt 30 ] || break
-            timeout $left $PY bench/study.py --model $TRAIN_MODEL --variants none wq wq-control --seeds $seeds \
-                --steps $TRAIN_STEPS --eval-every $((TRAIN_STEPS / 3)) --out "$RUNS" --results "$OUT/study-$TRAIN_MODEL" \
-                -- --lr $TRAIN_LR --eval-batches 4 --save-every $TRAIN_STEPS >>"$LOG" 2>&1 || { say "study, seeds $seeds: stopped (exit $?)"; break; }
-            say "study, seeds $seeds: done at ${SECONDS} s"
+        FLAGS=(--model $TRAIN_MODEL --steps $TRAIN_STEPS --eval-every $((TRAIN_STEPS / 3)) --out "$RUNS")
+        TRAIN=(-- --lr $TRAIN_LR --eval-batches 4 --save-every $TRAIN_STEPS)
+        for v in none wq wq-control; do  # a small model leaves the GPU mostly idle: three runs share it
+            timeout $STUDY_S $PY bench/study.py "${FLAGS[@]}" --variants $v --seeds $(seq 0 $LAST_SEED) \
+                --results "$RUNS/study-$v" "${TRAIN[@]}" >"$RUNS/study-$v.log" 2>&1 &
         done
-        (cd "$RUNS" && for run in ./*/; do  # finished runs only: their logs, flags, summaries, whole-split validation
-            if [ -f "${run}summary.json" ]; then printf '%s\n' "${run}"{log.jsonl,run.json,summary.json}; fi
+        wait
+        for v in none wq wq-control; do say "study $v: $(grep -c '^\$ ' "$RUNS/study-$v.log") runs started"; done
+        seeds=""  # the seeds every variant finished: their study (collected, nothing trains)
+        for s in $(seq 0 $LAST_SEED); do
+            for v in none wq wq-control; do [ -f "$RUNS/$v-s$s/validation.json" ] || break 2; done
+            seeds="$seeds $s"
+        done
+        if [ -n "$seeds" ]; then
+            $PY bench/study.py "${FLAGS[@]}" --variants none wq wq-control --seeds $seeds \
+                --results "$OUT/study-$TRAIN_MODEL" "${TRAIN[@]}" >>"$LOG" 2>&1 || say "study, seeds$seeds: exit $?"
+        fi
+        say "study: seeds$seeds of every variant finished"
+        (cd "$RUNS" && for run in ./*/; do  # finished runs: their logs, flags, summaries, tokenizer, whole-split validation
+            if [ -f "${run}summary.json" ]; then printf '%s\n' "${run}"{log.jsonl,run.json,summary.json,tokenizer.json}; fi
             if [ -f "${run}validation.json" ]; then printf '%s\n' "${run}validation.json"; fi
-        done | tar -czf "$OUT/study-runs.tgz" -T -)
+        done | tar -czf "$OUT/study-runs.tgz" -T - ./study-*.log)
     else
         say "study: skipped (DeepSpeed is missing, or both the cached corpus and datasets)"
     fi

@@ -587,8 +587,9 @@ def recorded(path: Path, args: argparse.Namespace) -> tuple[dict, dict]:
     return prior["config"], runs
 
 
-def write(results: Path, runs: list[dict], args: argparse.Namespace, prior: dict) -> None:
-    """RESULTS.json, .md and .png from the runs finished so far."""
+def write(results: Path, runs: list[dict], args: argparse.Namespace, prior: dict, here: Path | None) -> None:
+    """RESULTS.json, .md and .png from the runs finished so far; `here`: a run directory of them on this
+    machine (the corpus's sizes), None where every run is on record only."""
     runs = sorted(runs, key=lambda r: (args.variants.index(r["variant"]), r["lr"], args.seeds.index(r["seed"])))
     context = from_preset(args.model).context
     extra_context = [args.extra[i + 1] for i, f in enumerate(args.extra) if f == "--context"]
@@ -598,10 +599,9 @@ def write(results: Path, runs: list[dict], args: argparse.Namespace, prior: dict
     config.update(steps=args.steps, batch_size=args.batch_size, extra=args.extra)
     config["context"] = int(extra_context[-1]) if extra_context else context
     config["lrs"] = sorted({r["lr"] for r in runs})
-    here = [d for r in runs if (d := run_dir(args.out, r["variant"], r["seed"], r["lr"])).exists()]
-    if here:
-        config["train_tokens"], split_windows = corpus_sizes(here[0], args.dataset, config["context"])
-    else:  # every run on record only
+    if here is not None:
+        config["train_tokens"], split_windows = corpus_sizes(here, args.dataset, config["context"])
+    else:
         config["train_tokens"], split_windows = prior["train_tokens"], prior["validation"]["split_windows"]
     config["validation"] = validation_config(runs, args, split_windows)
     study = {"config": config, **analyse(runs, config), "runs": runs}
@@ -637,12 +637,15 @@ def main(argv: list[str] | None = None) -> int:
     # seed by seed (every variant and rate of a seed, then the next): a stopped sweep has whole seeds to report
     grid = {(v.name, effective_lr(lr, args), s): (v, lr, s) for s in args.seeds for v in variants for lr in lrs}
     away = {key for key, (v, lr, s) in grid.items() if not run_dir(args.out, v.name, s, lr).exists()}
-    done = {key: kept[key] for key in grid if key in kept and key in away}  # on record: not run again
+    done = {key: kept[key] for key in grid if key in kept}  # on record: kept in every write until reached
+    here = None  # the last run directory of this invocation
     for key, (v, lr, s) in grid.items():
-        if key not in done:
-            done[key] = collect(v, s, run(v, s, lr, args), args, lr)
-            write(results, list(done.values()), args, prior)  # a stopped study keeps every finished run
-    write(results, list(done.values()), args, prior)
+        if key not in done or key not in away:  # to run, or to collect again from its directory here
+            here = run(v, s, lr, args)
+            done[key] = collect(v, s, here, args, lr)
+            write(results, list(done.values()), args, prior, here)  # a stopped study keeps every finished run
+    if here is None:  # every run on record: its report again
+        write(results, list(done.values()), args, prior, None)
     print(report(json.loads(Path(f"{results}.json").read_text())))
     print(f"{results}.json, .md, .png ({time.time() - start:.0f} s)")
     return 0

@@ -41,13 +41,14 @@ def window_losses(model: Transformer, tokens, context: int, windows: int | None 
     """The mean cross-entropy of each of the first `windows` (default: all) validation windows of
     `context` + 1 tokens, in the order the trainer's evaluate() takes them."""
     model.eval()
+    device = next(model.parameters()).device
     sampler = BatchSampler(tokens, 1, context, shuffle=False)  # the trainer's windows, in order
     n = sampler.n_windows if windows is None else min(windows, sampler.n_windows)
     starts = torch.arange(n) * context
     out: list[float] = []
     for first in range(0, n, batch):
         idx = starts[first : first + batch, None] + torch.arange(context + 1)  # (B, T+1)
-        block = torch.as_tensor(tokens[idx.numpy()], dtype=torch.int64)
+        block = torch.as_tensor(tokens[idx.numpy()], dtype=torch.int64).to(device)
         x, y = block[:, :-1], block[:, 1:]  # (B, T) each
         logits, _ = model(x)  # (B, T, V)
         ce = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="none")  # (B, T)
@@ -76,6 +77,7 @@ def evaluate_run(run_dir: Path, windows: int | None = None, use_cache: bool = Tr
     corpus = prepare_data(dataset, cfg.vocab_size, tokenizer=tokenizer)
     model = build_model(cfg, Circuits())  # the local simulator, exact: how it ran does not change the weights
     model.load_state_dict(state)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")  # float32 on either
     losses = window_losses(model, corpus.validation, cfg.context, windows)
     loss, se = mean_se(losses)
     split_windows = BatchSampler(corpus.validation, 1, cfg.context, shuffle=False).n_windows
