@@ -126,6 +126,15 @@ def pct(sorted_values: list[float], q: float) -> float:
     return sorted_values[math.ceil(q * len(sorted_values)) - 1]
 
 
+def windows_text(study: dict) -> str:
+    """Which validation windows a study's table reports, as the prose writes it."""
+    c, v = study["config"], study["config"]["validation"]
+    tokens = f"({v['windows'] * c['context']:,} tokens)"
+    if v["measure"] == "split":
+        return f"all {v['windows']} windows of the split {tokens}"
+    return f"first {v['windows']} of the split's {v['split_windows']} windows {tokens}"
+
+
 def tokens_per_run(study: dict) -> str:
     c = study["config"]
     n = c["steps"] * c["batch_size"] * c["context"]
@@ -183,9 +192,7 @@ def eight_m() -> dict[str, str]:
     circuit = [m for name, ms in minutes.items() if name in ("wq", "wgate") for m in ms]
     classical = [m for name, ms in minutes.items() if name not in ("wq", "wgate") for m in ms]
     step_s = {name: [r["train_s"] / r["steps"] for r in runs(s, name)] for name in c["variants"]}
-    narrow_steps = [t for name in ("none-like-wq", "none-like-wgate") for t in step_s[name]]
     narrow = [g for name in ("none-like-wq", "none-like-wgate") for g in curve_gap(s, name, "none").values()]
-    rank_vs_narrow = [-d for d in final_diffs(s, "wq-control", "none-like-wq")]
     gate_circuit, q_circuit = curve_gap(s, "wgate", "wgate-control"), curve_gap(s, "wq", "wq-control")
     gate_rank = curve_gap(s, "wgate-control", "none")
     wq_none, ctl_none = curve_gap(s, "wq", "none"), curve_gap(s, "wq-control", "none")
@@ -203,16 +210,17 @@ def eight_m() -> dict[str, str]:
         "runs and hours": f"{len(s['runs'])} runs, {hours:.1f} hours",
         "run minutes": f"a classical run {min(classical):.0f}-{max(classical):.0f} minutes, a circuit run "
         f"{min(circuit):.0f}-{max(circuit):.0f}",
-        "validation": f"first {v['windows']} of the split's {v['split_windows']} windows "
-        f"({v['windows'] * c['context']:,} tokens)",
+        "validation": windows_text(s),
+        "curves": f"logged on the first {v.get('logged_windows', v['windows'])} windows",
         "fewer params": f"({fewer_params(s, 'wq')} fewer) or of",
         "fewer params wgate": f"({fewer_params(s, 'wgate')} fewer), ends",
         "narrow": f"{signed(nq['diff_vs_none'])} {interval(nq['diff_ci95'])} and {signed(ng['diff_vs_none'])} "
         f"{interval(ng['diff_ci95'])}",
         "narrow mde": f"MDEs of {plain(nq['diff_mde'])} and {plain(ng['diff_mde'])}",
         "narrow every evaluation": f"by {span(narrow, sign=False)}",
-        "wq-control vs none": f"{signed(ctl['diff_vs_none'])} {interval(ctl['diff_ci95'])}",
-        "wq-control vs narrow": f"{span(rank_vs_narrow, sign=False)} below",
+        "wq-control vs none": f"{signed(ctl['diff_vs_none'])} {interval(ctl['diff_ci95'])} "
+        f"(MDE {plain(ctl['diff_mde'])})",
+        "control seeds": f"ends {', '.join(plain(final(s, r)) for r in runs(s, 'wq-control'))} (seeds in order)",
         "wgate-control vs none": f"{signed(gctl['diff_vs_none'])} {interval(gctl['diff_ci95'])}, at every seed "
         f"({', '.join(signed(d) for d in final_diffs(s, 'wgate-control', 'none'))})",
         "wgate-control from 200": f"from step 200 on ({after(gate_rank, 200)})",
@@ -221,10 +229,8 @@ def eight_m() -> dict[str, str]:
         f"{plain(wq['diff_vs_control_mde'])})",
         "wgate vs control": f"{signed(gate['diff_vs_control'])} {interval(gate['diff_vs_control_ci95'])} "
         f"({', '.join(signed(d) for d in final_diffs(s, 'wgate', 'wgate-control'))})",
-        "wgate vs control steps": f"at step 100 ({signed(gate_circuit[100])}), trails it at step 200 "
-        f"({signed(gate_circuit[200])}) and by {after(gate_circuit, 300)} from step 300 on",
-        "wq vs control steps": f"at step 100 ({signed(q_circuit[100])}) and trails by {after(q_circuit, 200)} "
-        "from step 200 on",
+        "wgate vs control steps": f"at every evaluation ({after(gate_circuit, 0)})",
+        "wq vs control steps": f"{after(q_circuit, 0)} over the evaluations",
         "wq vs none": f"{signed(wq['diff_vs_none'])} {interval(wq['diff_ci95'])}, with {fewer_params(s, 'wq')} fewer",
         "speed-up": f"{row(s, 'wq-control')['tokens_per_s'] / wq['tokens_per_s']:.1f}x faster",
         "wgate vs none": f"({fewer_params(s, 'wgate')} fewer parameters) ends {signed(gate['diff_vs_none'])} "
@@ -233,9 +239,9 @@ def eight_m() -> dict[str, str]:
         "wq lead grows": f"from {signed(wq_none[300])} at step 300 to {signed(wq_none[last])} at the end",
         "control lead grows": f"from {signed(ctl_none[300])} to {signed(ctl_none[last])}",
         "lr": f"the same learning rate, {lr_text(c['lrs'][0])}",
+        "control own rate": f"At its own rate, {lr_text(row(load('study-8m-lr'), 'wq-control')['lr'])}",
         "step times": f"{step_s['none'][0]:.2f} s at seed 0 against {min(step_s['none'][1:]):.2f}-"
-        f"{max(step_s['none'][1:]):.2f} s at its other seeds; the narrow-FFN runs, "
-        f"{min(narrow_steps):.2f}-{max(narrow_steps):.2f} s",
+        f"{max(step_s['none'][1:]):.2f} s at its other seeds",
     }
 
 
@@ -253,23 +259,14 @@ def sweep() -> dict[str, str]:
     edge = [name for name in c["variants"] if chosen[name] == min(c["lrs"])]
     old = study["config"]["lrs"][0]
     none_cost = sweep_rows[("none", old)]["val_loss_mean"] - sweep_rows[("none", chosen["none"])]["val_loss_mean"]
-    at_old = {name: runs(s, name, old) for name in c["variants"]}
     wq_old = statistics.mean(final_diffs(s, "wq", "none", {"wq": old, "none": old}))
-    # each variant at the study's rate, seed by seed: (its run in the study, in the sweep)
-    pairs = {
-        name: [(next(x for x in runs(study, name) if x["seed"] == r["seed"]), r) for r in at_old[name]]
-        for name in c["variants"]
-    }
-    none_same = all(a["train"] == b["train"] for a, b in pairs["none"])
-    redrawn = all(a["train"][0] != b["train"][0] for name in ("wq", "wq-control") for a, b in pairs[name])
-    ctl_study = ", ".join(plain(a["final_val_loss"]) for a, _ in pairs["wq-control"])
-    ctl_sweep = ", ".join(plain(b["final_val_loss"]) for _, b in pairs["wq-control"])
+    shared = all(r in runs(study, name) for name in c["variants"] for r in runs(s, name, old))
+    ctl_old = [final(s, r) for r in runs(s, "wq-control", old)]
     hours = sum(r["train_s"] for r in s["runs"]) / 3600
     comparisons = [(wq, "diff", "none"), (wq, "diff_vs_control", "wq-control"), (ctl, "diff", "none")]
     windows_se = [r[f"{key}_se_windows"] for r, key, _ in comparisons]
     diffs = [final_diffs(s, r["variant"], base, chosen) for r, _, base in comparisons]
     seeds_se = [statistics.stdev(d) / math.sqrt(len(d)) for d in diffs]  # the seeds' standard error of each mean Δ
-    ctl_seeds = [r["final_val_loss"] for r in runs(study, "wq-control")]
     return {
         "steps": f"{c['steps']:,} steps",
         "passes": f"make {passes(s)} of one",
@@ -286,10 +283,8 @@ def sweep() -> dict[str, str]:
         "windows se": f"{plain(min(windows_se), 4)} to {plain(max(windows_se), 4)}",
         "seeds se": f"{plain(min(seeds_se), 4)} to {plain(max(seeds_se), 4)}",
         "wq at old": f"{signed(wq_old)} from the classical model at {lr_text(old)}",
-        "none same": "the same runs, bit for bit" if none_same else "not the same runs",
-        "redrawn": "from step 1" if redrawn else "not from step 1",
-        "control again": f"{ctl_sweep} against {ctl_study}",
-        "control study spread": f"within {plain(max(ctl_seeds) - min(ctl_seeds))}",
+        "shared": f"at {lr_text(old)} are the study's" if shared else f"at {lr_text(old)} are not the study's",
+        "control at old": f"ends {', '.join(plain(x) for x in ctl_old)}",
     }
 
 
@@ -307,6 +302,16 @@ def fd_study() -> dict[str, str]:
     r_adj, r_fd = row(s, "wq"), row(s, "wq+fd@ray")
     worst = r_fd["max_train_gap_step"]
     val_adj, val_fd = dict(adjoint_run["val"]), dict(fd_run["val"])
+    last = s["config"]["steps"]
+    if "val_split" in adjoint_run:  # the final weights on the whole split, and that difference's error over windows
+        a, b = fd_run["val_split"], adjoint_run["val_split"]
+        window_diffs = [x - y for x, y in zip(a["losses"], b["losses"])]
+        end = (
+            f"{a['loss']:.5f} against {b['loss']:.5f} at step {last} on the whole split (standard error of the "
+            f"difference over its windows {statistics.stdev(window_diffs) / math.sqrt(len(window_diffs)):.5f})"
+        )
+    else:
+        end = f"{val_fd[last]:.5f} against {val_adj[last]:.5f} at step {last}"
     return {
         "heading": f"seed {adjoint_run['seed']}, {s['config']['steps']} steps",
         "same": f"for the first {same} steps (step {same + 1} differs by {sci(abs(fd[same + 1] - adj[same + 1]), 1)})",
@@ -314,8 +319,7 @@ def fd_study() -> dict[str, str]:
         "batch to batch": f"median change of {statistics.median(batch_to_batch):.2f}",
         "largest": f"{r_fd['max_train_gap']:.2f} at step {worst}",
         "largest losses": f"({adj[worst]:.3f} against {fd[worst]:.3f})",
-        "val": f"{val_fd[100]:.3f} against {val_adj[100]:.3f} at step 100, {val_fd[200]:.5f} against "
-        f"{val_adj[200]:.5f} at step 200",
+        "val": f"{val_fd[100]:.3f} against {val_adj[100]:.3f} at step 100, {end}",
         "schedule": f"{main['config']['steps']:,}-step schedule",
         "schedule gaps": f"(median gap {plain(statistics.median(schedule))}, 90th percentile "
         f"{plain(pct(schedule, 0.9))})",
@@ -362,27 +366,32 @@ def fd_check() -> dict[str, str]:
 
 
 def one_fifty_m() -> dict[str, str]:
-    s, cpu = load("study-150m"), load("study-8m")
-    c, v = s["config"], s["config"]["validation"]
-    spread = {name: max(r["final_val_loss"] for r in runs(s, name)) - min(r["final_val_loss"] for r in runs(s, name))
-              for name in c["variants"]}  # fmt: skip
+    s, four, cpu = load("study-150m"), load("study-150m-logged"), load("study-8m")
+    c = s["config"]
     drops = [mean_curve(s, name)[200] - mean_curve(s, name)[300] for name in c["variants"]]
-    ctl, wq = row(s, "wq-control"), row(s, "wq")
+    ctl, wq, ctl4, wq4 = row(s, "wq-control"), row(s, "wq"), row(four, "wq-control"), row(four, "wq")
+    windows_se = [
+        r[k] for r, k in ((wq, "diff_se_windows"), (wq, "diff_vs_control_se_windows"), (ctl, "diff_se_windows"))
+    ]
+    sd = {name: row(s, name)["val_loss_std"] for name in c["variants"]}
     return {
         "heading": f"{c['steps']} steps, {len(c['seeds'])} seeds",
         "run": f"{c['steps']} steps of {c['batch_size']} x {c['context']} tokens ({tokens_per_run(s)} tokens a run), "
         f"learning rate {lr_text(c['lrs'][0])} (not {lr_text(cpu['config']['lrs'][0])}",
-        "validation": f"first {v['windows']} of the split's {v['split_windows']} windows "
-        f"({v['windows'] * c['context']:,} tokens)",
-        "control vs none": f"({', '.join(signed(d) for d in final_diffs(s, 'wq-control', 'none'))}), "
-        f"{signed(ctl['diff_vs_none'])} {interval(ctl['diff_ci95'])} with an MDE of {plain(ctl['diff_mde'])}",
-        "wq vs control": f"{' and '.join(signed(d) for d in final_diffs(s, 'wq', 'wq-control'))} at the two seeds: "
-        f"{interval(wq['diff_vs_control_ci95'])}",
-        "spread": f"{plain(spread['wq'])} apart against {plain(spread['none'])} for the classical model and "
-        f"{plain(spread['wq-control'])} for the control",
+        "validation": windows_text(s),
+        "wq vs none": f"{signed(wq['diff_vs_none'])} {interval(wq['diff_ci95'])} (MDE {plain(wq['diff_mde'])})",
+        "control vs none": f"{signed(ctl['diff_vs_none'])} {interval(ctl['diff_ci95'])} (MDE {plain(ctl['diff_mde'])}; "
+        f"{', '.join(signed(d) for d in final_diffs(s, 'wq-control', 'none'))} by seed)",
+        "wq vs control": f"{signed(wq['diff_vs_control'])} {interval(wq['diff_vs_control_ci95'])} (MDE "
+        f"{plain(wq['diff_vs_control_mde'])}; {', '.join(signed(d) for d in final_diffs(s, 'wq', 'wq-control'))})",
+        "spread": f"sd {plain(sd['wq'])} against {plain(sd['none'])} and {plain(sd['wq-control'])}",
+        "windows se": f"{plain(min(windows_se), 4)} to {plain(max(windows_se), 4)}",
+        "four seeds": f"{len(four['config']['seeds'])} seeds",
+        "four windows": windows_text(four),
+        "four": f"{signed(wq4['diff_vs_none'])} {interval(wq4['diff_ci95'])} for wq, "
+        f"{signed(ctl4['diff_vs_none'])} {interval(ctl4['diff_ci95'])} for its control, and "
+        f"{signed(wq4['diff_vs_control'])} {interval(wq4['diff_vs_control_ci95'])}",
         "drop": f"{min(drops):.2f}-{max(drops):.2f} over the last 100 steps",
-        "speed": f"{wq['tokens_per_s']:,.0f} against {row(s, 'none')['tokens_per_s']:,.0f} tokens/s "
-        f"({wq['tokens_per_s'] / row(s, 'none')['tokens_per_s']:.2f}x)",
     }
 
 
