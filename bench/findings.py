@@ -303,15 +303,12 @@ def fd_study() -> dict[str, str]:
     worst = r_fd["max_train_gap_step"]
     val_adj, val_fd = dict(adjoint_run["val"]), dict(fd_run["val"])
     last = s["config"]["steps"]
-    if "val_split" in adjoint_run:  # the final weights on the whole split, and that difference's error over windows
-        a, b = fd_run["val_split"], adjoint_run["val_split"]
-        window_diffs = [x - y for x, y in zip(a["losses"], b["losses"])]
-        end = (
-            f"{a['loss']:.5f} against {b['loss']:.5f} at step {last} on the whole split (standard error of the "
-            f"difference over its windows {statistics.stdev(window_diffs) / math.sqrt(len(window_diffs)):.5f})"
-        )
-    else:
-        end = f"{val_fd[last]:.5f} against {val_adj[last]:.5f} at step {last}"
+    a, b = fd_run["val_split"], adjoint_run["val_split"]  # the final weights on the whole split
+    window_diffs = [x - y for x, y in zip(a["losses"], b["losses"])]
+    end = (
+        f"{a['loss']:.5f} against {b['loss']:.5f} at step {last} on the whole split (standard error of the "
+        f"difference over its windows {statistics.stdev(window_diffs) / math.sqrt(len(window_diffs)):.5f})"
+    )
     return {
         "heading": f"seed {adjoint_run['seed']}, {s['config']['steps']} steps",
         "same": f"for the first {same} steps (step {same + 1} differs by {sci(abs(fd[same + 1] - adj[same + 1]), 1)})",
